@@ -1,0 +1,46 @@
+"""fresnet: InsightFace's MXNet ``fresnet`` face-recognition ResNets, exact, in PyTorch.
+
+The public API is re-exported here lazily, so ``import fresnet`` stays fast and optional parts
+(ONNX, plotting) only load when used.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "NetConfig": "fresnet.config",
+    "create_model": "fresnet.model",
+    "list_models": "fresnet.presets",
+    "FResNet": "fresnet.model",
+    "summarize": "fresnet.summary",
+    "FresnetError": "fresnet.errors",
+    # interop
+    "load_mxnet": "fresnet.interop.mxnet",
+    "save_mxnet": "fresnet.interop.mxnet",
+    "load_arcface_torch": "fresnet.interop.arcface_torch",
+    "export_arcface_torch": "fresnet.interop.arcface_torch",
+    "load": "fresnet.interop.native",
+    "save": "fresnet.interop.native",
+    "export_onnx": "fresnet.interop.onnx_export",
+    # speed
+    "optimize_for_inference": "fresnet.fast",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fresnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

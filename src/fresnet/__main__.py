@@ -1,0 +1,3 @@
+from fresnet.cli import main
+
+raise SystemExit(main())

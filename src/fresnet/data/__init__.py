@@ -1,0 +1,21 @@
+"""Face data: InsightFace RecordIO, verification ``.bin`` packs, image folders, synthetic identities."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "RecordIODataset": "fresnet.data.recordio",
+    "RecordIOWriter": "fresnet.data.recordio",
+    "load_bin": "fresnet.data.verification_bin",
+    "save_bin": "fresnet.data.verification_bin",
+    "ImageFolderDataset": "fresnet.data.image_folder",
+    "SyntheticFaces": "fresnet.data.synthetic",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fresnet.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
