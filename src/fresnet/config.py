@@ -1,0 +1,262 @@
+"""``NetConfig``: the single, frozen, validated description of one fresnet network.
+
+It accepts the original ``config`` key names (``num_layers``, ``net_unit``, ``net_se``, ``net_act``,
+``net_input``, ``net_output``, ``emb_size``, ``bn_mom``) and a few friendlier aliases, resolved here
+and nowhere else. Where the original crashes, building the config raises :class:`FresnetError`
+with the bad value and the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Tuple, Union
+
+from fresnet.errors import FresnetError
+from fresnet.layers import ACTIVATIONS
+from fresnet.presets import BASIC_FILTERS, BOTTLENECK_FILTERS, BOTTLENECK_MIN_DEPTH, UNITS_BY_DEPTH
+
+HEADS = ("Z", "E", "FC", "SFC", "GAP", "GNAP", "GDC", "F", "G", "H", "I", "J")
+UNIT_VERSIONS = (1, 2, 3, "3x")
+INPUT_MODES = (0, 1, 2)
+
+# friendly name -> original key
+ALIASES = {
+    "depth": "num_layers",
+    "layers": "num_layers",
+    "unit": "net_unit",
+    "se": "net_se",
+    "act": "net_act",
+    "activation": "net_act",
+    "stem": "net_input",
+    "input": "net_input",
+    "head": "net_output",
+    "output": "net_output",
+    "embedding_size": "emb_size",
+    "emb": "emb_size",
+    "bn_momentum": "bn_mom",
+    "image_size": "input_size",
+}
+
+
+def _as_tuple(value: Any, name: str) -> Optional[tuple]:
+    if value is None:
+        return None
+    if isinstance(value, (int, str)):
+        raise FresnetError(f"{name} must be a list of integers, got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """One fresnet network. Field names are the original ``config`` keys.
+
+    Args:
+        num_layers: depth, a key of the original units table (18 ... 269). May be None when
+            ``units`` is given.
+        net_unit: residual unit: 1 (post-activation; v1 with input 0, v1_L otherwise), 2 (pre-activation),
+            3 (the "IR" unit, default) or '3x' (ResNeXt, 32 groups, bottleneck only). The original
+            treats any other int except 4 as 3; so does this (with a warning). 4 is refused: the
+            original calls ``residual_unit_v4``, which does not exist.
+        net_se: 1 adds squeeze-and-excitation to every unit.
+        net_act: prelu, relu, sigmoid, tanh, softrelu or softsign.
+        net_input: stem: 0 (7x7/2 conv, halves resolution), 1 (3x3 conv, default), 2 (``bn_data``
+            on raw pixels, then 3x3 conv). Other non-negative values behave as 1, like the original.
+        net_output: head, one of Z E FC SFC GAP GNAP GDC F G H I J.
+        emb_size: embedding size.
+        bn_mom: BatchNorm momentum in MXNet's convention (weight of the old statistic); trunk only.
+        input_size: (H, W) of the input images.
+        units: units per stage (overrides the depth table).
+        filter_list: stem width then each stage's width.
+        bottle_neck: None applies the original rule (bottleneck iff num_layers >= 500).
+    """
+
+    num_layers: Optional[int] = 100
+    net_unit: Union[int, str] = 3
+    net_se: int = 0
+    net_act: str = "prelu"
+    net_input: int = 1
+    net_output: str = "E"
+    emb_size: int = 512
+    bn_mom: float = 0.9
+    input_size: Tuple[int, int] = (112, 112)
+    units: Optional[Tuple[int, ...]] = None
+    filter_list: Optional[Tuple[int, ...]] = None
+    bottle_neck: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        set_ = lambda key, value: object.__setattr__(self, key, value)  # noqa: E731 (frozen dataclass)
+        set_("units", _as_tuple(self.units, "units"))
+        set_("filter_list", _as_tuple(self.filter_list, "filter_list"))
+        size = self.input_size
+        if isinstance(size, int):
+            size = (size, size)
+        size = _as_tuple(size, "input_size")
+        if len(size) != 2 or min(size) < 1:
+            raise FresnetError(f"input_size must be (H, W) with positive values, got {self.input_size!r}")
+        set_("input_size", size)
+
+        # net_unit: the original dispatcher's rules
+        unit = self.net_unit
+        if isinstance(unit, str) and unit.strip().lower() in ("3x", "x", "resnext"):
+            unit = "3x"
+        elif isinstance(unit, str) and unit.strip().lstrip("-").isdigit():
+            unit = int(unit)
+        if unit == 4:
+            raise FresnetError(
+                "net_unit=4 is not supported: the original dispatcher calls residual_unit_v4, which does not "
+                "exist (NameError in fresnet.py); choose one of 1, 2, 3, '3x'"
+            )
+        if isinstance(unit, bool) or not (unit == "3x" or isinstance(unit, int)):
+            raise FresnetError(f"unknown net_unit {self.net_unit!r}; choose one of 1, 2, 3, '3x'")
+        if unit not in UNIT_VERSIONS:
+            warnings.warn(f"net_unit={unit} behaves as 3 in the original fresnet; building unit 3", stacklevel=3)
+            unit = 3
+        set_("net_unit", unit)
+
+        if int(self.net_input) < 0:
+            raise FresnetError(f"net_input must be 0, 1 or 2, got {self.net_input!r} (the original asserts >= 0)")
+        net_input = int(self.net_input)
+        if net_input not in INPUT_MODES:
+            warnings.warn(f"net_input={net_input} behaves as 1 in the original fresnet; building input 1", stacklevel=3)
+            net_input = 1
+        set_("net_input", net_input)
+
+        set_("net_se", int(bool(self.net_se)))
+        if self.net_act not in ACTIVATIONS:
+            raise FresnetError(f"unknown net_act {self.net_act!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if self.net_output not in HEADS:
+            raise FresnetError(f"unknown head {self.net_output!r}; choose one of {', '.join(HEADS)}")
+        if int(self.emb_size) < 1:
+            raise FresnetError(f"emb_size must be positive, got {self.emb_size!r}")
+        set_("emb_size", int(self.emb_size))
+        if not 0.0 <= float(self.bn_mom) < 1.0:
+            raise FresnetError(f"bn_mom must be in [0, 1) (MXNet convention), got {self.bn_mom!r}")
+        set_("bn_mom", float(self.bn_mom))
+
+        # depth -> units, like get_symbol()
+        if self.units is None:
+            if self.num_layers is None:
+                raise FresnetError("give num_layers (e.g. 50) or units (e.g. [3, 4, 14, 3])")
+            if int(self.num_layers) not in UNITS_BY_DEPTH:
+                raise FresnetError(
+                    f"unknown num_layers {self.num_layers!r} (the original: 'no experiments done on num_layers "
+                    f"{self.num_layers}'); choose one of {', '.join(map(str, UNITS_BY_DEPTH))}, or pass units=[...]"
+                )
+            set_("units", UNITS_BY_DEPTH[int(self.num_layers)])
+        if not self.units or min(self.units) < 1:
+            raise FresnetError(f"units must be positive integers, got {self.units!r}")
+        if self.bottle_neck is None:
+            set_("bottle_neck", self.num_layers is not None and int(self.num_layers) >= BOTTLENECK_MIN_DEPTH)
+        set_("bottle_neck", bool(self.bottle_neck))
+        if self.filter_list is None:
+            set_("filter_list", BOTTLENECK_FILTERS if self.bottle_neck else BASIC_FILTERS)
+        if len(self.filter_list) != len(self.units) + 1:
+            raise FresnetError(
+                f"filter_list needs {len(self.units) + 1} entries (stem + one per stage), got {list(self.filter_list)}"
+            )
+        if self.net_unit == "3x" and not self.bottle_neck:
+            raise FresnetError(
+                "net_unit='3x' (ResNeXt, residual_unit_v3_x) needs a bottleneck: set bottle_neck=True and "
+                "filter_list=[64, 256, 512, 1024, 2048] (the original asserts bottle_neck)"
+            )
+        if self.net_output == "GDC" and self.trunk_hw != (7, 7):
+            raise FresnetError(
+                f"head GDC needs a 7x7 trunk (its depthwise conv is 7x7, pad 0), but input_size={self.input_size} with "
+                f"net_input={self.net_input} gives {self.trunk_hw[0]}x{self.trunk_hw[1]}; use 112x112 with net_input 1/2, "
+                "224x224 with net_input 0, or another head (E, GNAP, ...)"
+            )
+
+    # ---- derived facts -------------------------------------------------------------------
+    @property
+    def trunk_hw(self) -> Tuple[int, int]:
+        """Spatial size of the trunk output: every stage starts with a stride-2 unit (ceil(h/2) each
+        for 3x3/pad 1 and 1x1/pad 0 convs); net_input 0 adds a stride-2 7x7 stem."""
+        halvings = len(self.units) + (1 if self.net_input == 0 else 0)
+        h, w = self.input_size
+        for _ in range(halvings):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
+
+    @property
+    def trunk_channels(self) -> int:
+        return 512 if self.bottle_neck else self.filter_list[-1]
+
+    # ---- conversions -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in ("input_size", "units", "filter_list"):
+            out[key] = list(out[key]) if out[key] is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> "NetConfig":
+        return cls(**normalize_options(options))
+
+    def replace(self, **options: Any) -> "NetConfig":
+        merged = self.to_dict()
+        merged.update(normalize_options(options))
+        return NetConfig(**merged)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "NetConfig":
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "NetConfig":
+        import yaml
+
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise FresnetError(f"a NetConfig YAML must be a mapping of keys to values, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def short_name(self) -> str:
+        depth = f"r{self.num_layers}" if self.num_layers is not None else "r[" + ",".join(map(str, self.units)) + "]"
+        return f"{depth}-u{self.net_unit}-{self.net_output}{self.emb_size}"
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(NetConfig))
+
+
+def normalize_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Map aliases to original names and refuse unknown keys (with the list of valid ones)."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        name = ALIASES.get(key, key)
+        if name not in FIELDS:
+            raise FresnetError(
+                f"unknown option {key!r}; valid options are {', '.join(FIELDS)} (aliases: {', '.join(ALIASES)})"
+            )
+        if name in out:
+            raise FresnetError(f"option {name!r} given twice (as {key!r} and under another name)")
+        out[name] = value
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set key=value`` value: YAML scalars and lists (``[3,4,14,3]``, ``112x96``)."""
+    import yaml
+
+    if "x" in text and all(part.strip().isdigit() for part in text.lower().split("x")) and text.count("x") == 1:
+        return [int(part) for part in text.lower().split("x")]
+    return yaml.safe_load(text)
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise FresnetError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value.strip())
+    return out

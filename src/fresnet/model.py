@@ -1,0 +1,197 @@
+"""The fresnet network: stem -> stages of residual units -> [bottleneck reduce] -> head.
+
+``create_model('r50', net_output='GDC')`` builds from a preset plus overrides; ``create_model(**options)``
+from options alone. Input: float RGB NCHW in 0..255 (the network normalises it itself, like the
+original). Output: the embedding (N, emb_size), or the 4-D map for head Z.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import partial
+from typing import Any, Iterable, Iterator, Optional, Union
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from fresnet.config import NetConfig, normalize_options
+from fresnet.heads import build_head
+from fresnet.initialization import init_weights
+from fresnet.layers import BN_EPS, InputNorm, MXBatchNorm, conv1x1, make_act, torch_momentum  # noqa: F401
+from fresnet.presets import preset_options
+from fresnet.units import unit_builder
+
+
+class Stem(nn.Module):
+    """net_input 0: normalise -> conv0 7x7/2 (no max-pool); 1: normalise -> conv0 3x3/1;
+    2: ``bn_data`` (fix_gamma BN on raw pixels, no normalisation) -> conv0 3x3/1. Then bn0 -> relu0."""
+
+    def __init__(self, net_input: int, out_ch: int, act, norm):
+        super().__init__()
+        if net_input == 2:
+            self.bn_data = MXBatchNorm(3, eps=BN_EPS, momentum=norm.keywords["momentum"], fix_gamma=True)
+            self.norm = None
+        else:
+            self.bn_data = None
+            self.norm = InputNorm()
+        if net_input == 0:
+            self.conv0 = nn.Conv2d(3, out_ch, 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv0 = nn.Conv2d(3, out_ch, 3, stride=1, padding=1, bias=False)
+        self.bn0 = norm(out_ch)
+        self.relu0 = act(out_ch)
+
+    def forward(self, x):
+        x = self.bn_data(x) if self.bn_data is not None else self.norm(x)
+        return self.relu0(self.bn0(self.conv0(x)))
+
+
+class Reduce(nn.Module):
+    """After a bottleneck trunk: ``convd`` (1x1 -> 512) -> ``bnd`` -> ``relud``."""
+
+    def __init__(self, in_ch: int, act, norm):
+        super().__init__()
+        self.convd = conv1x1(in_ch, 512)
+        self.bnd = norm(512)
+        self.relud = act(512)
+
+    def forward(self, x):
+        return self.relud(self.bnd(self.convd(x)))
+
+
+class FResNet(nn.Module):
+    """A fresnet network built from a :class:`NetConfig`.
+
+    Module names follow the original graph, so MXNet names map mechanically:
+    ``stem.conv0`` = ``conv0``, ``stage2.unit1.conv1sc`` = ``stage2_unit1_conv1sc``,
+    ``head.pre_fc1`` = ``pre_fc1``.
+    """
+
+    def __init__(self, config: NetConfig):
+        super().__init__()
+        self.config = config
+        act = partial(make_act, config.net_act)
+        norm = partial(MXBatchNorm, eps=BN_EPS, momentum=config.bn_mom)
+        filters = config.filter_list
+        self.stem = Stem(config.net_input, filters[0], act, norm)
+        make_unit = unit_builder(config.net_unit, config.bottle_neck, config.net_input)
+        self.stage_names: list[str] = []
+        in_ch = filters[0]
+        for i, count in enumerate(config.units):
+            out_ch = filters[i + 1]
+            units = OrderedDict()
+            for j in range(count):
+                first = j == 0
+                units[f"unit{j + 1}"] = make_unit(
+                    in_ch if first else out_ch, out_ch, 2 if first else 1, not first, act, norm, se=bool(config.net_se)
+                )
+            name = f"stage{i + 1}"
+            self.add_module(name, nn.Sequential(units))
+            self.stage_names.append(name)
+            in_ch = out_ch
+        self.reduce = Reduce(in_ch, act, norm) if config.bottle_neck else None
+        self.head = build_head(config.net_output, config.trunk_channels, config.trunk_hw, config.emb_size, act)
+        self.grad_checkpoint_units: frozenset[str] = frozenset()
+        init_weights(self)
+
+    # ---- structure -------------------------------------------------------------------------
+    def iter_units(self) -> Iterator[tuple[str, nn.Module]]:
+        """``('stage1.unit1', module), ...`` in forward order."""
+        for stage in self.stage_names:
+            for name, unit in getattr(self, stage).named_children():
+                yield f"{stage}.{name}", unit
+
+    @property
+    def num_features(self) -> int:
+        return self.config.emb_size
+
+    # ---- forward ---------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and residual stages (and the bottleneck ``convd`` block): the trunk map."""
+        x = self.stem(x)
+        recompute = self.grad_checkpoint_units and self.training and torch.is_grad_enabled()
+        for name, unit in self.iter_units():
+            if recompute and name in self.grad_checkpoint_units:
+                x = checkpoint(unit, x, use_reentrant=False, context_fn=_freeze_bn_stats_on_recompute(unit))
+            else:
+                x = unit(x)
+        if self.reduce is not None:
+            x = self.reduce(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # ---- activation checkpointing ----------------------------------------------------------
+    def set_grad_checkpointing(self, enable_or_plan: Union[bool, Iterable[str], Any] = True) -> "FResNet":
+        """Recompute some units in backward instead of storing their activations.
+
+        ``True`` applies the default plan (:func:`fresnet.memory.plan`, sqrt(n) segments), ``False``
+        turns it off, and an iterable of unit names (``'stage3.unit4'``) or a plan object with a
+        ``units`` attribute recomputes exactly those units.
+        """
+        if enable_or_plan is True:
+            from fresnet.memory import plan
+
+            units = plan(self).units
+        elif enable_or_plan is False or enable_or_plan is None:
+            units = ()
+        else:
+            units = getattr(enable_or_plan, "units", enable_or_plan)
+        known = {name for name, _ in self.iter_units()}
+        unknown = sorted(set(units) - known)
+        if unknown:
+            from fresnet.errors import FresnetError
+
+            raise FresnetError(f"unknown unit names {unknown}; valid names look like {sorted(known)[:3]} ...")
+        self.grad_checkpoint_units = frozenset(units)
+        return self
+
+
+class _freeze_bn_stats_on_recompute:
+    """``context_fn`` for :func:`torch.utils.checkpoint`: the recomputation in backward must not
+    update BatchNorm moving statistics a second time."""
+
+    def __init__(self, unit: nn.Module):
+        self.bns = [m for m in unit.modules() if isinstance(m, MXBatchNorm)]
+
+    def __call__(self):
+        import contextlib
+
+        bns = self.bns
+
+        @contextlib.contextmanager
+        def recompute():
+            saved = [bn.freeze_stats for bn in bns]
+            for bn in bns:
+                bn.freeze_stats = True
+            try:
+                yield
+            finally:
+                for bn, value in zip(bns, saved):
+                    bn.freeze_stats = value
+
+        return contextlib.nullcontext(), recompute()
+
+
+def create_model(name: Optional[str] = None, **options: Any) -> FResNet:
+    """Build a fresnet network.
+
+    Args:
+        name: a preset (``fresnet.list_models()``: ``r18`` ... ``r269``, ``r100fc``, ``r50v1``), or None.
+        **options: :class:`NetConfig` fields, under their original names (``num_layers``, ``net_unit``,
+            ``net_se``, ``net_act``, ``net_input``, ``net_output``, ``emb_size``, ``bn_mom``) or aliases,
+            plus ``input_size``, ``units``, ``filter_list``, ``bottle_neck``. A ``config=NetConfig(...)``
+            keyword is accepted too.
+    """
+    config = options.pop("config", None)
+    if isinstance(config, dict):
+        config = NetConfig.from_dict(config)
+    merged: dict[str, Any] = config.to_dict() if config is not None else {}
+    if name is not None:
+        merged.update(preset_options(name))
+    merged.update(normalize_options(options))
+    return FResNet(NetConfig(**merged))
