@@ -1,0 +1,44 @@
+"""Evaluation and inference: InsightFace's verification protocol, ROC numbers and plots, embeddings,
+face alignment, and one loader for every model format (``load_any``).
+
+Names are exported lazily so ``import fresnet.eval`` does not pull in torch, matplotlib or onnxruntime.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "verify": "fresnet.eval.verification",
+    "verify_distances": "fresnet.eval.verification",
+    "VerificationResult": "fresnet.eval.verification",
+    "kfold_split": "fresnet.eval.verification",
+    "pair_distances": "fresnet.eval.verification",
+    "RocCurve": "fresnet.eval.roc",
+    "roc_from_distances": "fresnet.eval.roc",
+    "FAR_TARGETS": "fresnet.eval.roc",
+    "plot_roc": "fresnet.eval.plots",
+    "load_any": "fresnet.eval.model_loader",
+    "Embedder": "fresnet.eval.model_loader",
+    "embed_images": "fresnet.eval.embed",
+    "evaluate_bin": "fresnet.eval.embed",
+    "ARCFACE_DST": "fresnet.eval.align",
+    "estimate_norm": "fresnet.eval.align",
+    "norm_crop": "fresnet.eval.align",
+    "umeyama": "fresnet.eval.align",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fresnet.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

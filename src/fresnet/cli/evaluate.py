@@ -1,0 +1,220 @@
+"""``fresnet eval``, ``fresnet embed`` and ``fresnet compare``.
+
+MODEL everywhere is a preset name (random weights), a ``.safetensors``/``.pth``/``.onnx`` file, or an
+MXNet prefix (``prefix,epoch``): see :func:`fresnet.eval.model_loader.load_any`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from fresnet.errors import FresnetError
+
+MODEL_HELP = (
+    "a preset name (random weights, e.g. r18), a .safetensors file, an arcface_torch .pth, an .onnx file, "
+    "or an MXNet checkpoint prefix (prefix,epoch or prefix-0000.params)"
+)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a preset's config key, e.g. --set units=[1,1,1,1] (presets only; repeatable)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument(
+        "--onnx-input", choices=("raw", "arcface"), default="raw",
+        help="input range of an ONNX graph: raw 0..255 (fresnet exports, default) or arcface ((x-127.5)/127.5)",
+    )
+
+
+def _add_flip(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, default=True,
+        help="flip-sum test-time augmentation, emb(img) + emb(mirrored img), as InsightFace (default: on)",
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="InsightFace verification protocol on .bin packs (accuracy, AUC, EER, TAR@FAR, ROC plot)",
+        description="Embed each verification pack (lfw.bin, cfp_fp.bin, ...) and run InsightFace's 10-fold "
+        "protocol. Writes results.json and roc.png into --out.",
+    )
+    _add_model_args(p)
+    p.add_argument("--bin", dest="bins", action="append", required=True, metavar="PACK.bin",
+                   help="a verification pack (repeatable)")
+    _add_flip(p)
+    p.add_argument("--nfolds", type=int, default=10, help="folds of the protocol (default 10)")
+    p.add_argument("--out", default="eval_report", help="folder for results.json and roc.png (default eval_report)")
+    p.set_defaults(func=run_eval)
+
+    p = sub.add_parser(
+        "embed", help="embeddings of image files, folders, RecordIO datasets or .bin packs -> .npy",
+        description="Writes L2-normalised embeddings (float32, one row per image) to -o, and the image names, "
+        "one per line, next to it (<out>.names.txt).",
+    )
+    _add_model_args(p)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder, train.rec / its folder, or .bin")
+    p.add_argument("-o", "--output", default="embeddings.npy", help="output .npy (default embeddings.npy)")
+    p.add_argument("--landmarks", default=None, metavar="FILE",
+                   help="5-point landmarks (.json or .txt) to align each image to the ArcFace 112x112 template")
+    _add_flip(p)
+    p.set_defaults(func=run_embed)
+
+    p = sub.add_parser(
+        "compare", help="cosine similarity of two face images and a same/different verdict",
+    )
+    _add_model_args(p)
+    p.add_argument("image_a", metavar="A", help="first image")
+    p.add_argument("image_b", metavar="B", help="second image")
+    p.add_argument("--threshold", type=float, default=0.3,
+                   help="cosine similarity at or above which the faces count as the same person (default 0.3; "
+                   "`fresnet eval` reports a tuned one as best_threshold_cosine)")
+    p.add_argument("--landmarks", default=None, metavar="FILE", help="5-point landmarks for both images (.json/.txt)")
+    _add_flip(p)
+    p.set_defaults(func=run_compare)
+
+
+def _embedder(args: argparse.Namespace):
+    from fresnet.config import parse_assignments
+    from fresnet.eval.model_loader import load_any
+
+    return load_any(args.model, overrides=parse_assignments(args.overrides), device=args.device,
+                    onnx_input=args.onnx_input)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=True)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "undefined" if value is None else f"{value:.{digits}f}"
+
+
+def result_table(title: str, result, seconds: float | None = None):
+    """A rich table of one target's numbers."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("pairs (same / different)", f"{result.num_pairs} ({result.num_positive} / {result.num_negative})")
+    table.add_row(f"accuracy ({result.nfolds}-fold)", f"{result.accuracy:.4f} ± {result.accuracy_std:.4f}")
+    table.add_row("best threshold (sq. L2 / cosine)", f"{result.best_threshold:.2f} / {1 - result.best_threshold / 2:.3f}")
+    table.add_row("ROC AUC", _fmt(result.auc))
+    table.add_row("EER", _fmt(result.eer))
+    for far, tar in result.tar_at_far.items():
+        table.add_row(f"TAR @ FAR={far:.0e}", _fmt(tar))
+    if seconds is not None:
+        table.add_row("embedding time", f"{seconds:.2f} s")
+    return table
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from fresnet.eval.embed import evaluate_bin
+    from fresnet.eval.plots import plot_roc
+    from fresnet.ioutil import atomic_write_text
+
+    console = Console()
+    for path in args.bins:
+        if not Path(path).is_file():
+            raise FresnetError(f"{path}: no such verification pack")
+    embedder = _embedder(args)
+    console.print(f"model: {escape(embedder.name)} ({embedder.kind}), input {embedder.input_size[0]}x{embedder.input_size[1]}, "
+                  f"flip-sum {'on' if args.flip else 'off'}")
+    evaluations = []
+    for path in args.bins:
+        with _progress() as progress:
+            task = progress.add_task(f"embedding {Path(path).name}", total=None)
+
+            def advance(n: int, task=task) -> None:
+                progress.advance(task, n * (2 if args.flip else 1))
+
+            ev = evaluate_bin(embedder, path, batch_size=args.batch_size, flip=args.flip, nfolds=args.nfolds,
+                              progress=advance)
+        evaluations.append(ev)
+        console.print(result_table(f"{ev.name}  ({path})", ev.result, ev.embed_seconds))
+        for note in ev.result.notes:
+            console.print(f"[yellow]note:[/] {note}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "model": args.model,
+        "model_kind": embedder.kind,
+        "input_size": list(embedder.input_size),
+        "flip": args.flip,
+        "targets": {
+            ev.name: {"path": ev.path, "embed_seconds": ev.embed_seconds, **ev.result.to_dict()} for ev in evaluations
+        },
+    }
+    atomic_write_text(out / "results.json", json.dumps(report, indent=1) + "\n")
+    plot_roc({ev.name: ev.result for ev in evaluations}, out / "roc.png", title=f"ROC: {os.path.basename(args.model)}")
+    console.print(f"wrote {out / 'results.json'} and {out / 'roc.png'}")
+    return 0
+
+
+def _load_landmarks(args, names):
+    if not args.landmarks:
+        return None
+    from fresnet.eval.align import check_landmarks_cover, read_landmarks
+
+    table = read_landmarks(args.landmarks)
+    check_landmarks_cover(table, names, args.landmarks)
+    return table
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.console import Console
+
+    from fresnet.eval.embed import collect_inputs, embed_inputs
+    from fresnet.ioutil import atomic_write, atomic_write_text
+
+    console = Console(stderr=True)
+    inputs = collect_inputs(args.inputs)
+    names = [item.name for item in inputs]
+    landmarks = _load_landmarks(args, names)
+    embedder = _embedder(args)
+    with _progress() as progress:
+        task = progress.add_task("embedding", total=len(inputs))
+        emb = embed_inputs(embedder, inputs, landmarks=landmarks, batch_size=args.batch_size, flip=args.flip,
+                           progress=lambda n: progress.advance(task, n))
+    output = Path(args.output)
+    if output.suffix != ".npy":
+        output = output.with_name(output.name + ".npy")
+    with atomic_write(output, "wb") as handle:
+        np.save(handle, emb)
+    names_path = output.with_suffix(".names.txt")
+    atomic_write_text(names_path, "".join(f"{n}\n" for n in names))
+    console.print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {output} (names: {names_path})")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fresnet.eval.embed import collect_inputs, embed_inputs
+
+    inputs = collect_inputs([args.image_a, args.image_b])
+    if len(inputs) != 2:
+        raise FresnetError(f"compare takes exactly two images; {args.image_a!r} and {args.image_b!r} hold {len(inputs)}")
+    landmarks = _load_landmarks(args, [item.name for item in inputs])
+    embedder = _embedder(args)
+    emb = embed_inputs(embedder, inputs, landmarks=landmarks, batch_size=2, flip=args.flip)
+    cosine = float(np.dot(emb[0], emb[1]))
+    same = cosine >= args.threshold
+    print(f"cosine similarity: {cosine:.4f}")
+    print(f"squared L2 distance: {2 - 2 * cosine:.4f}")
+    print(f"verdict: {'same person' if same else 'different people'} (threshold {args.threshold:g})")
+    return 0

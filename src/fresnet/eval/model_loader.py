@@ -1,0 +1,232 @@
+"""One resolver for every way to name a model: ``load_any(spec) -> Embedder``.
+
+``spec`` may be
+
+* a preset name (``r18``, ``r50`` ...; random weights, for smoke tests), with ``overrides``;
+* a fresnet ``.safetensors`` file (:func:`fresnet.load`);
+* an MXNet checkpoint: ``prefix`` / ``prefix,epoch`` / ``prefix-0000.params`` / ``prefix-symbol.json``
+  (:func:`fresnet.load_mxnet`);
+* an arcface_torch ``.pth``/``.pt`` (:func:`fresnet.load_arcface_torch`);
+* an ``.onnx`` file, run through onnxruntime.
+
+Telling formats apart is :mod:`fresnet.interop.formats`'s job when it is installed; this module only
+adds the preset and ONNX cases and wraps the result. Every embedder takes RGB NCHW batches in 0..255
+(uint8 or float) and returns float32 ``(N, D)`` embeddings, not normalised.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Protocol, Sequence, Union
+
+import numpy as np
+
+from fresnet.errors import FresnetError
+
+ONNX_INPUTS = ("raw", "arcface")  # 0..255 (fresnet exports) or (x - 127.5) / 127.5 (arcface_torch exports)
+
+
+class Embedder(Protocol):
+    name: str
+    kind: str
+    input_size: tuple[int, int]
+
+    def embed(self, batch: Any) -> np.ndarray: ...
+
+
+def _as_float_nchw(batch: Any, input_size: tuple[int, int], who: str) -> np.ndarray:
+    x = np.asarray(batch.cpu().numpy() if hasattr(batch, "cpu") else batch)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise FresnetError(f"{who}: expected an RGB batch of shape (N, 3, H, W), got {x.shape}")
+    if tuple(x.shape[2:]) != tuple(input_size):
+        raise FresnetError(
+            f"{who}: the model takes {input_size[0]}x{input_size[1]} images, got {x.shape[2]}x{x.shape[3]}; "
+            "resize or align the images first"
+        )
+    return x.astype(np.float32, copy=False)
+
+
+@dataclass
+class TorchEmbedder:
+    """A PyTorch network (a fresnet model) in eval mode."""
+
+    model: Any
+    name: str
+    kind: str
+    device: str = "cpu"
+    input_size: tuple[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model = self.model.to(self.device).eval()
+        config = getattr(self.model, "config", None)
+        self.input_size = tuple(config.input_size) if config is not None else (112, 112)
+
+    def embed(self, batch: Any) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(_as_float_nchw(batch, self.input_size, self.name)).to(self.device)
+        with torch.inference_mode():
+            out = self.model(x)
+        if out.ndim != 2:
+            raise FresnetError(
+                f"{self.name}: the network outputs shape {tuple(out.shape)}, not (N, D) embeddings; "
+                "use an embedding head (E, FC, GDC, ...) rather than Z"
+            )
+        return out.float().cpu().numpy()
+
+
+class OnnxEmbedder:
+    """An ONNX graph run by onnxruntime (CPU, or CUDA when asked and available)."""
+
+    def __init__(self, path: str, input_range: str = "raw", device: str = "cpu"):
+        import onnxruntime as ort
+
+        if input_range not in ONNX_INPUTS:
+            raise FresnetError(f"unknown ONNX input range {input_range!r}; choose one of {', '.join(ONNX_INPUTS)}")
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(path, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise FresnetError(f"{path}: onnxruntime cannot load this model: {str(exc).splitlines()[0]}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise FresnetError(f"{path}: the ONNX graph has {len(inputs)} inputs; an embedder takes exactly one image input")
+        self.input_name = inputs[0].name
+        shape = list(inputs[0].shape)
+        if len(shape) != 4:
+            raise FresnetError(f"{path}: ONNX input {self.input_name!r} has shape {shape}; expected (N, 3, H, W)")
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        h, w = shape[2], shape[3]
+        self.input_size = (h, w) if isinstance(h, int) and isinstance(w, int) else (112, 112)
+        self.input_range = input_range
+        self.name = os.path.basename(path)
+        self.kind = "onnx"
+
+    def embed(self, batch: Any) -> np.ndarray:
+        x = _as_float_nchw(batch, self.input_size, self.name)
+        if self.input_range == "arcface":
+            x = (x - 127.5) / 127.5
+        n = x.shape[0]
+        if self.fixed_batch is None:
+            return self._run(x)
+        # a graph exported with a fixed batch size: run full chunks, padding the last one
+        b = self.fixed_batch
+        outs = []
+        for start in range(0, n, b):
+            chunk = x[start:start + b]
+            count = chunk.shape[0]
+            if count < b:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - count, 0)])
+            outs.append(self._run(chunk)[:count])
+        return np.concatenate(outs)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        out = np.asarray(out, dtype=np.float32)
+        return out.reshape(out.shape[0], -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# telling the formats apart
+
+_MX_PARAMS = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4})\.params$")
+
+
+def _preset_names() -> list[str]:
+    from fresnet.presets import list_models
+
+    return list(list_models())
+
+
+def detect_kind(spec: str) -> str:
+    """``'preset'``, ``'onnx'``, ``'safetensors'``, ``'arcface_torch'`` or ``'mxnet'``."""
+    path = Path(spec)
+    if not path.exists() and spec in _preset_names():
+        return "preset"
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix in (".pth", ".pt"):
+        return "arcface_torch"
+    if _MX_PARAMS.match(path.name) or spec.endswith("-symbol.json") or re.search(r",\d+$", spec):
+        return "mxnet"
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.is_dir() and (
+        Path(f"{spec}-symbol.json").exists() or any(parent.glob(f"{glob_escape(path.name)}-[0-9][0-9][0-9][0-9].params"))
+    ):
+        return "mxnet"
+    if path.is_file():
+        head = path.read_bytes()[:8]
+        if head[:2] == b"PK":  # a torch zip archive saved without the usual extension
+            return "arcface_torch"
+    if not path.exists():
+        raise FresnetError(
+            f"model {spec!r}: no such file, and not a preset name; give a preset ({', '.join(_preset_names()[:6])}, ...), "
+            "a .safetensors/.pth/.onnx file, or an MXNet prefix (prefix,epoch)"
+        )
+    raise FresnetError(
+        f"{spec}: cannot tell the model format from the name; use a .safetensors, .pth/.pt or .onnx file name, "
+        "or an MXNet checkpoint prefix-0000.params"
+    )
+
+
+def glob_escape(text: str) -> str:
+    import glob
+
+    return glob.escape(text)
+
+
+def _read_torch_model(kind: str, spec: str, options: Mapping[str, Any]):
+    import fresnet
+
+    if kind == "safetensors":
+        return fresnet.load(spec)
+    if kind == "arcface_torch":
+        return fresnet.load_arcface_torch(spec, **options)
+    if kind == "mxnet":
+        return fresnet.load_mxnet(spec, **options)
+    raise AssertionError(kind)
+
+
+def load_any(
+    spec: Union[str, os.PathLike, Any],
+    overrides: Optional[Mapping[str, Any]] = None,
+    device: str = "cpu",
+    onnx_input: str = "raw",
+    seed: int = 0,
+    **loader_options: Any,
+) -> Embedder:
+    """Resolve ``spec`` to an :class:`Embedder`.
+
+    ``overrides`` (config keys) apply to presets only. ``seed`` makes a preset's random weights
+    reproducible. ``onnx_input`` says what range an ONNX graph expects ('raw' 0..255 as fresnet's
+    own exports, or 'arcface' for graphs exported from arcface_torch). An ``nn.Module`` is wrapped
+    as it is. ``loader_options`` go to the format's loader (e.g. ``num_layers`` for arcface_torch).
+    """
+    if hasattr(spec, "forward") and hasattr(spec, "eval"):
+        return TorchEmbedder(spec, name=type(spec).__name__, kind="module", device=device)
+    spec = os.fspath(spec)
+    kind = detect_kind(spec)
+    if overrides and kind != "preset":
+        raise FresnetError(f"{spec}: --set overrides apply to preset names only; a {kind} model carries its own config")
+    if kind == "preset":
+        import torch
+
+        from fresnet.model import create_model
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = create_model(spec, **dict(overrides or {}))
+        return TorchEmbedder(model, name=f"{spec} (random weights)", kind="preset", device=device)
+    if kind == "onnx":
+        if not Path(spec).is_file():
+            raise FresnetError(f"{spec}: no such ONNX file")
+        return OnnxEmbedder(spec, input_range=onnx_input, device=device)
+    model = _read_torch_model(kind, spec, loader_options)
+    return TorchEmbedder(model, name=os.path.basename(spec.rstrip("/")) or spec, kind=kind, device=device)
