@@ -32,3 +32,24 @@ def load_reference_rows() -> list[dict]:
 @pytest.fixture
 def reference_dir() -> Path:
     return reference_path()
+
+
+# ---- MXNet fixture archives (../shared/reference/fixtures/fx*.tar.xz), extracted once per session ----
+@pytest.fixture(scope="session")
+def mxnet_fixture(tmp_path_factory):
+    """``mxnet_fixture('fx02_r18_unit1_se1_relu_FC')`` -> the extracted folder (skips when absent)."""
+    import tarfile
+
+    extracted: dict[str, Path] = {}
+
+    def get(fixture_id: str) -> Path:
+        if fixture_id not in extracted:
+            archive = reference_path("fixtures", f"{fixture_id}.tar.xz")
+            target = tmp_path_factory.mktemp("mxnet_fixtures")
+            with tarfile.open(archive, "r:xz") as tar:
+                tar.extractall(target, filter="data")
+            folder = target / fixture_id
+            extracted[fixture_id] = folder if folder.is_dir() else target
+        return extracted[fixture_id]
+
+    return get

@@ -195,7 +195,10 @@ def read_ndarray_list(path: PathLike) -> tuple[list[Optional[np.ndarray]], list[
         (count,) = reader.unpack("Q", "the array count")
         # every array needs at least its 4-byte magic/ndim word
         if count * 4 > reader.remaining:
-            raise reader.fail(f"array count {count} cannot fit in the {reader.remaining} bytes left", count_at)
+            raise FresnetError(
+                f"{path}: truncated or corrupt MXNet .params file at byte offset {count_at}: the header announces "
+                f"{count} arrays, which cannot fit in the {reader.remaining} bytes left; re-download or re-save it"
+            )
         arrays = [_read_array(reader, i, count)[0] for i in range(count)]
         names_at = reader.offset
         (name_count,) = reader.unpack("Q", "the name count")
@@ -205,7 +208,7 @@ def read_ndarray_list(path: PathLike) -> tuple[list[Optional[np.ndarray]], list[
         for i in range(name_count):
             length_at = reader.offset
             (length,) = reader.unpack("Q", f"the length of name {i}")
-            if length > min(MAX_NAME_BYTES, reader.remaining):
+            if length > MAX_NAME_BYTES:
                 raise reader.fail(f"name {i} claims {length} bytes", length_at)
             raw = reader.read(length, f"name {i}")
             try:

@@ -249,7 +249,9 @@ def _head(sym: _Symbols, cfg: NetConfig, body: Node) -> Node:
     """``symbol_utils.get_fc1(last_conv, emb_size, fc_type, input_channel=512)``."""
     fc_type, emb, act = cfg.net_output, cfg.emb_size, cfg.net_act
     mom = HEAD_BN_MOM
-    input_channel = 512
+    # get_fc1's input_channel (and GNAP's filters_in) default to 512, the trunk width of every network
+    # the original builds; following the trunk keeps narrower custom trunks consistent with the model
+    input_channel = cfg.trunk_channels
 
     def bn(x, name, fix_gamma=False, momentum=mom):
         return sym.batchnorm(x, name, fix_gamma=fix_gamma, eps=2e-5, momentum=momentum)
@@ -278,7 +280,7 @@ def _head(sym: _Symbols, cfg: NetConfig, body: Node) -> Node:
         body = sym.simple("Flatten", "flatten", [body])
         return bn(sym.fc(body, "pre_fc1", emb), "fc1", fix_gamma=True)
     if fc_type == "GNAP":
-        filters_in = 512
+        filters_in = input_channel
         if emb > filters_in:
             body = sym.conv(body, "convx", num_filter=emb, kernel=(1, 1), stride=(1, 1), pad=(0, 0), no_bias=True)
             body = sym.act(bn(body, "convx_bn", momentum=0.9), act, "convx_relu")
