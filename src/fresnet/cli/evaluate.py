@@ -27,8 +27,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument(
-        "--onnx-input", choices=("raw", "arcface"), default="raw",
-        help="input range of an ONNX graph: raw 0..255 (fresnet exports, default) or arcface ((x-127.5)/127.5)",
+        "--onnx-input", choices=("auto", "raw", "arcface"), default="auto",
+        help="input range of an ONNX graph: raw 0..255 (fresnet exports), arcface ((x-127.5)/127.5, model-zoo graphs), or auto (default: raw when the graph has fresnet metadata)",
     )
 
 

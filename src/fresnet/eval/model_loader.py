@@ -9,8 +9,8 @@
 * an arcface_torch ``.pth``/``.pt`` (:func:`fresnet.load_arcface_torch`);
 * an ``.onnx`` file, run through onnxruntime.
 
-Telling formats apart is :mod:`fresnet.interop.formats`'s job when it is installed; this module only
-adds the preset and ONNX cases and wraps the result. Every embedder takes RGB NCHW batches in 0..255
+Telling weight formats apart and reading them is :mod:`fresnet.interop.formats`'s job; this module only
+adds the preset, ONNX and ``prefix,epoch`` cases and wraps the result. Every embedder takes RGB NCHW batches in 0..255
 (uint8 or float) and returns float32 ``(N, D)`` embeddings, not normalised.
 """
 from __future__ import annotations
@@ -19,13 +19,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Mapping, Optional, Protocol, Union
 
 import numpy as np
 
 from fresnet.errors import FresnetError
 
-ONNX_INPUTS = ("raw", "arcface")  # 0..255 (fresnet exports) or (x - 127.5) / 127.5 (arcface_torch exports)
+# 0..255 (fresnet's exports), (x - 127.5) / 127.5 (arcface_torch / InsightFace model-zoo exports), or
+# auto: raw when the graph carries fresnet's metadata, else arcface
+ONNX_INPUTS = ("auto", "raw", "arcface")
 
 
 class Embedder(Protocol):
@@ -80,7 +82,7 @@ class TorchEmbedder:
 class OnnxEmbedder:
     """An ONNX graph run by onnxruntime (CPU, or CUDA when asked and available)."""
 
-    def __init__(self, path: str, input_range: str = "raw", device: str = "cpu"):
+    def __init__(self, path: str, input_range: str = "auto", device: str = "cpu"):
         import onnxruntime as ort
 
         if input_range not in ONNX_INPUTS:
@@ -102,6 +104,9 @@ class OnnxEmbedder:
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         h, w = shape[2], shape[3]
         self.input_size = (h, w) if isinstance(h, int) and isinstance(w, int) else (112, 112)
+        if input_range == "auto":
+            meta = self.session.get_modelmeta().custom_metadata_map
+            input_range = "raw" if "fresnet_input" in meta or "fresnet_config" in meta else "arcface"
         self.input_range = input_range
         self.name = os.path.basename(path)
         self.kind = "onnx"
@@ -131,9 +136,9 @@ class OnnxEmbedder:
 
 
 # --------------------------------------------------------------------------------------------------
-# telling the formats apart
+# telling the formats apart: presets and ONNX here, every weight file through fresnet.interop.formats
 
-_MX_PARAMS = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4})\.params$")
+_EPOCH_SUFFIX = re.compile(r"^(?P<prefix>.+),(?P<epoch>\d+)$")  # InsightFace's "prefix,epoch" model syntax
 
 
 def _preset_names() -> list[str]:
@@ -144,69 +149,45 @@ def _preset_names() -> list[str]:
 
 def detect_kind(spec: str) -> str:
     """``'preset'``, ``'onnx'``, ``'safetensors'``, ``'arcface_torch'`` or ``'mxnet'``."""
-    path = Path(spec)
-    if not path.exists() and spec in _preset_names():
+    if not os.path.exists(spec) and spec in _preset_names():
         return "preset"
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    if spec.lower().endswith(".onnx"):
         return "onnx"
-    if suffix == ".safetensors":
-        return "safetensors"
-    if suffix in (".pth", ".pt"):
-        return "arcface_torch"
-    if _MX_PARAMS.match(path.name) or spec.endswith("-symbol.json") or re.search(r",\d+$", spec):
-        return "mxnet"
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.is_dir() and (
-        Path(f"{spec}-symbol.json").exists() or any(parent.glob(f"{glob_escape(path.name)}-[0-9][0-9][0-9][0-9].params"))
-    ):
-        return "mxnet"
-    if path.is_file():
-        head = path.read_bytes()[:8]
-        if head[:2] == b"PK":  # a torch zip archive saved without the usual extension
-            return "arcface_torch"
-    if not path.exists():
-        raise FresnetError(
-            f"model {spec!r}: no such file, and not a preset name; give a preset ({', '.join(_preset_names()[:6])}, ...), "
-            "a .safetensors/.pth/.onnx file, or an MXNet prefix (prefix,epoch)"
-        )
-    raise FresnetError(
-        f"{spec}: cannot tell the model format from the name; use a .safetensors, .pth/.pt or .onnx file name, "
-        "or an MXNet checkpoint prefix-0000.params"
-    )
+    return _weights_file(spec).kind.name.lower()
 
 
-def glob_escape(text: str) -> str:
-    import glob
+def _weights_file(spec: str):
+    from fresnet.interop.formats import detect_source
 
-    return glob.escape(text)
-
-
-def _read_torch_model(kind: str, spec: str, options: Mapping[str, Any]):
-    import fresnet
-
-    if kind == "safetensors":
-        return fresnet.load(spec)
-    if kind == "arcface_torch":
-        return fresnet.load_arcface_torch(spec, **options)
-    if kind == "mxnet":
-        return fresnet.load_mxnet(spec, **options)
-    raise AssertionError(kind)
+    match = _EPOCH_SUFFIX.match(spec)
+    if match and not os.path.exists(spec):
+        return detect_source(match.group("prefix"), epoch=int(match.group("epoch")))
+    try:
+        return detect_source(spec)
+    except FileNotFoundError:
+        raise FresnetError(f"model {spec!r}: no such file") from None
+    except FresnetError as exc:
+        if not os.path.exists(spec) and not os.path.sep in spec and "." not in spec:
+            raise FresnetError(
+                f"model {spec!r} is neither a preset ({', '.join(_preset_names()[:6])}, ...) nor a model file: {exc}"
+            ) from None
+        raise
 
 
 def load_any(
     spec: Union[str, os.PathLike, Any],
     overrides: Optional[Mapping[str, Any]] = None,
     device: str = "cpu",
-    onnx_input: str = "raw",
+    onnx_input: str = "auto",
     seed: int = 0,
     **loader_options: Any,
 ) -> Embedder:
     """Resolve ``spec`` to an :class:`Embedder`.
 
     ``overrides`` (config keys) apply to presets only. ``seed`` makes a preset's random weights
-    reproducible. ``onnx_input`` says what range an ONNX graph expects ('raw' 0..255 as fresnet's
-    own exports, or 'arcface' for graphs exported from arcface_torch). An ``nn.Module`` is wrapped
+    reproducible. ``onnx_input`` says what range an ONNX graph expects: 'raw' 0..255 (fresnet's own
+    exports), 'arcface' ((x - 127.5) / 127.5, arcface_torch and model-zoo exports) or 'auto' (raw when
+    the graph carries fresnet's metadata). An ``nn.Module`` is wrapped
     as it is. ``loader_options`` go to the format's loader (e.g. ``num_layers`` for arcface_torch).
     """
     if hasattr(spec, "forward") and hasattr(spec, "eval"):
@@ -228,5 +209,7 @@ def load_any(
         if not Path(spec).is_file():
             raise FresnetError(f"{spec}: no such ONNX file")
         return OnnxEmbedder(spec, input_range=onnx_input, device=device)
-    model = _read_torch_model(kind, spec, loader_options)
+    from fresnet.interop.formats import read_model
+
+    model = read_model(_weights_file(spec), **loader_options)
     return TorchEmbedder(model, name=os.path.basename(spec.rstrip("/")) or spec, kind=kind, device=device)

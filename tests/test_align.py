@@ -1,0 +1,119 @@
+"""5-point alignment: Umeyama similarity, the ArcFace template, OpenCV-convention warping, landmark files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fresnet.errors import FresnetError
+from fresnet.eval.align import (
+    ARCFACE_DST,
+    check_landmarks_cover,
+    estimate_norm,
+    landmarks_for,
+    norm_crop,
+    read_landmarks,
+    umeyama,
+    warp_affine,
+)
+
+
+def _similarity(scale, angle, tx, ty):
+    c, s = scale * np.cos(angle), scale * np.sin(angle)
+    return np.array([[c, -s, tx], [s, c, ty]])
+
+
+def _apply(matrix, points):
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def test_template_is_the_arcface_one():
+    assert ARCFACE_DST.tolist() == [
+        [38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]
+    ]
+
+
+def test_umeyama_recovers_an_exact_similarity():
+    true = _similarity(0.37, 0.4, 12.0, -7.5)
+    src = np.array([[100.0, 140.0], [210.0, 150.0], [160.0, 200.0], [110.0, 260.0], [200.0, 262.0]])
+    T = umeyama(src, _apply(true, src))
+    np.testing.assert_allclose(T[:2], true, atol=1e-10)
+    np.testing.assert_allclose(T[2], [0, 0, 1])
+
+
+def test_estimate_norm_maps_scaled_rotated_landmarks_onto_the_template():
+    # a face 2.5x bigger, rotated 20 degrees and shifted: the inverse similarity must come back
+    forward = _similarity(2.5, np.deg2rad(20), 40.0, 15.0)
+    landmarks = _apply(forward, ARCFACE_DST)
+    M = estimate_norm(landmarks)
+    np.testing.assert_allclose(_apply(M, landmarks), ARCFACE_DST, atol=1e-9)
+    # the template itself needs no transform; 224 crops use the template scaled by 2
+    np.testing.assert_allclose(estimate_norm(ARCFACE_DST), [[1, 0, 0], [0, 1, 0]], atol=1e-12)
+    np.testing.assert_allclose(_apply(estimate_norm(landmarks, 224), landmarks), ARCFACE_DST * 2, atol=1e-9)
+
+
+def test_umeyama_never_reflects():
+    mirrored = ARCFACE_DST * [-1, 1]  # a mirrored face cannot be fitted by a rotation: det stays +1
+    T = umeyama(mirrored, ARCFACE_DST)
+    assert np.linalg.det(T[:2, :2]) > 0
+
+
+def test_warp_affine_follows_opencv_conventions():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(warp_affine(img, [[1, 0, 0], [0, 1, 0]], (20, 30)), img)
+    # dst(x, y) = src(x - 3, y - 2): shifted right/down by whole pixels, border filled with 0
+    out = warp_affine(img, [[1, 0, 3], [0, 1, 2]], (20, 30))
+    np.testing.assert_array_equal(out[2:, 3:], img[:-2, :-3])
+    assert not out[:2].any() and not out[:, :3].any()
+    # half a pixel to the right: the mean of horizontal neighbours (pixel centres at integers)
+    half = warp_affine(img.astype(np.float64), [[1, 0, 0.5], [0, 1, 0]], (20, 30))
+    np.testing.assert_allclose(half[:, 1:], (img[:, :-1] + img[:, 1:].astype(np.float64)) / 2)
+
+
+def test_norm_crop_puts_the_landmarks_on_the_template():
+    forward = _similarity(2.0, np.deg2rad(-15), 60.0, 30.0)
+    landmarks = _apply(forward, ARCFACE_DST)
+    img = np.zeros((400, 400, 3), np.uint8)
+    for x, y in np.rint(landmarks).astype(int):
+        img[y - 3:y + 4, x - 3:x + 4] = 255  # a bright square on each landmark
+    crop = norm_crop(img, landmarks)
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+    for x, y in ARCFACE_DST:
+        assert crop[int(round(y)), int(round(x))].min() > 200
+    assert crop[5, 5].max() == 0
+
+
+def test_landmark_files(tmp_path):
+    pts = ARCFACE_DST.tolist()
+    (tmp_path / "lm.json").write_text(json.dumps({"faces/a.jpg": pts, "b.jpg": pts}))
+    table = read_landmarks(tmp_path / "lm.json")
+    assert landmarks_for(table, "faces/a.jpg", 0) is not None
+    assert landmarks_for(table, "/data/b.jpg", 1) is not None  # matched by file name
+    check_landmarks_cover(table, ["faces/a.jpg", "x/b.jpg"], "lm.json")
+    with pytest.raises(FresnetError, match="no landmarks for 1 image"):
+        check_landmarks_cover(table, ["faces/a.jpg", "c.jpg"], "lm.json")
+
+    flat = " ".join(str(v) for p in pts for v in p)
+    (tmp_path / "lm.txt").write_text(f"# name x1 y1 ... x5 y5\na.jpg {flat}\nb.jpg {flat}\n")
+    named = read_landmarks(tmp_path / "lm.txt")
+    np.testing.assert_allclose(named["b.jpg"], ARCFACE_DST)
+    (tmp_path / "order.txt").write_text(f"{flat}\n{flat}\n")
+    ordered = read_landmarks(tmp_path / "order.txt")
+    assert isinstance(ordered, list) and len(ordered) == 2
+    with pytest.raises(FresnetError, match="2 landmark entries for 3 input"):
+        check_landmarks_cover(ordered, ["a", "b", "c"], "order.txt")
+
+
+def test_bad_landmark_files_name_the_line(tmp_path):
+    (tmp_path / "bad.txt").write_text("a.jpg 1 2 3\n")
+    with pytest.raises(FresnetError, match="line 1"):
+        read_landmarks(tmp_path / "bad.txt")
+    (tmp_path / "bad.json").write_text('{"a.jpg": [[1, 2], [3, 4]]}')
+    with pytest.raises(FresnetError, match="key 'a.jpg'"):
+        read_landmarks(tmp_path / "bad.json")
+    with pytest.raises(FresnetError, match="5"):
+        estimate_norm(np.zeros((4, 2)))
+    with pytest.raises(FresnetError, match="same point"):
+        estimate_norm(np.ones((5, 2)))
