@@ -1,0 +1,48 @@
+"""``fresnet train CONFIG [key=value ...]``: train a fresnet (also as one rank under torchrun)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train with a margin-softmax loss (arcface, cosface, ...), Partial FC, torchrun/DDP",
+        description=(
+            "Train a fresnet. CONFIG is a YAML file or a built-in name (e.g. synthetic-r18); key=value pairs "
+            "override its keys (max_steps=200 batch_size=64 loss=cosface network=r50 dataset=PATH). "
+            "Multi-process: torchrun --nproc_per_node N -m fresnet train CONFIG ..."
+        ),
+    )
+    p.add_argument("config", metavar="CONFIG", help="YAML path or built-in config name")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. output=runs/a max_steps=100")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT from its checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over even if OUTPUT holds a checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--list", action="store_true", help="list the built-in configs and exit")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from fresnet.train.config import builtin_names, load_config
+    from fresnet.train.loop import train
+
+    if args.list:
+        print("\n".join(builtin_names()))
+        return 0
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append("resume=true")
+    if args.overwrite:
+        overrides.append("overwrite=true")
+    if args.no_progress:
+        overrides.append("progress=false")
+    cfg = load_config(args.config, overrides)
+    result = train(cfg)
+    from fresnet.train import distributed as D
+
+    if D.world()[0] == 0:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}" + (f", {metrics}" if metrics else ""))
+        print(f"model: {result.model_path}\ncheckpoint: {result.checkpoint_path}\nlog: {result.log_path}")
+    return 0

@@ -1,0 +1,244 @@
+"""``TrainConfig``: every key of a training run, its defaults, the original's aliases, and loading.
+
+A config is a YAML mapping (a file, or a built-in name from ``fresnet/configs/*.yaml``) plus
+``key=value`` overrides. Network keys of :class:`fresnet.config.NetConfig` (``num_layers``,
+``net_output``, ``emb_size``, ``units``, ``filter_list``, ``input_size``, ...) may sit at the top
+level, like the original's ``config.py``, or under ``net:``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from fresnet.config import FIELDS as NET_FIELDS
+from fresnet.config import NetConfig, normalize_options, parse_value
+from fresnet.errors import FresnetError
+from fresnet.losses import LOSS_PRESETS, margin_spec
+
+LR_SCHEDULES = ("step", "poly")
+AMP_MODES = ("none", "bf16", "fp16")
+
+# original train.py / config.py spellings -> ours
+KEY_ALIASES = {
+    "per_batch_size": "batch_size",
+    "mom": "momentum",
+    "weight_decay": "wd",
+    "frequent": "log_every",
+    "ckpt_every": "checkpoint_every",
+    "save_every": "checkpoint_every",
+    "val_every": "verbose",
+    "data_dir": "dataset",
+    "rec": "dataset",
+    "net_name": "network",
+    "loss_name": "loss",
+    "num_epoch": None,  # refused with a hint below
+}
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Field names follow the original ``train.py`` where it had one.
+
+    Keys (defaults in brackets):
+        network [r100]: a preset (``fresnet list``); ``net`` / top-level NetConfig keys override it.
+        loss [arcface]: softmax, nsoftmax, arcface, cosface, combined; ``loss_s``, ``loss_m1``,
+            ``loss_m2``, ``loss_m3`` override the preset's s and margins.
+        dataset [synthetic]: a RecordIO folder or ``.rec`` path, an image folder (one sub-folder per
+            identity), or ``synthetic`` (settings under ``synthetic:``).
+        val_targets []: verification packs (``.bin`` paths) and/or ``synthetic`` (held-out identities).
+        output [runs/train]: folder for ``checkpoint.pt``, ``model.safetensors``, ``log.csv``.
+        max_steps, batch_size (per process): the global batch is batch_size x world size.
+        lr [0.1], momentum [0.9], wd [5e-4]: SGD.
+        lr_schedule [step]: ``step`` (x lr_factor at each of lr_steps) or ``poly`` (power 2 decay to
+            0 at max_steps); both after ``warmup_steps`` of linear warm-up.
+        fc7_lr_mult, fc7_wd_mult [1], fc7_no_bias [false]: the classifier's own multipliers.
+        sample_rate [1]: Partial FC class sampling rate.
+        clip_grad_norm [0 = off]: global L2 norm clip over backbone and classifier.
+        amp [none]: none, bf16 (CPU or CUDA autocast), fp16 (CUDA, with GradScaler).
+        grad_checkpointing [false]: recompute activations (``FResNet.set_grad_checkpointing``).
+        sync_bn [true]: with several processes, BatchNorm statistics span the global batch.
+        checkpoint_every [0 = only at the end], verbose [0 = only at the end]: steps between
+            checkpoints / verification runs.
+        log_every [10]: steps between CSV rows.
+    """
+
+    network: str = "r100"
+    net: dict = field(default_factory=dict)
+    loss: str = "arcface"
+    loss_s: Optional[float] = None
+    loss_m1: Optional[float] = None
+    loss_m2: Optional[float] = None
+    loss_m3: Optional[float] = None
+    dataset: str = "synthetic"
+    synthetic: dict = field(default_factory=dict)
+    val_targets: list = field(default_factory=list)
+    val_pairs: int = 600
+    val_batch_size: int = 128
+    output: str = "runs/train"
+    max_steps: int = 1000
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    wd: float = 5e-4
+    lr_schedule: str = "step"
+    lr_steps: list = field(default_factory=list)
+    lr_factor: float = 0.1
+    warmup_steps: int = 0
+    fc7_lr_mult: float = 1.0
+    fc7_wd_mult: float = 1.0
+    fc7_no_bias: bool = False
+    sample_rate: float = 1.0
+    clip_grad_norm: float = 0.0
+    amp: str = "none"
+    grad_checkpointing: bool = False
+    sync_bn: bool = True
+    rand_mirror: bool = True
+    checkpoint_every: int = 0
+    verbose: int = 0
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    tensorboard: bool = False
+    progress: bool = True
+    resume: bool = False
+    overwrite: bool = False
+
+    # ---- derived ----------------------------------------------------------------------------
+    def net_config(self) -> NetConfig:
+        from fresnet.presets import preset_options
+
+        options: dict[str, Any] = dict(preset_options(self.network))
+        options.update(normalize_options(dict(self.net)))
+        return NetConfig(**options)
+
+    def margin(self):
+        return margin_spec(self.loss, s=self.loss_s, m1=self.loss_m1, m2=self.loss_m2, m3=self.loss_m3)
+
+    def synthetic_options(self) -> dict[str, Any]:
+        opts = {"num_identities": 200, "images_per_identity": 20, "seed": 0, "nuisance": 1.0, "holdout_identities": 100}
+        unknown = set(self.synthetic) - set(opts)
+        if unknown:
+            raise FresnetError(f"unknown synthetic keys {sorted(unknown)}; valid: {', '.join(opts)}")
+        opts.update(self.synthetic)
+        return opts
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ---- validation -------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        self.net_config()  # raises FresnetError on bad network keys
+        self.margin()
+        for key in ("max_steps", "batch_size"):
+            if int(getattr(self, key)) < 1:
+                raise FresnetError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        for key in ("checkpoint_every", "verbose", "log_every", "warmup_steps", "num_workers"):
+            if int(getattr(self, key)) < 0:
+                raise FresnetError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise FresnetError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.amp not in AMP_MODES:
+            raise FresnetError(f"unknown amp {self.amp!r}; choose one of {', '.join(AMP_MODES)}")
+        if not 0.0 < float(self.sample_rate) <= 1.0:
+            raise FresnetError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        if isinstance(self.lr_steps, str):  # the original's "100000,160000,220000"
+            self.lr_steps = [int(s) for s in self.lr_steps.split(",") if s.strip()]
+        self.lr_steps = sorted(int(s) for s in self.lr_steps)
+        if isinstance(self.val_targets, str):
+            self.val_targets = [t for t in self.val_targets.split(",") if t.strip()]
+        if self.warmup_steps >= self.max_steps and self.lr_schedule == "poly":
+            raise FresnetError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        if self.loss not in LOSS_PRESETS:  # margin() already raised; keeps the reason explicit
+            raise FresnetError(f"unknown loss {self.loss!r}")
+        return self
+
+
+def _field_types() -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files("fresnet") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: Union[str, os.PathLike]) -> tuple[dict[str, Any], str]:
+    import yaml
+
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FresnetError(f"{path}: config file not found; give a YAML path or one of: {', '.join(builtin_names())}")
+        text, origin = path.read_text(), str(path)
+    else:
+        resource = resources.files("fresnet") / "configs" / f"{source}.yaml"
+        if not resource.is_file():
+            raise FresnetError(
+                f"unknown config {str(source)!r}: not a file and not a built-in; built-ins: {', '.join(builtin_names())}"
+            )
+        text, origin = resource.read_text(), f"built-in {source}"
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise FresnetError(f"{origin}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise FresnetError(f"{origin}: a training config must be a mapping of keys to values")
+    return data, origin
+
+
+def load_config(
+    config: Union[str, os.PathLike, Mapping[str, Any], TrainConfig, None] = None,
+    overrides: Union[Mapping[str, Any], Sequence[str], None] = None,
+) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a YAML path, a built-in name, a dict or a TrainConfig, then
+    apply ``overrides`` (a dict, or ``key=value`` strings as on the command line)."""
+    if isinstance(config, TrainConfig):
+        data, origin = config.to_dict(), "config"
+    elif isinstance(config, Mapping):
+        data, origin = dict(config), "config"
+    elif config is None:
+        data, origin = {}, "defaults"
+    else:
+        data, origin = _read_yaml(config)
+    merged = _normalize(data, origin)
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            pairs = {}
+            for item in overrides:
+                if "=" not in item:
+                    raise FresnetError(f"override {item!r} is not key=value (e.g. max_steps=100)")
+                key, value = item.split("=", 1)
+                pairs[key.strip()] = parse_value(value.strip())
+            overrides = pairs
+        extra = _normalize(dict(overrides), "overrides")
+        net = {**merged.pop("net", {}), **extra.pop("net", {})}
+        merged.update(extra)
+        merged["net"] = net
+    return TrainConfig(**merged).validate()
+
+
+def _normalize(data: dict[str, Any], origin: str) -> dict[str, Any]:
+    fields = _field_types()
+    out: dict[str, Any] = {}
+    net: dict[str, Any] = dict(data.pop("net", None) or {})
+    for key, value in data.items():
+        name = KEY_ALIASES.get(key, key)
+        if key in KEY_ALIASES and name is None:
+            raise FresnetError(f"{origin}: key {key!r} is not supported; training length is set with max_steps")
+        if name in fields:
+            out[name] = value
+        elif name in NET_FIELDS:
+            net[name] = value
+        else:
+            raise FresnetError(
+                f"{origin}: unknown key {key!r}; valid keys: {', '.join(fields)}, and network keys {', '.join(NET_FIELDS)}"
+            )
+    if isinstance(out.get("lr_steps"), (int, float)):
+        out["lr_steps"] = [int(out["lr_steps"])]
+    out["net"] = net
+    return out

@@ -1,0 +1,150 @@
+"""Training data: the dataset named by the config, a global-batch sampler, and verification pairs.
+
+Determinism across world sizes: the order of samples and the mirror flips of an epoch are drawn
+from ``(seed, epoch)`` alone, the *global* batch ``k`` of the epoch is ``perm[k*G:(k+1)*G]`` and
+rank r takes its r-th slice. So a 1-process run with batch G and a 2-process run with batch G/2
+see the same global batches, and a resumed run continues from the step count alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fresnet.errors import FresnetError
+from fresnet.train.config import TrainConfig
+
+
+class GlobalBatchSampler:
+    """Yields, for each step in ``[start_step, max_steps)``, this rank's ``[(index, flip), ...]``."""
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, seed: int,
+                 start_step: int, max_steps: int, mirror: bool = True):
+        self.global_batch = batch_size * world_size
+        if num_samples < self.global_batch:
+            raise FresnetError(
+                f"the dataset has {num_samples} samples, fewer than one global batch of {self.global_batch} "
+                f"(batch_size {batch_size} x {world_size} processes); lower batch_size"
+            )
+        self.num_samples, self.batch_size, self.rank = num_samples, batch_size, rank
+        self.seed, self.start_step, self.max_steps, self.mirror = seed, start_step, max_steps, mirror
+        self.steps_per_epoch = num_samples // self.global_batch  # the last partial batch is dropped
+        self._epoch: Optional[int] = None
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def _draw(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + 7919 * epoch + 17)
+        perm = torch.randperm(self.num_samples, generator=gen)
+        flips = torch.randint(0, 2, (self.num_samples,), generator=gen) if self.mirror else torch.zeros(self.num_samples, dtype=torch.long)
+        return perm, flips
+
+    def __len__(self) -> int:
+        return max(0, self.max_steps - self.start_step)
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        perm = flips = None
+        for step in range(self.start_step, self.max_steps):
+            epoch, k = divmod(step, self.steps_per_epoch)
+            if epoch != self._epoch:
+                perm, flips = self._draw(epoch)
+                self._epoch = epoch
+            start = k * self.global_batch + self.rank * self.batch_size
+            rows = perm[start:start + self.batch_size]
+            yield [(int(i), bool(flips[i])) for i in rows]
+
+
+class TrainView(Dataset):
+    """``view[(index, flip)] -> (float32 (3, H, W) in 0..255, label)``: resized, mirrored if asked."""
+
+    def __init__(self, dataset: Dataset, input_size: tuple[int, int]):
+        from fresnet.data.transforms import Resize
+
+        self.dataset = dataset
+        self.resize = Resize(tuple(input_size))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, bool]):
+        index, flip = item
+        image, label = self.dataset[index]
+        image = self.resize(image)
+        if flip:
+            image = image.flip(-1)
+        return image.float(), int(label)
+
+
+class InMemoryImages(Dataset):
+    """A pre-rendered uint8 (N, 3, H, W) tensor and its labels (the synthetic set, rendered once)."""
+
+    def __init__(self, images: torch.Tensor, labels: np.ndarray, num_classes: int):
+        self.images, self.labels, self.num_classes = images, np.asarray(labels), int(num_classes)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], int(self.labels[index])
+
+
+def render_synthetic(cfg: TrainConfig, size: int, progress=None) -> InMemoryImages:
+    from fresnet.data import SyntheticFaces
+
+    opts = cfg.synthetic_options()
+    ds = SyntheticFaces(opts["num_identities"], opts["images_per_identity"], seed=opts["seed"],
+                        size=size, nuisance=opts["nuisance"])
+    chunks = []
+    starts = range(0, len(ds), 256)
+    for start in (progress(starts) if progress else starts):
+        chunk = ds.render(range(start, min(start + 256, len(ds))))
+        chunks.append(torch.from_numpy(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))))
+    return InMemoryImages(torch.cat(chunks), ds.labels, ds.num_classes)
+
+
+def build_dataset(cfg: TrainConfig, input_size: tuple[int, int]) -> Any:
+    """The training dataset with ``num_classes``: synthetic, RecordIO or an image folder."""
+    source = str(cfg.dataset)
+    if source == "synthetic":
+        # rendered straight at the network's size (square inputs), then kept in memory
+        size = input_size[0] if input_size[0] == input_size[1] else 112
+        return render_synthetic(cfg, max(16, size))
+    path = Path(source)
+    if not path.exists():
+        raise FresnetError(f"dataset {source}: no such file or folder; give a RecordIO folder/.rec, an image folder, or 'synthetic'")
+    from fresnet.data import ImageFolderDataset, RecordIODataset
+
+    if path.suffix in (".rec", ".idx") or (path.is_dir() and (any(path.glob("*.rec")))):
+        return RecordIODataset(path)
+    return ImageFolderDataset(path)
+
+
+def verification_sets(cfg: TrainConfig, input_size: tuple[int, int]) -> dict[str, tuple[np.ndarray, list]]:
+    """``name -> (images uint8 (2P, H, W, 3), issame)`` for every ``val_targets`` entry."""
+    out = {}
+    for target in cfg.val_targets:
+        target = str(target)
+        if target == "synthetic":
+            from fresnet.data.synthetic import synthetic_pairs
+
+            opts = cfg.synthetic_options()
+            size = input_size[0] if input_size[0] == input_size[1] else 112
+            images, issame = synthetic_pairs(cfg.val_pairs, opts["holdout_identities"], opts["num_identities"],
+                                             seed=opts["seed"], size=max(16, size), nuisance=opts["nuisance"])
+            if tuple(images.shape[1:3]) != tuple(input_size):
+                from fresnet.data.decode import resize_rgb
+
+                images = np.stack([resize_rgb(im, *input_size) for im in images])
+            out["synthetic"] = (images, issame)
+        else:
+            from fresnet.data import load_bin
+
+            path = Path(target)
+            if not path.is_file():
+                raise FresnetError(f"val_targets: {target} is not a file; give .bin verification packs or 'synthetic'")
+            out[path.stem] = load_bin(path, image_size=tuple(input_size))
+    return out

@@ -1,0 +1,90 @@
+"""Run logging: a rich progress bar (samples/s, loss, lr, ETA), ``log.csv``, optional TensorBoard."""
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from fresnet.ioutil import atomic_write_text
+
+BASE_COLUMNS = ["step", "epoch", "samples", "loss", "lr", "samples_per_s", "elapsed_s"]
+
+
+class CsvLog:
+    """``log.csv``, rewritten atomically at each flush (a crash never leaves a torn row). On resume
+    the rows after the checkpoint's step are dropped, so the log matches the weights."""
+
+    def __init__(self, path: Path, val_names: list[str], resume_step: Optional[int] = None):
+        self.path = Path(path)
+        self.columns = BASE_COLUMNS + [f"val_{name}" for name in val_names]
+        self.rows: list[dict[str, Any]] = []
+        if resume_step is not None and self.path.is_file():
+            with open(self.path, newline="") as handle:
+                self.rows = [r for r in csv.DictReader(handle) if int(float(r.get("step", 0))) <= resume_step]
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=self.columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, out.getvalue())
+
+
+class TensorBoard:
+    def __init__(self, folder: Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(folder / "tensorboard"))
+            except ImportError:
+                warnings.warn("tensorboard=true but the tensorboard package is not installed; logging to CSV only")
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Progress:
+    """The bar; a no-op when disabled (other ranks, tests, ``progress=false``)."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = RichProgress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[speed]:>8.1f} samples/s  loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        )
+        self.task = self.bar.add_task("train", total=total, completed=start, speed=0.0, loss=float("nan"), lr=0.0)
+        self.bar.start()
+
+    def update(self, step: int, speed: float, loss: float, lr: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, speed=speed, loss=loss, lr=lr)
+
+    def print(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
