@@ -204,14 +204,16 @@ def prepare_image(image: np.ndarray, input_size: tuple[int, int], landmarks: Opt
     """Align (when landmarks are given) or resize an image to the model's input size, HWC uint8."""
     from fresnet.data.decode import resize_rgb
 
+    h, w = int(input_size[0]), int(input_size[1])
     if landmarks is not None:
         from fresnet.eval.align import norm_crop
 
-        h, w = input_size
         if h != w:
             raise FresnetError(f"alignment makes square crops; the model takes {h}x{w} input")
-        return norm_crop(image, landmarks, image_size=h)
-    return resize_rgb(image, int(input_size[0]), int(input_size[1]))
+        # the template is defined for 112 (and 128) crops; other sizes align at 112, then resize
+        crop = h if h % 112 == 0 or h % 128 == 0 else 112
+        image = norm_crop(image, landmarks, image_size=crop)
+    return resize_rgb(image, h, w)
 
 
 def embed_inputs(
