@@ -1,0 +1,67 @@
+"""``fresnet demo --quick``: every step runs and lands in the report; failures are loud, optional ones not."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from fresnet.cli import main
+
+
+def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
+    # pretend graphviz's `dot` is missing: the graph step must write a .dot and say so, not fail
+    import fresnet.viz
+
+    monkeypatch.setattr(fresnet.viz.shutil, "which", lambda name: None)
+    out = tmp_path / "report"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"accuracy: [01]\.\d{4}", printed[-1])
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "ok"
+    assert all(step["status"] == "ok" for step in results["steps"])
+    assert float(printed[-1].split()[-1]) == pytest.approx(results["trained"]["accuracy"], abs=5e-5)
+    assert results["trained"]["num_pairs"] == 40 and results["untrained"]["num_pairs"] == 40
+    assert results["onnx"]["max_abs_diff"] < 1e-2 and results["onnx"]["accuracy_matches"]
+    for name in ("data/train.rec", "data/train.idx", "data/property", "data/holdout.bin", "train/model.safetensors",
+                 "model.onnx", "roc.png", "distances.png", "training.png", "samples.png", "network.dot",
+                 "report.md", "report.html"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "dot -Tsvg" in report and "![ROC" in report and "## 5. ONNX export" in report
+    assert "<img src=\"roc.png\"" in (out / "report.html").read_text()
+
+    # a second run into the same report folder replaces it; a foreign non-empty folder is refused
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["demo", "--quick", "--out", str(foreign)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_required_step_failure_fails_the_demo_optional_one_does_not(tmp_path, capsys, monkeypatch):
+    import fresnet.train
+    from fresnet.demo import Demo
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated training crash")
+
+    def no_picture(self):
+        raise OSError("no fonts here")
+
+    # skip the slow steps before training: this test is about what happens when training fails
+    for name in ("_make_data", "_summary", "_network_plot", "_eval_untrained"):
+        monkeypatch.setattr(Demo, name, lambda self: None)
+    monkeypatch.setattr(Demo, "_sample_picture", no_picture)
+    monkeypatch.setattr(fresnet.train, "run", boom)
+    out = tmp_path / "report"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 1
+    assert "simulated training crash" in capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "failed"
+    status = {step["title"]: (step["status"], step["note"]) for step in results["steps"]}
+    assert status["train"] == ("failed", "RuntimeError: simulated training crash")
+    assert status["data: picture of sample identities"] == ("skipped", "OSError: no fonts here")
+    assert "The demo failed" in (out / "report.md").read_text()
