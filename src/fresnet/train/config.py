@@ -54,7 +54,8 @@ class TrainConfig:
         max_steps, batch_size (per process): the global batch is batch_size x world size.
         lr [0.1], momentum [0.9], wd [5e-4]: SGD.
         lr_schedule [step]: ``step`` (x lr_factor at each of lr_steps) or ``poly`` (power 2 decay to
-            0 at max_steps); both after ``warmup_steps`` of linear warm-up.
+            0 at max_steps); both after ``warmup_steps`` of linear warm-up (a number of steps, or a
+            fraction of max_steps when below 1, e.g. 0.05).
         fc7_lr_mult, fc7_wd_mult [1], fc7_no_bias [false]: the classifier's own multipliers.
         sample_rate [1]: Partial FC class sampling rate.
         clip_grad_norm [0 = off]: global L2 norm clip over backbone and classifier.
@@ -87,7 +88,7 @@ class TrainConfig:
     lr_schedule: str = "step"
     lr_steps: list = field(default_factory=list)
     lr_factor: float = 0.1
-    warmup_steps: int = 0
+    warmup_steps: float = 0
     fc7_lr_mult: float = 1.0
     fc7_wd_mult: float = 1.0
     fc7_no_bias: bool = False
@@ -138,6 +139,10 @@ class TrainConfig:
             if int(getattr(self, key)) < 1:
                 raise FresnetError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
         for key in ("checkpoint_every", "verbose", "log_every", "warmup_steps", "num_workers"):
+            if key == "warmup_steps" and float(self.warmup_steps) < 0:
+                raise FresnetError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+            if key == "warmup_steps":
+                continue
             if int(getattr(self, key)) < 0:
                 raise FresnetError(f"{key} must be >= 0, got {getattr(self, key)!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -151,8 +156,6 @@ class TrainConfig:
         self.lr_steps = sorted(int(s) for s in self.lr_steps)
         if isinstance(self.val_targets, str):
             self.val_targets = [t for t in self.val_targets.split(",") if t.strip()]
-        if self.warmup_steps >= self.max_steps and self.lr_schedule == "poly":
-            raise FresnetError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
         if self.loss not in LOSS_PRESETS:  # margin() already raised; keeps the reason explicit
             raise FresnetError(f"unknown loss {self.loss!r}")
         return self

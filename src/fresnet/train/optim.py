@@ -31,7 +31,7 @@ def build_optimizer(cfg: TrainConfig, backbone: nn.Module, classifier: nn.Module
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate for the update that follows ``step`` completed steps."""
     base = float(cfg.lr)
-    warm = int(cfg.warmup_steps)
+    warm = warmup_steps(cfg)
     if step < warm:
         return base * (step + 1) / warm
     if cfg.lr_schedule == "poly":
@@ -39,6 +39,13 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         return base * max(0.0, 1.0 - progress) ** 2
     drops = sum(1 for s in cfg.lr_steps if step >= s)
     return base * float(cfg.lr_factor) ** drops
+
+
+def warmup_steps(cfg: TrainConfig) -> int:
+    """``warmup_steps`` below 1 is a fraction of ``max_steps``; the warm-up never reaches max_steps."""
+    w = float(cfg.warmup_steps)
+    steps = int(round(w * cfg.max_steps)) if 0 < w < 1 else int(w)
+    return min(steps, cfg.max_steps - 1)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
