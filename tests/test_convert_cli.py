@@ -118,6 +118,22 @@ def test_mxnet_formats_call_the_mxnet_module(tmp_path, monkeypatch, capsys):
     assert "MXNet checkpoint: prefix" in out and "epoch 3" in out
 
 
+def test_round_trip_through_the_real_mxnet_format(tmp_path, capsys):
+    pytest.importorskip("fresnet.interop.mxnet")
+    model = fresnet.create_model(units=[1, 1], filter_list=[8, 16, 32], input_size=28, emb_size=16,
+                                 net_output="GDC").eval()
+    src, back = tmp_path / "m.safetensors", tmp_path / "back.safetensors"
+    fresnet.save(model, src)
+    assert main(["convert", str(src), str(tmp_path / "mx" / "model-symbol.json")]) == 0
+    assert (tmp_path / "mx" / "model-0000.params").exists()
+    assert main(["convert", str(tmp_path / "mx" / "model"), str(back)]) == 0
+    loaded = fresnet.load(back)
+    assert loaded.config.net_output == "GDC"
+    x = torch.rand(2, 3, 28, 28) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
 # ---- failures ----------------------------------------------------------------------------------
 def test_failures_are_one_clear_line_without_traceback(tmp_path, pth, capsys):
     _, src = pth

@@ -58,7 +58,8 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epoch", type=int, default=None, help="epoch of an MXNet source given as a prefix")
     p.add_argument("--num-layers", type=int, default=None, help=".pth source: depth (default: from the block counts)")
     p.add_argument("--input-size", default=None, metavar="HxW",
-                   help=".pth source: input size (default: from fc.weight, 112x112 for a 7x7 trunk)")
+                   help=".pth/MXNet source: input size when the file does not fix it (default: from the FC width, "
+                        "112x112 for a 7x7 trunk)")
 
 
 def _add_onnx_args(p: argparse.ArgumentParser) -> None:

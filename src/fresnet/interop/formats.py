@@ -128,8 +128,8 @@ def detect_destination(path: str | os.PathLike, epoch: Optional[int] = None) -> 
 
 
 def read_model(source: ModelFile, **options: Any):
-    """Read a model in any readable format. ``options`` go to the arcface_torch importer
-    (``num_layers``, ``input_size``)."""
+    """Read a model in any readable format. ``options`` go to the importers: ``num_layers`` and
+    ``input_size`` for arcface_torch, ``input_size`` for MXNet; ``None`` values are ignored."""
     if source.kind is Kind.SAFETENSORS:
         from fresnet.interop.native import _load_safetensors
 
@@ -141,7 +141,8 @@ def read_model(source: ModelFile, **options: Any):
     if source.kind is Kind.MXNET:
         from fresnet.interop.mxnet import load_mxnet
 
-        model, _config = load_mxnet(source.path, epoch=source.epoch or 0)
+        extra = {"input_size": options["input_size"]} if options.get("input_size") is not None else {}
+        model, _config = load_mxnet(source.path, epoch=source.epoch or 0, **extra)
         return model.eval()
     raise FresnetError(f"{source.path}: {source.kind.value} cannot be read, only written")
 
