@@ -92,6 +92,7 @@ class FResNet(nn.Module):
         self.reduce = Reduce(in_ch, act, norm) if config.bottle_neck else None
         self.head = build_head(config.net_output, config.trunk_channels, config.trunk_hw, config.emb_size, act)
         self.grad_checkpoint_units: frozenset[str] = frozenset()
+        self.grad_checkpoint_segments: tuple[tuple[str, ...], ...] = ()
         init_weights(self)
 
     # ---- structure -------------------------------------------------------------------------
@@ -109,12 +110,20 @@ class FResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and residual stages (and the bottleneck ``convd`` block): the trunk map."""
         x = self.stem(x)
-        recompute = self.grad_checkpoint_units and self.training and torch.is_grad_enabled()
-        for name, unit in self.iter_units():
-            if recompute and name in self.grad_checkpoint_units:
-                x = checkpoint(unit, x, use_reentrant=False, context_fn=_freeze_bn_stats_on_recompute(unit))
-            else:
+        recompute = self.grad_checkpoint_segments and self.training and torch.is_grad_enabled()
+        segment_at = {segment[0]: segment for segment in self.grad_checkpoint_segments} if recompute else {}
+        units = self.iter_units()
+        for name, unit in units:
+            segment = segment_at.get(name)
+            if segment is None:
                 x = unit(x)
+                continue
+            # a segment saves only its input; everything inside is recomputed in backward
+            modules = (unit,) + tuple(next(units)[1] for _ in segment[1:])
+            x = checkpoint(
+                partial(_run_in_order, modules), x, use_reentrant=False,
+                context_fn=_freeze_bn_stats_on_recompute(*modules),
+            )
         if self.reduce is not None:
             x = self.reduce(x)
         return x
@@ -131,32 +140,53 @@ class FResNet(nn.Module):
 
         ``True`` applies the default plan (:func:`fresnet.memory.plan`, sqrt(n) segments), ``False``
         turns it off, and an iterable of unit names (``'stage3.unit4'``) or a plan object with a
-        ``units`` attribute recomputes exactly those units.
+        ``units`` attribute recomputes exactly those units, each checkpointed on its own (its input is
+        kept). A plan object with a ``segments`` attribute (tuples of consecutive unit names)
+        checkpoints each segment as one piece, so only the segment's input is kept.
         """
         if enable_or_plan is True:
             from fresnet.memory import plan
 
-            units = plan(self).units
-        elif enable_or_plan is False or enable_or_plan is None:
-            units = ()
+            enable_or_plan = plan(self)
+        if enable_or_plan is False or enable_or_plan is None:
+            segments: tuple[tuple[str, ...], ...] = ()
+        elif getattr(enable_or_plan, "segments", None) is not None:
+            segments = tuple(tuple(segment) for segment in enable_or_plan.segments)
         else:
-            units = getattr(enable_or_plan, "units", enable_or_plan)
-        known = {name for name, _ in self.iter_units()}
-        unknown = sorted(set(units) - known)
-        if unknown:
-            from fresnet.errors import FresnetError
-
-            raise FresnetError(f"unknown unit names {unknown}; valid names look like {sorted(known)[:3]} ...")
-        self.grad_checkpoint_units = frozenset(units)
+            segments = tuple((name,) for name in getattr(enable_or_plan, "units", enable_or_plan))
+        self.grad_checkpoint_segments = self._check_segments(segments)
+        self.grad_checkpoint_units = frozenset(name for segment in segments for name in segment)
         return self
+
+    def _check_segments(self, segments: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+        from fresnet.errors import FresnetError
+
+        order = {name: i for i, (name, _) in enumerate(self.iter_units())}
+        names = [name for segment in segments for name in segment]
+        unknown = sorted(set(names) - set(order))
+        if unknown:
+            raise FresnetError(f"unknown unit names {unknown}; valid names look like {sorted(order)[:3]} ...")
+        if len(set(names)) != len(names):
+            raise FresnetError("a unit appears twice in the checkpointing plan; give each unit at most once")
+        for segment in segments:
+            positions = [order[name] for name in segment]
+            if not positions or positions != list(range(positions[0], positions[0] + len(positions))):
+                raise FresnetError(f"checkpoint segment {list(segment)} must list consecutive units in forward order")
+        return segments
+
+
+def _run_in_order(modules: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+    for module in modules:
+        x = module(x)
+    return x
 
 
 class _freeze_bn_stats_on_recompute:
     """``context_fn`` for :func:`torch.utils.checkpoint`: the recomputation in backward must not
     update BatchNorm moving statistics a second time."""
 
-    def __init__(self, unit: nn.Module):
-        self.bns = [m for m in unit.modules() if isinstance(m, MXBatchNorm)]
+    def __init__(self, *units: nn.Module):
+        self.bns = [m for unit in units for m in unit.modules() if isinstance(m, MXBatchNorm)]
 
     def __call__(self):
         import contextlib
