@@ -1,0 +1,341 @@
+"""Draw a fresnet network as a graph: the original's ``mx.viz.plot_network``, from the real dataflow.
+
+The graph comes from ``torch.fx`` tracing the model (so a shortcut is drawn from wherever the unit's
+``forward`` really takes it, e.g. ``act1`` in a pre-activation unit), and the edge labels are tensor
+shapes from one real forward pass of a single image. Two views:
+
+* layers: one node per layer (op type and kernel/stride/filters), coloured by op type like
+  ``plot_network``, each unit boxed;
+* units (``collapse=True``): one node per residual unit, for deep networks.
+
+Rendering goes through the ``dot`` binary when it is installed; without it a ``.dot`` file is written.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from fresnet.errors import FresnetError
+from fresnet.layers import InputNorm, MXBatchNorm
+
+# above this many residual units the default view is one node per unit (r34 has 16, r50 24)
+COLLAPSE_ABOVE_UNITS = 16
+RENDER_FORMATS = ("svg", "png", "pdf")
+DOT_FORMATS = ("dot", "gv")
+
+# mx.viz.plot_network's palette, by MXNet op family
+COLORS = {
+    "data": "#8dd3c7",
+    "conv": "#fb8072",
+    "fc": "#fb8072",
+    "bn": "#bebada",
+    "act": "#ffffb3",
+    "pool": "#80b1d3",
+    "reshape": "#fdb462",
+    "add": "#b3de69",
+    "other": "#fccde5",
+}
+UNIT_COLORS = {"identity": "#d9d9d9", "projection": "#fb8072", "stem": "#8dd3c7", "reduce": "#bebada", "head": "#80b1d3"}
+
+_ACT_NAMES = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Softplus: "softrelu", nn.Softsign: "softsign"}
+_FUNCTION_OPS = {
+    "add": ("add", "add"), "iadd": ("add", "add"), "mul": ("other", "broadcast_mul"), "truediv": ("other", "div"),
+    "sub": ("other", "sub"), "sigmoid": ("act", "Activation sigmoid"), "flatten": ("reshape", "Flatten"),
+    "adaptive_avg_pool2d": ("pool", "Pooling global avg"),
+}
+
+
+@dataclass
+class Layer:
+    """One node of the layer view."""
+
+    id: str
+    name: str  # MXNet-style name, e.g. stage1_unit1_conv1
+    kind: str  # key of COLORS
+    label: str  # op type and key attributes
+    group: str  # 'data', 'stem', 'stage1.unit1', 'reduce', 'head', 'output'
+    inputs: list[str] = field(default_factory=list)
+    shape: tuple[int, ...] = ()  # output shape without the batch
+
+
+class _Tracer(fx.Tracer):
+    """Stops at the layers a user thinks in (conv, BN, activation, FC, dropout); traces through the
+    rest, so residual adds and SE multiplies become nodes of their own."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        if isinstance(module, (MXBatchNorm, InputNorm)):
+            return True
+        if isinstance(module, nn.Identity):
+            return False
+        return super().is_leaf_module(module, qualified_name)
+
+
+def _mx_name(path: str) -> str:
+    parts = path.split(".")
+    if parts and parts[0] in ("stem", "reduce", "head"):
+        parts = parts[1:]
+    return "_".join(parts) or path
+
+
+def _group_of(node: fx.Node) -> str:
+    stack = list(node.meta.get("nn_module_stack", {}).keys())
+    path = stack[-1] if stack else (node.target if node.op == "call_module" else "")
+    parts = str(path).split(".")
+    if parts[0].startswith("stage") and len(parts) > 1:
+        return ".".join(parts[:2])
+    return parts[0] if parts[0] in ("stem", "reduce", "head") else "head"
+
+
+def _describe_module(module: nn.Module) -> tuple[str, str]:
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        text = f"Convolution {kh}x{kw}/{module.stride[0]}, {module.out_channels}"
+        if module.groups > 1:
+            text += ", dw" if module.groups == module.in_channels else f", g{module.groups}"
+        return "conv", text
+    if isinstance(module, nn.Linear):
+        return "fc", f"FullyConnected {module.out_features}"
+    if isinstance(module, MXBatchNorm):
+        return "bn", "BatchNorm" + (" fix_gamma" if module.fix_gamma else "")
+    if isinstance(module, nn.PReLU):
+        return "act", "LeakyReLU prelu"
+    if type(module) in _ACT_NAMES:
+        return "act", f"Activation {_ACT_NAMES[type(module)]}"
+    if isinstance(module, nn.Dropout):
+        return "other", f"Dropout p={module.p}"
+    if isinstance(module, InputNorm):
+        return "other", "InputNorm (x-127.5)/128"
+    return "other", type(module).__name__
+
+
+def _describe_function(node: fx.Node) -> tuple[str, str]:
+    name = getattr(node.target, "__name__", str(node.target))
+    if name in _FUNCTION_OPS:
+        return _FUNCTION_OPS[name]
+    return "other", name
+
+
+def _shape(node: fx.Node) -> tuple[int, ...]:
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(shape[1:]) if shape is not None else ()
+
+
+def trace_layers(model: nn.Module, input_size=None) -> list[Layer]:
+    """The model's dataflow as a list of layers in forward order, with output shapes (batch dropped)."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    config = getattr(model, "config", None)
+    size = tuple(input_size or (config.input_size if config is not None else (112, 112)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            graph = _Tracer().trace(model)
+            module = fx.GraphModule(model, graph)
+            ShapeProp(module).propagate(torch.zeros(1, 3, *size))
+    except (RuntimeError, ValueError) as exc:
+        raise FresnetError(f"cannot trace the network at input size {size}: {exc}") from exc
+    finally:
+        model.train(was_training)
+
+    layers: list[Layer] = []
+    for node in graph.nodes:
+        inputs = [n.name for n in node.all_input_nodes]
+        if node.op == "placeholder":
+            shape = _shape(node)
+            layers.append(Layer(node.name, "data", "data", "data\n" + "x".join(map(str, shape)), "data", [], shape))
+        elif node.op == "output":
+            layers.append(Layer(node.name, "output", "data", "output", "output", inputs, ()))
+        elif node.op == "call_module":
+            kind, label = _describe_module(model.get_submodule(node.target))
+            layers.append(Layer(node.name, _mx_name(node.target), kind, label, _group_of(node), inputs, _shape(node)))
+        else:  # call_function / call_method / get_attr
+            kind, label = _describe_function(node) if node.op == "call_function" else ("other", str(node.target))
+            group = _group_of(node)
+            stack = list(node.meta.get("nn_module_stack", {}).keys())
+            prefix = _mx_name(stack[-1]) if stack else group
+            layers.append(Layer(node.name, f"{prefix}_{label.split()[0].lower()}", kind, label, group, inputs,
+                                _shape(node)))
+    return layers
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _unit_summaries(model: nn.Module, layers: list[Layer]) -> dict[str, tuple[str, str]]:
+    """group -> (label, colour key) for the unit view."""
+    by_group: dict[str, list[Layer]] = {}
+    for layer in layers:
+        by_group.setdefault(layer.group, []).append(layer)
+    summaries: dict[str, tuple[str, str]] = {}
+    units = dict(model.iter_units()) if hasattr(model, "iter_units") else {}
+    for group, members in by_group.items():
+        if group in units:
+            unit = units[group]
+            convs = [m for m in unit.modules() if isinstance(m, nn.Conv2d)]
+            stride = max(c.stride[0] for c in convs)
+            projection = not getattr(unit, "dim_match", True)
+            se = getattr(unit, "se", None) is not None
+            # one line per unit keeps a 100-unit network's picture compact
+            text = (f"{group}: {type(unit).__name__} {convs[0].in_channels}->{_out_channels(members)}"
+                    f"{f' /{stride}' if stride > 1 else ''}{', projection shortcut' if projection else ''}"
+                    f"{' + SE' if se else ''}")
+            summaries[group] = (text, "projection" if projection else "identity")
+        elif group in ("stem", "reduce", "head"):
+            ops = [m.label for m in members]
+            summaries[group] = (group + "\n" + "\n".join(ops), group)
+    return summaries
+
+
+def _out_channels(members: list[Layer]) -> int:
+    last = members[-1].shape
+    return last[0] if last else 0
+
+
+def build_graph(model: nn.Module, *, collapse: Optional[bool] = None, input_size=None, title: Optional[str] = None):
+    """A ``graphviz.Digraph`` of the model. ``collapse`` None picks the unit view for networks with
+    more than :data:`COLLAPSE_ABOVE_UNITS` units."""
+    import graphviz
+
+    layers = trace_layers(model, input_size)
+    unit_count = len({layer.group for layer in layers if layer.group.startswith("stage")})
+    if collapse is None:
+        collapse = unit_count > COLLAPSE_ABOVE_UNITS
+    graph = graphviz.Digraph(name="fresnet", graph_attr={
+        "rankdir": "TB", "fontname": "Helvetica", "fontsize": "12", "nodesep": "0.25", "ranksep": "0.3",
+        "label": title or "", "labelloc": "t",
+    }, node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica", "fontsize": "10",
+                  "margin": "0.12,0.04", "height": "0.3"},
+        edge_attr={"fontname": "Helvetica", "fontsize": "8", "color": "#555555", "arrowsize": "0.6"})
+    by_id = {layer.id: layer for layer in layers}
+    if collapse:
+        _draw_units(graph, model, layers, by_id)
+    else:
+        _draw_layers(graph, layers, by_id)
+    return graph
+
+
+def _draw_layers(graph, layers: list[Layer], by_id: dict[str, Layer]) -> None:
+    clusters: dict[str, object] = {}
+    for layer in layers:
+        target = graph
+        if layer.group.startswith("stage"):
+            if layer.group not in clusters:
+                clusters[layer.group] = []
+            clusters[layer.group].append(layer)
+            continue
+        _layer_node(target, layer)
+    for group, members in clusters.items():
+        with graph.subgraph(name="cluster_" + group.replace(".", "_")) as sub:
+            sub.attr(label=group, style="rounded,dashed", color="#888888", fontsize="10", labeljust="l")
+            for layer in members:
+                _layer_node(sub, layer)
+    for layer in layers:
+        for source in dict.fromkeys(layer.inputs):
+            src = by_id[source]
+            attrs = {"label": " " + _shape_text(src.shape)}
+            # the identity shortcut: drawn bold so the residual path stands out
+            if layer.kind == "add" and len(layer.inputs) == 2 and src.kind == "add":
+                attrs["style"] = "bold"
+            graph.edge(source, layer.id, **attrs)
+
+
+def _layer_node(graph, layer: Layer) -> None:
+    name = layer.name
+    if layer.group.startswith("stage"):  # the unit's box already says stageN_unitM
+        name = name[len(layer.group) + 1:]
+    label = layer.label if layer.kind == "data" or layer.group == "output" else f"{name}\n{layer.label}"
+    graph.node(layer.id, label=label, fillcolor=COLORS[layer.kind],
+               shape="ellipse" if layer.kind == "data" else "box")
+
+
+def _draw_units(graph, model: nn.Module, layers: list[Layer], by_id: dict[str, Layer]) -> None:
+    summaries = _unit_summaries(model, layers)
+    order: list[str] = []
+    for layer in layers:
+        if layer.group not in order:
+            order.append(layer.group)
+    stages: dict[str, list[str]] = {}
+    for group in order:
+        node_id = group.replace(".", "_")
+        if group == "data":
+            graph.node(node_id, label=by_id[layers[0].id].label, fillcolor=COLORS["data"], shape="ellipse")
+        elif group == "output":
+            graph.node(node_id, label="output", fillcolor=COLORS["data"], shape="ellipse")
+        elif group.startswith("stage"):
+            stages.setdefault(group.split(".")[0], []).append(group)
+        else:
+            text, colour = summaries[group]
+            graph.node(node_id, label=text, fillcolor=UNIT_COLORS[colour])
+    for stage, groups in stages.items():
+        with graph.subgraph(name="cluster_" + stage) as sub:
+            sub.attr(label=f"{stage} ({len(groups)} units)", style="rounded,dashed", color="#888888",
+                     fontsize="10", labeljust="l")
+            for group in groups:
+                text, colour = summaries[group]
+                sub.node(group.replace(".", "_"), label=text, fillcolor=UNIT_COLORS[colour])
+    seen = set()
+    for layer in layers:
+        for source in layer.inputs:
+            src = by_id[source]
+            if src.group == layer.group or (src.group, layer.group) in seen:
+                continue
+            seen.add((src.group, layer.group))
+            graph.edge(src.group.replace(".", "_"), layer.group.replace(".", "_"), label=" " + _shape_text(src.shape))
+
+
+@dataclass(frozen=True)
+class PlotResult:
+    """What :func:`plot_network` wrote: ``path`` (the picture, or the .dot file when ``dot`` is
+    missing), ``dot_path`` (the graph source, when it was written), ``rendered``."""
+
+    path: Path
+    dot_path: Optional[Path]
+    rendered: bool
+    collapsed: bool
+
+
+def plot_network(model: nn.Module, path: Union[str, Path], *, collapse: Optional[bool] = None,
+                 input_size=None, title: Optional[str] = None) -> PlotResult:
+    """Write the model's graph to ``path``; the suffix picks the format (.svg, .png, .pdf, .dot, .gv).
+
+    A picture needs graphviz's ``dot`` binary. Without it, the graph source is written next to
+    ``path`` with a .dot suffix and ``rendered`` is False (render it later with
+    ``dot -Tsvg net.dot -o net.svg`` after ``apt-get install graphviz``).
+    """
+    from fresnet.ioutil import atomic_write_bytes, atomic_write_text
+
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in RENDER_FORMATS + DOT_FORMATS:
+        raise FresnetError(
+            f"cannot tell the picture format from {str(path)!r}; end the name in one of "
+            f"{', '.join('.' + f for f in RENDER_FORMATS + DOT_FORMATS)}"
+        )
+    units = len(list(model.iter_units())) if hasattr(model, "iter_units") else 0
+    collapsed = collapse if collapse is not None else units > COLLAPSE_ABOVE_UNITS
+    graph = build_graph(model, collapse=collapsed, input_size=input_size, title=title)
+    if fmt in DOT_FORMATS:
+        atomic_write_text(path, graph.source)
+        return PlotResult(path, path, False, collapsed)
+    if shutil.which("dot") is None:
+        dot_path = path.with_suffix(".dot")
+        atomic_write_text(dot_path, graph.source)
+        return PlotResult(dot_path, dot_path, False, collapsed)
+    import graphviz
+
+    try:
+        picture = graph.pipe(format=fmt)
+    except (graphviz.ExecutableNotFound, graphviz.CalledProcessError) as exc:
+        raise FresnetError(f"graphviz 'dot' failed to render {path}: {exc}") from exc
+    atomic_write_bytes(path, picture)
+    return PlotResult(path, None, True, collapsed)
