@@ -1,0 +1,269 @@
+#!/usr/bin/env python
+"""Inference speed of fresnet networks: eager float32 vs every fast path vs ONNX Runtime, in ONE run.
+
+For each model and batch size it builds every path from the same weights (a random network with
+settled BatchNorm statistics, see ``common.realistic_model``), checks each path's accuracy
+against eager float32 (fp32 paths: max abs diff <= 1e-4; bf16/fp16: min cosine >= 0.9995), then
+times all paths *interleaved* and reports images/s, the speed-up over eager, and the achieved
+GFLOP/s as a fraction of a 4096^3 matmul peak measured in the same run.
+
+    python benchmarks/bench_inference.py                          # r18 r50 r100, batch 1 and 32
+    python benchmarks/bench_inference.py --models r50 --batches 1 --no-compile   # quick look
+    python benchmarks/bench_inference.py --device cuda --batches 1,32,256 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+
+from common import (  # noqa: E402
+    cosine_and_maxdiff,
+    face_images,
+    interleaved_timing,
+    machine_info,
+    matmul_gflops,
+    print_table,
+    realistic_model,
+    set_threads,
+    write_json,
+)
+
+COSINE_BOUND = 0.9995
+FP32_BOUND = 1e-4
+R50_SPEEDUP_TARGET = 2.0
+PEAK_FRACTION_TARGET = 0.5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--models", default="r18,r50,r100", help="comma-separated presets (default: r18,r50,r100)")
+    p.add_argument("--batches", default="1,32", help="comma-separated batch sizes (default: 1,32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2, as the MXNet baseline)")
+    p.add_argument("--rounds", type=int, default=0, help="timed rounds per path (default: 7 at batch 1, 4 above)")
+    p.add_argument("--paths", default="",
+                   help="comma-separated subset of: eager, fp32, bf16, fp16, fp32-compiled, bf16-compiled, "
+                        "fp16-compiled, onnxruntime (default: all that apply to the device)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile paths (they take minutes)")
+    p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
+    p.add_argument("--input-size", type=int, default=112, help="square input size (default: 112)")
+    p.add_argument("--matmul-size", type=int, default=4096, help="n of the n^3 peak matmul (default: 4096)")
+    p.add_argument("--json", type=Path, help="write all results to this JSON file")
+    p.add_argument("--markdown", type=Path, help="write the result table as Markdown to this file")
+    return p.parse_args(argv)
+
+
+def default_paths(device: torch.device) -> list[str]:
+    low = ["fp16", "bf16"] if device.type == "cuda" else ["bf16"]
+    paths = ["eager", "fp32"] + low + ["fp32-compiled"] + [f"{d}-compiled" for d in low] + ["onnxruntime"]
+    return paths
+
+
+def build_fast(model, name: str, device: torch.device):
+    """One fast path, explicitly configured (no calibration: the benchmark checks accuracy itself)."""
+    from fresnet.fast import optimize_for_inference
+
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[name.split("-")[0]]
+    compiled = name.endswith("-compiled")
+    mode: Any = False
+    if compiled:
+        mode = "reduce-overhead" if device.type == "cuda" else True
+    return optimize_for_inference(model, device=device, dtype=dtype, compile=mode)
+
+
+def build_onnxruntime(model, x: torch.Tensor, device: torch.device, threads: int, workdir: str) -> Optional[Callable]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    path = os.path.join(workdir, "model.onnx")
+    try:
+        from fresnet.interop.onnx_export import export_onnx
+    except ImportError:  # the exporter module not there yet: plain torch.onnx.export
+        export_onnx = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if export_onnx is not None:
+            export_onnx(model, path, dynamic_batch=True)
+        else:
+            torch.onnx.export(model.eval(), x[:1].cpu(), path, input_names=["input"], output_names=["embedding"],
+                              dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=17,
+                              dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return None
+        providers = ["CUDAExecutionProvider"]
+    session = ort.InferenceSession(path, options, providers=providers)
+    name = session.get_inputs()[0].name
+    array = x.detach().cpu().numpy()
+    return lambda: torch.from_numpy(session.run(None, {name: array})[0])
+
+
+def run_case(model_name: str, batch: int, args, device: torch.device, peaks: dict[str, float], log) -> list[dict]:
+    import fresnet
+
+    model = realistic_model(model_name, input_size=(args.input_size, args.input_size)).to(device)
+    gflop_per_image = fresnet.summarize(model.config).flops / 1e9
+    x = face_images(batch, (args.input_size, args.input_size), seed=batch).to(device)
+    with torch.no_grad():
+        reference = model(x)
+    paths = args.path_list
+    runners: dict[str, Callable] = {}
+    info: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for path in paths:
+            start = time.perf_counter()
+            try:
+                if path == "eager":
+                    runner = lambda: model(x)  # noqa: E731
+                elif path == "onnxruntime":
+                    runner = build_onnxruntime(model, x, device, args.threads, workdir)
+                    if runner is None:
+                        log(f"  {path}: not available on {device.type}, skipped")
+                        continue
+                else:
+                    fast = build_fast(model, path, device)
+                    runner = (lambda f: (lambda: f(x)))(fast)
+                with torch.no_grad():
+                    out = runner()  # first call: compile / calibrate / warm up
+            except Exception as error:  # one broken path must not lose the whole run
+                log(f"  {path}: FAILED ({type(error).__name__}: {str(error)[:300]})")
+                continue
+            setup = time.perf_counter() - start
+            cosine, maxdiff = cosine_and_maxdiff(out, reference)
+            low_precision = path.split("-")[0] in ("bf16", "fp16")
+            ok = cosine >= COSINE_BOUND if low_precision else maxdiff <= FP32_BOUND
+            info[path] = dict(setup_s=round(setup, 2), cosine=cosine, max_abs_diff=maxdiff, accurate=ok)
+            runners[path] = runner
+            log(f"  {path}: ready in {setup:.1f} s, min cosine {cosine:.6f}, max abs diff {maxdiff:.2e}"
+                + ("" if ok else "  ** misses the accuracy bound **"))
+        rounds = args.rounds or (7 if batch == 1 else 4)
+        with torch.no_grad():
+            timings = interleaved_timing(runners, rounds=rounds, warmup=1, device=device)
+    eager_time = timings["eager"].median if "eager" in timings else None
+    rows = []
+    for path, timing in timings.items():
+        seconds = timing.median
+        gflops = gflop_per_image * batch / seconds
+        rows.append(dict(
+            model=model_name, batch=batch, path=path, images_per_s=batch / seconds, ms_per_batch=seconds * 1e3,
+            best_images_per_s=batch / timing.best, speedup=(eager_time / seconds) if eager_time else None,
+            gflops=gflops, fraction_fp32_peak=gflops / peaks["fp32"],
+            fraction_bf16_peak=gflops / peaks["bf16"] if "bf16" in peaks else None,
+            fraction_fp16_peak=gflops / peaks["fp16"] if "fp16" in peaks else None,
+            rounds=rounds, samples_s=[round(s, 5) for s in timing.seconds], **info[path],
+        ))
+    return rows
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets for r50, judged on this run's numbers."""
+    lines = []
+    for batch in sorted({r["batch"] for r in rows if r["model"] == "r50"}):
+        candidates = [r for r in rows if r["model"] == "r50" and r["batch"] == batch and r["path"] != "eager"
+                      and r["accurate"] and r["speedup"]]
+        if not candidates:
+            continue
+        best = max(candidates, key=lambda r: r["images_per_s"])
+        speed_ok = best["speedup"] >= R50_SPEEDUP_TARGET
+        lines.append(f"r50 batch {batch}: best path {best['path']} {best['images_per_s']:.1f} img/s = "
+                     f"{best['speedup']:.2f}x eager (target {R50_SPEEDUP_TARGET}x: {'met' if speed_ok else 'NOT met'})")
+        fraction = best.get("fraction_bf16_peak")
+        if fraction is not None:
+            frac_ok = fraction >= PEAK_FRACTION_TARGET
+            lines.append(f"r50 batch {batch}: {best['gflops']:.0f} GFLOP/s = {fraction:.0%} of the bf16 matmul peak "
+                         f"(target {PEAK_FRACTION_TARGET:.0%}: {'met' if frac_ok else 'NOT met'})")
+    return lines
+
+
+def markdown(rows: list[dict], peaks: dict[str, float], meta: dict) -> str:
+    head = (f"Measured {meta['date']} on {meta.get('gpu') or meta['cpu']} ({meta['threads']} threads, torch "
+            f"{meta['torch']}; load average at start {meta.get('load_average_start')}).\n"
+            f"Matmul peak ({meta['matmul_size']}^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + "\n\n")
+    cols = "| model | batch | path | img/s | x eager | GFLOP/s | % fp32 peak | % bf16 peak | min cosine | max abs diff |\n"
+    cols += "|---|---|---|---|---|---|---|---|---|---|\n"
+    body = ""
+    for r in rows:
+        bf = f"{r['fraction_bf16_peak']:.0%}" if r["fraction_bf16_peak"] is not None else "-"
+        body += (f"| {r['model']} | {r['batch']} | {r['path']} | {r['images_per_s']:.1f} | "
+                 f"{r['speedup']:.2f} | {r['gflops']:.0f} | {r['fraction_fp32_peak']:.0%} | {bf} | "
+                 f"{r['cosine']:.6f} | {r['max_abs_diff']:.1e} |\n")
+    return head + cols + body
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            print("CUDA is not available here; use --device cpu", file=sys.stderr)
+            return 2
+        torch.backends.cudnn.benchmark = True
+    threads = set_threads(args.threads)
+    paths = [p for p in (args.paths.split(",") if args.paths else default_paths(device)) if p]
+    if args.no_compile:
+        paths = [p for p in paths if not p.endswith("-compiled")]
+    if args.no_onnx:
+        paths = [p for p in paths if p != "onnxruntime"]
+    if "eager" not in paths:
+        paths.insert(0, "eager")
+    args.path_list = paths
+    meta = machine_info(device)
+    meta["matmul_size"] = args.matmul_size
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    log(f"fresnet inference benchmark: {meta['cpu'] if device.type == 'cpu' else meta.get('gpu')}, "
+        f"{threads} threads, torch {torch.__version__}, paths {', '.join(paths)}")
+    peaks = {"fp32": matmul_gflops(torch.float32, args.matmul_size, device)}
+    peaks["bf16"] = matmul_gflops(torch.bfloat16, args.matmul_size, device)
+    if device.type == "cuda":
+        peaks["fp16"] = matmul_gflops(torch.float16, args.matmul_size, device)
+    log("matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+
+    rows: list[dict] = []
+    for model_name in [m for m in args.models.split(",") if m]:
+        for batch in [int(b) for b in args.batches.split(",") if b]:
+            log(f"{model_name} batch {batch}:")
+            case = run_case(model_name, batch, args, device, peaks, log)
+            rows.extend(case)
+            if args.json:  # after every case, so a run cut short still leaves its results
+                write_json(args.json, dict(meta=meta, peaks=peaks, rows=rows, partial=True))
+            print_table(f"{model_name}, batch {batch}", ["path", "img/s", "x eager", "GFLOP/s", "% bf16 peak", "cosine", "max diff"],
+                        [[r["path"], r["images_per_s"], r["speedup"], r["gflops"],
+                          100 * (r["fraction_bf16_peak"] or 0), r["cosine"], r["max_abs_diff"]] for r in case])
+    # the peak again at the end: load from elsewhere moves it, the higher one is the fairer ceiling
+    end_peaks = {"fp32": matmul_gflops(torch.float32, args.matmul_size, device),
+                 "bf16": matmul_gflops(torch.bfloat16, args.matmul_size, device)}
+    meta["matmul_peak_start"], meta["matmul_peak_end"] = dict(peaks), end_peaks
+    meta["load_average_end"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    verdict = targets(rows)
+    for line in verdict:
+        log(line)
+    if args.json:
+        write_json(args.json, dict(meta=meta, peaks=peaks, rows=rows, targets=verdict))
+    if args.markdown:
+        from fresnet.ioutil import atomic_write_text
+
+        atomic_write_text(args.markdown, markdown(rows, peaks, meta) + "\n" + "\n".join(f"* {v}" for v in verdict) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

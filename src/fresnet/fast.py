@@ -1,0 +1,372 @@
+"""Inference fast path: ``optimize_for_inference(model)`` -> a module with the same input and output.
+
+What it does to a copy of the network (the original is never modified):
+
+* folds every BatchNorm that folds exactly (:func:`fresnet.fuse.fold_batchnorm`);
+* stores the trunk channels_last (NHWC), the layout oneDNN and cuDNN convolutions are fastest in;
+* optionally runs the trunk (stem conv to the last unit) in bfloat16 (CPU, CUDA) or float16 (CUDA).
+  The input normalisation and the head always run in float32: they cost well under 1% of the
+  time, and keeping the head in float32 keeps GNAP's batch-wide mean of norms, the last FC and the
+  embedding BN at full precision;
+* optionally compiles it with ``torch.compile`` (inductor, with weight freezing on CPU; CUDA graphs
+  on GPU with ``compile='reduce-overhead'``).
+
+The batch is never split, padded or reordered, so GNAP's coupling of the samples of one batch
+(its mean of L2 norms over the whole batch) is exactly that of the original.
+
+**Defaults** (``dtype='auto'``, ``compile='auto'``) follow a decision table, checked by a one-time
+calibration on the first batch:
+
+=================================  =============================  =================================
+device                             low-precision candidates        compile
+=================================  =============================  =================================
+CPU with native bf16 (AVX512-BF16  bfloat16, then float32         no (see docs/performance.md:
+or AMX, as oneDNN reports)                                        on 2 cores it is not faster, and
+                                                                  first-call compile takes ~1 min)
+CPU without                        float32                        no
+CUDA, capability >= 8.0            float16, bfloat16, float32     'reduce-overhead' if Triton works
+CUDA, older                        float16, float32               'reduce-overhead' if Triton works
+=================================  =============================  =================================
+
+On the first call the fast model runs the first candidate *and* the float32 folded network on
+that batch and keeps the candidate only if every embedding's cosine similarity to the float32
+one is at least :data:`CALIBRATION_COSINE` (stricter than the promised 0.9995, leaving headroom
+for other inputs) and all outputs are finite; otherwise it tries the next candidate. Float32
+paths are the same function as the eager model to float rounding (max abs diff well under 1e-4).
+``fast.choice`` says what was picked and why.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from fresnet.errors import FresnetError
+
+PROMISED_COSINE = 0.9995
+CALIBRATION_COSINE = 0.9996
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class FastChoice:
+    """One concrete way to run the network (and, after calibration, why it was chosen)."""
+
+    device: str
+    dtype: torch.dtype
+    channels_last: bool
+    compile: Union[bool, str]
+    fold_bn: bool
+    reason: str = ""
+    cosine: Optional[float] = None  # min cosine to float32 on the calibration batch
+
+    def describe(self) -> str:
+        name = str(self.dtype).replace("torch.", "")
+        parts = [self.device, name, "channels_last" if self.channels_last else "NCHW"]
+        if self.fold_bn:
+            parts.append("BN folded")
+        if self.compile:
+            parts.append(f"compiled({self.compile})" if isinstance(self.compile, str) else "compiled")
+        return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the decision table
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN runs bf16 convolutions natively (AVX512-BF16 / AMX), not emulated."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def default_dtypes(device: torch.device) -> list[torch.dtype]:
+    """Candidates in the order tried, fastest first; float32 always last (the fallback)."""
+    if device.type == "cuda":
+        candidates = [torch.float16]
+        if torch.cuda.is_bf16_supported():
+            candidates.append(torch.bfloat16)
+        return candidates + [torch.float32]
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return [torch.bfloat16, torch.float32]
+    return [torch.float32]
+
+
+def compiler_available(device: torch.device) -> bool:
+    """Whether ``torch.compile``'s inductor backend can build code here: a C++ compiler on CPU,
+    Triton on CUDA. Without one, compiling would fail at the first call."""
+    if device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+
+            return bool(has_triton())
+        except ImportError:
+            return False
+    candidates = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    return any(c and shutil.which(c) for c in candidates)
+
+
+def default_compile(device: torch.device) -> Union[bool, str]:
+    # CPU: measured in benchmarks/RESULTS.md, inductor (with freezing) is not reliably faster than
+    # the eager oneDNN kernels on this family's conv-dominated graph, and its first call costs ~1 min.
+    if device.type == "cuda" and compiler_available(device):
+        return "reduce-overhead"  # CUDA graphs: batch-1 inference is launch-bound on a GPU
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# the network, re-assembled with a precision boundary
+
+
+class LowPrecisionNet(nn.Module):
+    """The fresnet forward pass, ``head(trunk(normalise(x)))``, with the trunk in ``dtype``.
+
+    ``normalise`` is the stem's input normalisation (``InputNorm`` or ``bn_data``) and ``head`` the
+    embedding head, both float32; the trunk is ``conv0 -> bn0 -> relu0 -> stages -> [reduce]``,
+    the order of :meth:`FResNet.forward_features`.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool):
+        super().__init__()
+        stem = model.stem
+        self.normalise = stem.bn_data if stem.bn_data is not None else stem.norm
+        layers = [stem.conv0, stem.bn0, stem.relu0] + [getattr(model, name) for name in model.stage_names]
+        if model.reduce is not None:
+            layers.append(model.reduce)
+        self.trunk = nn.Sequential(*layers).to(dtype)
+        self.head = model.head.float()
+        self.dtype = dtype
+        self.channels_last = channels_last
+        if channels_last:
+            self.trunk = self.trunk.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalise(x.float())
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.trunk(x.to(self.dtype))
+        return self.head(x.float())
+
+
+def _is_fresnet(model: nn.Module) -> bool:
+    return all(hasattr(model, name) for name in ("stem", "stage_names", "reduce", "head"))
+
+
+def build_path(model: nn.Module, choice: FastChoice) -> nn.Module:
+    """The network for one :class:`FastChoice` (not compiled), on its device, in eval mode."""
+    from fresnet.fuse import fold_batchnorm
+
+    source = fold_batchnorm(model) if choice.fold_bn else copy.deepcopy(model).eval()
+    net = LowPrecisionNet(source, choice.dtype, choice.channels_last).to(choice.device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def _compile(net: nn.Module, choice: FastChoice) -> nn.Module:
+    mode = None if choice.compile in (True, "default") else choice.compile
+    options = None
+    if torch.device(choice.device).type == "cpu":
+        # freezing turns weights into constants: conv-BN folding, weight prepacking for oneDNN
+        options = {"freezing": True}
+        mode = None  # modes are CUDA-graph / autotune knobs; options and mode are exclusive
+    return torch.compile(net, mode=mode, options=options, dynamic=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the public module
+
+
+class FastModel(nn.Module):
+    """A faster, inference-only stand-in for a fresnet network: same input (float RGB NCHW, 0..255,
+    any device), float32 output on the fast path's device. Gradients are never recorded.
+
+    Attributes:
+        choice: the :class:`FastChoice` in use (after the first call when calibrating).
+        config: the wrapped network's :class:`NetConfig`.
+    """
+
+    def __init__(self, model: nn.Module, candidates: Sequence[FastChoice], calibrate: bool):
+        super().__init__()
+        self.config = getattr(model, "config", None)
+        self._candidates = list(candidates)
+        self._calibrate = calibrate and len(self._candidates) > 1
+        self.choice = self._candidates[0]
+        # float32 reference for calibration (dropped afterwards); the first candidate's network
+        self._reference: Optional[nn.Module] = None
+        if self._calibrate:
+            self._reference = build_path(model, replace(self.choice, dtype=torch.float32, compile=False))
+        self._model = model if self._calibrate else None  # to build later candidates
+        self.net = build_path(model, self.choice)
+        self._runner: nn.Module = self.net
+        self._compiled = False
+
+    # -- running ----------------------------------------------------------------------------
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.choice.compile and not self._compiled:
+            self._compiled = True
+            try:
+                runner = _compile(self.net, self.choice)
+                out = runner(x)
+                self._runner = runner
+                return out
+            except Exception as error:  # a missing compiler or an unsupported op: stay eager
+                warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
+                              "running the fast path uncompiled", RuntimeWarning, stacklevel=3)
+                self.choice = replace(self.choice, compile=False)
+                self._runner = self.net
+        out = self._runner(x)
+        if self.choice.compile in ("reduce-overhead", "max-autotune"):
+            out = out.clone()  # CUDA-graph outputs are overwritten by the next replay
+        return out
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.choice.device)
+        with _exact_float32(self.choice):
+            if self._calibrate:
+                return self._calibrate_on(x)
+            return self._run(x)
+
+    def train(self, mode: bool = True) -> "FastModel":
+        # inference only: BN must keep its (folded) moving statistics and dropout stays off
+        return super().train(False)
+
+    def _calibrate_on(self, x: torch.Tensor) -> torch.Tensor:
+        reference = self._reference(x)
+        rejected: list[str] = []
+        for index, choice in enumerate(self._candidates):
+            if choice.dtype == torch.float32:
+                # the reference *is* this path (same folding and layout), uncompiled
+                net, out, cosine = self._reference, reference, 1.0
+                reason = "float32" + (f" ({'; '.join(rejected)})" if rejected else f": {choice.reason}")
+                break
+            net = self.net if index == 0 else build_path(self._model, choice)
+            out = net(x)  # checked uncompiled: compiling a candidate that is then rejected wastes time
+            cosine = _min_cosine(out, reference)
+            finite = bool(torch.isfinite(out).all())
+            if finite and cosine >= CALIBRATION_COSINE:
+                reason = f"calibrated on the first batch: min cosine {cosine:.6f} >= {CALIBRATION_COSINE}"
+                break
+            why = "non-finite output" if not finite else f"min cosine {cosine:.6f} < {CALIBRATION_COSINE}"
+            rejected.append(f"{_dtype_name(choice.dtype)} rejected: {why}")
+        self.choice = replace(choice, reason=reason, cosine=cosine)
+        self.net, self._runner, self._compiled = net, net, False
+        self._calibrate, self._reference, self._model, self._candidates = False, None, None, [self.choice]
+        return self._run(x) if self.choice.compile else out
+
+    def extra_repr(self) -> str:
+        return self.choice.describe() + (" (calibrates on first call)" if self._calibrate else "")
+
+
+@contextlib.contextmanager
+def _exact_float32(choice: FastChoice):
+    """On CUDA, PyTorch lets cuDNN convolutions use TF32 by default (10-bit mantissa); a path
+    called float32 should be float32, so TF32 is off while such a path runs."""
+    if torch.device(choice.device).type != "cuda" or choice.dtype != torch.float32:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _min_cosine(out: torch.Tensor, reference: torch.Tensor) -> float:
+    out, reference = out.float().flatten(1), reference.float().flatten(1)
+    return torch.nn.functional.cosine_similarity(out, reference, dim=1).min().item()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise FresnetError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16 (or 'auto')")
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise FresnetError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'") from None
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    *,
+    device: Union[str, torch.device, None] = None,
+    dtype: Union[str, torch.dtype] = "auto",
+    channels_last: bool = True,
+    compile: Union[bool, str] = "auto",
+    fold_bn: bool = True,
+    calibrate: Optional[bool] = None,
+) -> FastModel:
+    """A fast inference module computing the same embeddings as ``model`` (which is not modified).
+
+    Args:
+        model: a fresnet network (:func:`fresnet.create_model`, :func:`fresnet.load`, ...).
+        device: where to run; default: the model's device.
+        dtype: 'auto' (decision table + calibration, see the module docs), or 'float32',
+            'bfloat16' (CPU with native bf16, or CUDA), 'float16' (CUDA).
+        channels_last: store activations NHWC.
+        compile: 'auto', False, True/'default', or a ``torch.compile`` mode ('reduce-overhead' uses
+            CUDA graphs, 'max-autotune'). Falls back to eager, with a warning, if compiling fails.
+        fold_bn: fold BatchNorm into neighbouring conv/FC layers where exact.
+        calibrate: check the low-precision candidates against float32 on the first batch and fall
+            back when they miss :data:`CALIBRATION_COSINE`. Default: on when ``dtype='auto'``.
+
+    Returns:
+        A :class:`FastModel`; ``fast(x)`` takes the same input as ``model(x)``.
+    """
+    if not _is_fresnet(model):
+        raise FresnetError("optimize_for_inference takes a fresnet network (fresnet.create_model / fresnet.load); "
+                           f"got {type(model).__name__}")
+    if compile not in COMPILE_MODES and compile != "auto":
+        raise FresnetError(f"unknown compile mode {compile!r}; choose one of 'auto', "
+                           + ", ".join(repr(m) for m in COMPILE_MODES))
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FresnetError("device 'cuda' was asked for but CUDA is not available; use device='cpu'")
+    if dtype == "auto":
+        dtypes = default_dtypes(device)
+        reason = "decision table"
+    else:
+        dtypes = [_parse_dtype(dtype)]
+        reason = "requested"
+        if dtypes[0] == torch.float16 and device.type == "cpu":
+            raise FresnetError("float16 is a GPU path; on CPU use dtype='bfloat16' or 'float32'")
+    if compile == "auto":
+        compile = default_compile(device)
+    elif compile and not compiler_available(device):
+        warnings.warn("torch.compile needs a C++ compiler (CPU) or Triton (CUDA), and none was found; "
+                      "running uncompiled", RuntimeWarning, stacklevel=2)
+        compile = False
+    candidates = [FastChoice(str(device), d, channels_last, compile, fold_bn, reason=reason) for d in dtypes]
+    if calibrate is None:
+        calibrate = dtype == "auto"
+    return FastModel(model, candidates, calibrate=bool(calibrate))

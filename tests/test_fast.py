@@ -1,0 +1,257 @@
+"""The inference fast paths compute the eager model's embeddings: float32 paths to 1e-4 (max abs),
+bfloat16 / float16 paths to cosine >= 0.9995; GNAP keeps its batch coupling; the automatic choice
+calibrates and falls back honestly. Tiny networks: the behaviour does not depend on size."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import fresnet
+from fresnet import FresnetError, create_model
+from fresnet import fast as fast_module
+from fresnet.fast import FastModel, compiler_available, optimize_for_inference
+from fresnet.layers import MXBatchNorm
+
+COSINE_BOUND = 0.9995
+FP32_BOUND = 1e-4
+TINY = dict(num_layers=None, units=[1, 1, 1, 1], filter_list=[8, 8, 16, 16, 32], emb_size=32)
+
+
+def settled(model: torch.nn.Module, size, seed: int = 0) -> torch.nn.Module:
+    """Realistic BN statistics (one train-mode pass with momentum 0) and non-trivial BN affines,
+    so activations keep a trained network's scale and folding is really exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bns = [m for m in model.modules() if isinstance(m, MXBatchNorm)]
+        for bn in bns:
+            bn.momentum = 0.0
+            if bn.weight is not None:
+                bn.weight.copy_(0.8 + 0.4 * torch.rand(bn.num_features, generator=gen))
+            bn.bias.copy_(0.2 * torch.randn(bn.num_features, generator=gen))
+        model.train()
+        model(images(6, size, seed + 100))
+        for bn in bns:
+            bn.momentum = 0.9
+    return model.eval()
+
+
+def images(n: int, size=(32, 32), seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, max(2, size[0] // 4), max(2, size[1] // 4), generator=gen)
+    return torch.nn.functional.interpolate(coarse, size=tuple(size), mode="bilinear", align_corners=False) * 255
+
+
+def tiny(size=(32, 32), **options) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return settled(create_model(input_size=size, **{**TINY, **options}), size)
+
+
+def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.float().flatten(1), b.float().flatten(1), dim=1).min().item()
+
+
+VARIANTS = [
+    dict(),  # the default IR unit, head E
+    dict(net_unit=1, net_output="GAP", net_act="relu"),
+    dict(net_unit=2, net_se=1, net_output="F", filter_list=[16, 16, 16, 32, 32]),  # SE needs >= 16 channels
+    dict(net_unit=3, net_input=0, net_output="FC", size=(64, 64)),
+    dict(net_unit=3, net_input=2, net_output="J"),
+    dict(net_unit=3, net_output="GNAP", emb_size=64),
+    dict(net_unit=3, net_output="Z"),
+    dict(net_unit="3x", bottle_neck=True, filter_list=[32, 64, 64, 64, 64], net_output="E"),
+]
+
+
+def _id(options):
+    return "-".join(f"{k}{v}" for k, v in options.items()) or "default"
+
+
+@pytest.mark.parametrize("options", VARIANTS, ids=_id)
+def test_float32_path_matches_eager(options):
+    options = dict(options)
+    size = options.pop("size", (32, 32))
+    model = tiny(size, **options)
+    x = images(3, size, seed=1)
+    with torch.no_grad():
+        expected = model(x)
+    fast = optimize_for_inference(model, dtype="float32", compile=False)
+    out = fast(x)
+    assert out.shape == expected.shape and out.dtype == torch.float32
+    assert (out - expected).abs().max().item() <= FP32_BOUND
+    assert fast.choice.channels_last and fast.choice.fold_bn
+    # BN really was folded: the fast network has fewer BatchNorms than the original
+    assert sum(isinstance(m, MXBatchNorm) for m in fast.modules()) < sum(
+        isinstance(m, MXBatchNorm) for m in model.modules())
+
+
+@pytest.mark.parametrize("options", [dict(), dict(net_output="GNAP", emb_size=64), dict(net_unit=1, net_se=1, filter_list=[16, 16, 16, 32, 32])],
+                         ids=_id)
+def test_bfloat16_path_cosine_on_cpu(options):
+    model = tiny(**options)
+    x = images(4, seed=2)
+    with torch.no_grad():
+        expected = model(x)
+    out = optimize_for_inference(model, dtype="bfloat16", compile=False)(x)
+    assert out.dtype == torch.float32  # embeddings come back in float32
+    assert min_cosine(out, expected) >= COSINE_BOUND
+
+
+def test_r18_bfloat16_at_full_size():
+    """A real-width network at 112x112: 18 layers of bf16 error still meet the bound."""
+    torch.manual_seed(0)
+    model = settled(create_model("r18", emb_size=128), (112, 112))
+    x = images(2, (112, 112), seed=3)
+    with torch.no_grad():
+        expected = model(x)
+    out = optimize_for_inference(model, dtype="bfloat16", compile=False)(x)
+    assert min_cosine(out, expected) >= COSINE_BOUND
+
+
+def test_gnap_batch_coupling_is_preserved():
+    """GNAP divides by the mean L2 norm over the whole batch: a sample's embedding depends on its
+    batch-mates, in the fast path exactly as in the original."""
+    model = tiny(net_output="GNAP", emb_size=64)
+    x = images(4, seed=4)
+    fast = optimize_for_inference(model, dtype="float32", compile=False)
+    with torch.no_grad():
+        expected_batch = model(x)
+        expected_alone = model(x[:1])
+    assert (expected_batch[0] - expected_alone[0]).abs().max() > 1e-3  # the coupling is real
+    assert (fast(x) - expected_batch).abs().max().item() <= FP32_BOUND
+    assert (fast(x[:1]) - expected_alone).abs().max().item() <= FP32_BOUND
+    bf16 = optimize_for_inference(model, dtype="bfloat16", compile=False)
+    assert min_cosine(bf16(x), expected_batch) >= COSINE_BOUND
+    assert min_cosine(bf16(x[:1]), expected_alone) >= COSINE_BOUND
+
+
+def test_auto_calibrates_on_first_call():
+    model = tiny()
+    x = images(3, seed=5)
+    with torch.no_grad():
+        expected = model(x)
+    fast = optimize_for_inference(model, compile=False)
+    assert "calibrates on first call" in repr(fast)
+    out = fast(x)
+    first = fast_module.default_dtypes(torch.device("cpu"))[0]
+    assert fast.choice.dtype == first  # a tiny settled network passes the bf16 check
+    assert fast.choice.cosine is not None and fast.choice.cosine >= fast_module.CALIBRATION_COSINE
+    assert min_cosine(out, expected) >= COSINE_BOUND
+    # later calls use the chosen path directly
+    assert min_cosine(fast(images(2, seed=6)), model(images(2, seed=6)).detach()) >= COSINE_BOUND
+
+
+def test_auto_falls_back_to_float32_when_low_precision_misses(monkeypatch):
+    monkeypatch.setattr(fast_module, "CALIBRATION_COSINE", 1.01)  # nothing low-precision can pass
+    monkeypatch.setattr(fast_module, "default_dtypes", lambda device: [torch.bfloat16, torch.float32])
+    model = tiny()
+    x = images(2, seed=7)
+    fast = optimize_for_inference(model, compile=False)
+    out = fast(x)
+    assert fast.choice.dtype == torch.float32
+    assert "bfloat16 rejected" in fast.choice.reason
+    assert (out - model(x).detach()).abs().max().item() <= FP32_BOUND
+
+
+def test_original_model_is_untouched_and_fast_stays_in_eval():
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = optimize_for_inference(model, dtype="float32", compile=False)
+    fast.train()  # an inference module ignores train mode: no BN updates, no dropout
+    x = images(2, seed=8)
+    assert torch.equal(fast(x), fast(x))
+    assert not any(m.training for m in fast.modules())
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.training
+
+
+def test_public_name_and_errors():
+    assert fresnet.optimize_for_inference is optimize_for_inference
+    model = tiny()
+    with pytest.raises(FresnetError, match="dtype"):
+        optimize_for_inference(model, dtype="int8")
+    with pytest.raises(FresnetError, match="GPU path"):
+        optimize_for_inference(model, dtype="float16", device="cpu")
+    with pytest.raises(FresnetError, match="compile"):
+        optimize_for_inference(model, compile="fastest")
+    with pytest.raises(FresnetError, match="fresnet network"):
+        optimize_for_inference(torch.nn.Linear(2, 2))
+    if not torch.cuda.is_available():
+        with pytest.raises(FresnetError, match="CUDA is not available"):
+            optimize_for_inference(model, device="cuda")
+
+
+def test_compile_without_a_compiler_runs_uncompiled(monkeypatch):
+    monkeypatch.setattr(fast_module, "compiler_available", lambda device: False)
+    model = tiny()
+    with pytest.warns(RuntimeWarning, match="compiler"):
+        fast = optimize_for_inference(model, dtype="float32", compile=True)
+    assert fast.choice.compile is False
+    x = images(2, seed=9)
+    assert (fast(x) - model(x).detach()).abs().max().item() <= FP32_BOUND
+
+
+def test_compile_failure_at_first_call_falls_back(monkeypatch):
+    def broken(net, choice):
+        raise RuntimeError("no inductor here")
+
+    monkeypatch.setattr(fast_module, "compiler_available", lambda device: True)
+    monkeypatch.setattr(fast_module, "_compile", broken)
+    model = tiny()
+    fast = optimize_for_inference(model, dtype="float32", compile=True)
+    x = images(2, seed=10)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        out = fast(x)
+    assert fast.choice.compile is False
+    assert (out - model(x).detach()).abs().max().item() <= FP32_BOUND
+
+
+@pytest.mark.skipif(not compiler_available(torch.device("cpu")), reason="inductor needs a C++ compiler")
+def test_compiled_cpu_paths():
+    """torch.compile (inductor, weight freezing) keeps both bounds. One tiny net, both dtypes."""
+    model = tiny(filter_list=[4, 4, 8, 8, 16], emb_size=16)
+    x = images(2, seed=11)
+    with torch.no_grad():
+        expected = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to eager would hide a failure
+        fp32 = optimize_for_inference(model, dtype="float32", compile=True)
+        assert (fp32(x) - expected).abs().max().item() <= FP32_BOUND
+        bf16 = optimize_for_inference(model, dtype="bfloat16", compile=True)
+        assert min_cosine(bf16(x), expected) >= COSINE_BOUND
+    assert fp32.choice.compile and bf16.choice.compile
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_cuda_paths(dtype):
+    if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("no bf16 on this GPU")
+    model = tiny(net_output="GNAP", emb_size=64)
+    x = images(4, seed=12)
+    with torch.no_grad():
+        expected = model.double()(x.double()).float()
+        model.float()
+    fast = optimize_for_inference(model, device="cuda", dtype=dtype, compile=False)
+    out = fast(x).cpu()
+    if dtype == "float32":
+        assert (out - expected).abs().max().item() <= FP32_BOUND
+    else:
+        assert min_cosine(out, expected) >= COSINE_BOUND
+
+
+@cuda
+def test_cuda_auto_path():
+    model = tiny()
+    x = images(4, seed=13)
+    with torch.no_grad():
+        expected = model(x)
+    fast = optimize_for_inference(model, device="cuda")
+    assert isinstance(fast, FastModel)
+    assert min_cosine(fast(x).cpu(), expected) >= COSINE_BOUND
+    assert fast.choice.dtype in (torch.float16, torch.bfloat16, torch.float32)
