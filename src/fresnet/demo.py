@@ -250,6 +250,7 @@ class Demo:
     # ---- the steps ------------------------------------------------------------------------------
     def run(self) -> DemoResult:
         self.prepare_folder()
+        self._write_report()  # marks the folder as a demo report at once, so an interrupted run can be redone
         self.console.print(f"fresnet demo -> {self.out}/ (config {self.o.config}{', quick' if self.o.quick else ''})")
         cfg = self.step("configuration", self._load_config)
         self.cfg = cfg
@@ -550,7 +551,7 @@ class Demo:
         )
 
         results = {
-            "status": "failed" if failed else ("ok" if trained else "running"),
+            "status": "failed" if failed else ("ok" if total is not None else "running"),
             "options": {"config": self.o.config, "quick": self.o.quick, "max_steps": self.o.max_steps},
             "steps": [r.__dict__ for r in self.records],
             "total_seconds": total,
