@@ -82,9 +82,16 @@ def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     return buffer.getvalue()
 
 
+def read_file_bytes(path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise FresnetError(f"{path}: cannot read the image ({exc.strerror or exc})") from exc
+
+
 def read_image_file(path, decoder: str = "pil") -> np.ndarray:
-    with open(path, "rb") as handle:
-        return decode_image(handle.read(), str(path), decoder)
+    return decode_image(read_file_bytes(path), str(path), decoder)
 
 
 def image_file_bytes(path, verify: bool = True) -> bytes:
@@ -93,13 +100,62 @@ def image_file_bytes(path, verify: bool = True) -> bytes:
     Storing the original JPEG bytes is what InsightFace's builder does (the payload sha256 equals the
     source file's), and it avoids a lossy second encode.
     """
-    with open(path, "rb") as handle:
-        data = handle.read()
+    data = read_file_bytes(path)
     if is_jpeg(data):
         if verify:
             decode_image(data, str(path))
         return data
     return encode_jpeg(decode_image(data, str(path)))
+
+
+class SkipPolicy:
+    """What a dataset does with a bad sample: raise, or count it and serve the next good one.
+
+    Replacing (rather than dropping) keeps batch sizes and the sampler's length valid. The bad mask
+    lives in shared memory so DataLoader workers' findings are counted in the main process.
+    """
+
+    MODES = ("raise", "skip")
+    MAX_TRIES = 64
+    MAX_WARNINGS = 5
+
+    def __init__(self, mode: str, num_samples: int):
+        if mode not in self.MODES:
+            raise FresnetError(f"on_error must be one of {self.MODES}, got {mode!r}")
+        import torch
+
+        self.mode = mode
+        self.bad = torch.zeros(num_samples, dtype=torch.bool)
+        if mode == "skip":
+            self.bad.share_memory_()
+        self.warned = 0
+
+    def load(self, load_one: Callable[[int], tuple], index: int, num_samples: int, what: str) -> tuple:
+        for attempt in range(self.MAX_TRIES):
+            candidate = (index + attempt) % num_samples
+            try:
+                return load_one(candidate)
+            except FresnetError as exc:
+                if self.mode == "raise":
+                    raise
+                if not self.bad[candidate]:
+                    self.bad[candidate] = True
+                    self.warn(str(exc))
+        raise FresnetError(
+            f"{what}: {self.MAX_TRIES} consecutive bad samples from index {index}; "
+            "the data is too damaged to skip over; repair or rebuild it"
+        )
+
+    def warn(self, message: str) -> None:
+        import warnings
+
+        self.warned += 1
+        if self.warned <= self.MAX_WARNINGS:
+            warnings.warn(f"skipping bad sample: {message}", stacklevel=4)
+
+    @property
+    def count(self) -> int:
+        return int(self.bad.sum())
 
 
 def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from fresnet.data.decode import check_decoder, decode_image, image_file_bytes
+from fresnet.data.decode import SkipPolicy, check_decoder, decode_image, image_file_bytes
 from fresnet.errors import FresnetError
 from fresnet.ioutil import atomic_write
 
@@ -45,9 +45,6 @@ _LENGTH_MASK = (1 << _LENGTH_BITS) - 1
 IRHEADER = struct.Struct("<IfQQ")  # flag, label, id, id2 -- mx.recordio's _IR_FORMAT
 
 REC_NAME, IDX_NAME, PROPERTY_NAME = "train.rec", "train.idx", "property"
-ON_ERROR = ("raise", "skip")
-_MAX_REPLACEMENT_TRIES = 64
-_MAX_BAD_WARNINGS = 5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,15 +373,13 @@ class RecordIODataset(Dataset):
         on_error: str = "raise",
         decoder: str = "pil",
     ):
-        if on_error not in ON_ERROR:
-            raise FresnetError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self._load_warnings = SkipPolicy(on_error, 0)  # validates on_error; warns about load-time drops
         self.paths = resolve_paths(path)
         self.transform = transform
         self.on_error = on_error
         self.decoder = check_decoder(decoder)
         self._rec = RecFile(self.paths.rec)
         self._bad_at_load = 0
-        self._warned = 0
 
         keys, offsets = self._load_index()
         order = np.argsort(keys, kind="stable")
@@ -409,9 +404,7 @@ class RecordIODataset(Dataset):
             self.keys, self.labels, self._offsets = self.keys[found], self.labels[found], self._offsets[found]
         if len(self.keys) == 0:
             raise FresnetError(f"{self.paths.rec}: no readable image records; the dataset is empty")
-        self._bad = torch.zeros(len(self.keys), dtype=torch.bool)
-        if on_error == "skip":
-            self._bad.share_memory_()  # so counts from DataLoader workers reach the main process
+        self._policy = SkipPolicy(on_error, len(self.keys))
 
         prop = read_property(self.paths.property)
         max_label = int(self.labels.max())
@@ -441,7 +434,7 @@ class RecordIODataset(Dataset):
                 more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
                 raise FresnetError(problems[0] + more)
             self._bad_at_load += len(problems)
-            self._warn(problems[0])
+            self._load_warnings.warn(problems[0])
         return keys, offsets
 
     def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -525,7 +518,7 @@ class RecordIODataset(Dataset):
                 if self.on_error == "raise":
                     raise
                 self._bad_at_load += 1
-                self._warn(str(exc))
+                self._load_warnings.warn(str(exc))
         return np.asarray(good_keys, dtype=np.int64), np.asarray(labels, dtype=np.int64)
 
     # ---- sample access
@@ -536,7 +529,7 @@ class RecordIODataset(Dataset):
     @property
     def bad_records(self) -> int:
         """Bad records met so far: dropped at load plus replaced while sampling (all workers)."""
-        return self._bad_at_load + int(self._bad.sum())
+        return self._bad_at_load + self._policy.count
 
     def read_raw(self, index: int) -> tuple[bytes, int]:
         """The stored image bytes and label of sample ``index``, without decoding."""
@@ -555,31 +548,10 @@ class RecordIODataset(Dataset):
     def __getitem__(self, index: int):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        index %= len(self)
-        for attempt in range(_MAX_REPLACEMENT_TRIES):
-            candidate = (index + attempt) % len(self)
-            try:
-                image, label = self._load(candidate)
-                break
-            except FresnetError as exc:
-                if self.on_error == "raise":
-                    raise
-                if not self._bad[candidate]:
-                    self._bad[candidate] = True
-                    self._warn(str(exc))
-        else:
-            raise FresnetError(
-                f"{self.paths.rec}: {_MAX_REPLACEMENT_TRIES} consecutive bad records from sample {index}; "
-                "the file is too damaged to skip over; re-copy or rebuild it"
-            )
+        image, label = self._policy.load(self._load, index % len(self), len(self), str(self.paths.rec))
         if self.transform is not None:
             image = self.transform(image)
         return image, label
-
-    def _warn(self, message: str) -> None:
-        self._warned += 1
-        if self._warned <= _MAX_BAD_WARNINGS:
-            warnings.warn(f"skipping bad record: {message}", stacklevel=3)
 
     def close(self) -> None:
         self._rec.close()

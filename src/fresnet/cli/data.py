@@ -1,0 +1,134 @@
+"""``fresnet pack``, ``fresnet make-bin`` and ``fresnet synth``: build face datasets on disk."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Callable, Iterable, Iterator
+
+from fresnet.errors import FresnetError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pack",
+        help="pack a folder-per-identity tree or a list file into train.rec, train.idx and property",
+        description=(
+            "Write an InsightFace RecordIO training set. SOURCE is a folder with one sub-folder of images per "
+            "identity (labels follow the sorted folder names) or a list file of 'path<TAB>label' lines "
+            "(InsightFace '1<TAB>path<TAB>label' .lst lines work too). JPEG files are stored as they are. "
+            "OUT_PREFIX 'out/train' writes out/train.rec, out/train.idx and out/property; a folder writes "
+            "train.* inside it. Files appear only when complete."
+        ),
+    )
+    p.add_argument("source", metavar="IMAGE_DIR|LIST", help="identity folders, or a list file")
+    p.add_argument("out_prefix", metavar="OUT_PREFIX", help="output prefix (out/train) or folder")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="size for 'property' (default: the first image's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.add_argument("--no-verify", action="store_true", help="do not decode each JPEG first (faster, but corrupt files get packed)")
+    p.set_defaults(func=run_pack)
+
+    p = sub.add_parser(
+        "make-bin",
+        help="build an InsightFace verification .bin from image pairs",
+        description=(
+            "PAIRS is a text file of 'path1 path2 issame' lines (issame 1/0/true/false; paths relative to --root, "
+            "default the list's folder), or LFW's pairs.txt with --root holding name/name_0001.jpg."
+        ),
+    )
+    p.add_argument("pairs", metavar="PAIRS", help="pairs list file")
+    p.add_argument("out", metavar="OUT.bin", help="the .bin to write")
+    p.add_argument("--root", help="folder the image paths are relative to")
+    p.add_argument("--format", choices=("auto", "simple", "lfw"), default="auto", help="pairs file format (default: auto)")
+    p.set_defaults(func=run_make_bin)
+
+    p = sub.add_parser(
+        "synth",
+        help="write the synthetic-identity dataset: RecordIO training set + held-out verification .bin",
+        description=(
+            "Render synthetic faces: IDENTITIES x IMAGES training images (train.rec, train.idx, property) and "
+            "PAIRS verification pairs over HOLDOUT further identities that never appear in training."
+        ),
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    p.add_argument("--identities", type=int, default=200, help="training identities (default: 200)")
+    p.add_argument("--images-per-identity", type=int, default=20, help="images per training identity (default: 20)")
+    p.add_argument("--holdout", type=int, default=100, help="held-out identities for the .bin (default: 100)")
+    p.add_argument("--pairs", type=int, default=600, help="verification pairs, half of them matches (default: 600)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--size", type=int, default=112, help="image size in pixels (default: 112)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.set_defaults(func=run_synth)
+
+
+@contextlib.contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[Iterable], Iterable]]:
+    """A rich progress bar as a wrapper for iterables (rich keeps it quiet when not on a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    ) as progress:
+        task = progress.add_task(description, total=total)
+
+        def track(iterable: Iterable) -> Iterator:
+            for item in iterable:
+                yield item
+                progress.advance(task)
+
+        yield track
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from fresnet.data.image_folder import list_image_source
+    from fresnet.data.recordio import pack_images
+
+    items, classes = list_image_source(args.source)
+    with _progress("packing", len(items)) as track:
+        paths = pack_images(
+            items,
+            args.out_prefix,
+            image_size=tuple(args.image_size) if args.image_size else None,
+            overwrite=args.overwrite,
+            verify=not args.no_verify,
+            progress=track,
+        )
+    identities = len(classes) if classes is not None else len({label for _, label in items})
+    print(f"wrote {len(items)} images of {identities} identities: {paths.rec}, {paths.idx}, {paths.property}")
+    return 0
+
+
+def run_make_bin(args: argparse.Namespace) -> int:
+    from fresnet.data.verification_bin import make_bin, read_pairs_list
+
+    pairs = read_pairs_list(args.pairs, root=args.root, fmt=args.format)
+    with _progress("encoding", 2 * len(pairs)) as track:
+        out = make_bin(pairs, args.out, progress=track)
+    matches = sum(same for _, _, same in pairs)
+    print(f"wrote {out}: {len(pairs)} pairs ({matches} matches, {len(pairs) - matches} non-matches)")
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from fresnet.data.synthetic import write_synthetic_dataset
+
+    for name in ("identities", "images_per_identity", "holdout", "pairs"):
+        if getattr(args, name) < (2 if name in ("holdout", "pairs") else 1):
+            raise FresnetError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
+    total = args.identities * args.images_per_identity
+    with _progress("rendering", (total + 255) // 256) as track:
+        paths = write_synthetic_dataset(
+            args.out_dir,
+            num_identities=args.identities,
+            images_per_identity=args.images_per_identity,
+            holdout_identities=args.holdout,
+            pairs=args.pairs,
+            seed=args.seed,
+            size=args.size,
+            overwrite=args.overwrite,
+            progress=track,
+        )
+    print(
+        f"wrote {total} training images of {args.identities} identities to {paths['rec']} and "
+        f"{args.pairs} pairs of {args.holdout} held-out identities to {paths['bin']}"
+    )
+    return 0
