@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Multi-process: torchrun --nproc_per_node N -m fresnet train CONFIG ..."
         ),
     )
-    p.add_argument("config", metavar="CONFIG", help="YAML path or built-in config name")
+    p.add_argument("config", metavar="CONFIG", nargs="?", help="YAML path or built-in config name (see --list)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. output=runs/a max_steps=100")
     p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT from its checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="start over even if OUTPUT holds a checkpoint")
@@ -30,6 +30,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(builtin_names()))
         return 0
+    if args.config is None:
+        from fresnet.errors import FresnetError
+
+        raise FresnetError(f"give a config: a YAML path or one of {', '.join(builtin_names())}")
     overrides = list(args.overrides)
     if args.resume:
         overrides.append("resume=true")
