@@ -7,6 +7,8 @@ the plan is applied with :func:`torch.utils.checkpoint` (non-reentrant):
 * :func:`feature_map_cost` runs one real training step and counts the bytes autograd saved for
   backward (through ``saved_tensors_hooks``, each storage once), plus the step's peak heap growth.
 * :func:`profile_units` measures, per residual unit, what it saves and what recomputing it costs.
+  The stem counts as one more unit, named ``stem``: it is cheap to recompute (one 3-channel conv)
+  but keeps two full-resolution maps, about a quarter of what a 4x-smaller r100 step may keep.
 * :func:`plan` picks the units to recompute, grouped into segments of consecutive units: ``sqrt``
   (every unit, in about sqrt(n) segments) or ``budget`` (the least recomputation that fits a budget
   in MB of saved tensors, like memonger's threshold search).
@@ -237,16 +239,25 @@ def feature_map_cost(
     )
 
 
-def time_step(model: nn.Module, batch: int, input_size=None, *, seed: int = 0) -> float:
-    """Seconds for one training step (forward, loss, backward) at the model's current checkpointing."""
+@dataclass(frozen=True)
+class StepTime:
+    """One training step: ``wall`` seconds, and ``cpu`` seconds of this process (all threads).
+    On a shared machine the CPU time is the steadier figure: other jobs stretch the wall time."""
+
+    wall: float
+    cpu: float
+
+
+def time_step(model: nn.Module, batch: int, input_size=None, *, seed: int = 0) -> StepTime:
+    """Time one training step (forward, loss, backward) at the model's current checkpointing."""
     device = _device_of(model)
     x = random_batch(batch, _input_size(model, input_size), seed).to(device)
     with training_step_sandbox(model):
         _synchronize(device)
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         probe_loss(model(x)).backward()
         _synchronize(device)
-        return time.perf_counter() - start
+        return StepTime(time.perf_counter() - wall, time.process_time() - cpu)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -262,7 +273,7 @@ def _synchronize(device: torch.device) -> None:
 @dataclass(frozen=True)
 class SavedStorage:
     """One storage kept for backward (per sample): the units whose operators save it ('' for the
-    stem, reduce block and head) and the units that take it as their input."""
+    reduce block and head) and the units that take it as their input."""
 
     bytes: float
     savers: frozenset
@@ -305,16 +316,17 @@ class UnitProfile:
         return max(peaks, default=0.0) * batch
 
     def recompute_fraction(self, segments: Sequence[Sequence[str]]) -> float:
-        """Recomputed MACs as a fraction of the residual units' forward MACs."""
+        """Recomputed MACs as a fraction of the stem's and units' forward MACs."""
         inside = {name for segment in segments for name in segment}
         total = sum(u.macs for u in self.units) or 1
         return sum(u.macs for u in self.units if u.name in inside) / total
 
 
 def _units_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    if not hasattr(model, "iter_units"):
+    """The checkpointable pieces: the stem, then every residual unit."""
+    if not hasattr(model, "iter_checkpointable"):
         raise FresnetError(f"memory planning needs a fresnet model (FResNet), got {type(model).__name__}")
-    return list(model.iter_units())
+    return list(model.iter_checkpointable())
 
 
 def profile_units(model: nn.Module, input_size=None) -> UnitProfile:
@@ -436,7 +448,8 @@ class MemoryPlan:
 
 
 def _split(run: Sequence[UnitCost], pieces: int) -> list[tuple[str, ...]]:
-    """Cut a run of consecutive units into ``pieces`` segments of about equal saved bytes."""
+    """Cut a run of consecutive units into ``pieces`` segments of about equal saved bytes: a segment
+    ends once the running total reaches the next multiple of ``total / pieces``."""
     pieces = max(1, min(pieces, len(run)))
     total = sum(u.bytes for u in run)
     segments: list[tuple[str, ...]] = []
@@ -473,6 +486,7 @@ def plan(
     budget: Optional[float] = None,
     *,
     strategy: Optional[str] = None,
+    ratio: Optional[float] = None,
     batch: int = 64,
     input_size=None,
     profile: Optional[UnitProfile] = None,
@@ -485,6 +499,7 @@ def plan(
             the units that free the most bytes per recomputed MAC (the early, wide-map units) until
             the estimate fits; if even recomputing every unit does not fit, the plan says so
             (``meets_budget`` False) and recomputes every unit.
+        ratio: instead of ``budget``, ask for the unplanned cost divided by ``ratio`` (e.g. 4).
         strategy: ``sqrt`` (default without a budget): every unit, in about sqrt(n) segments of equal
             saved bytes. ``budget`` (default with one).
         batch: the batch size the byte figures refer to (the plan's choice only depends on it
@@ -492,6 +507,11 @@ def plan(
         input_size: (H, W); default the model's config.
         profile: a :func:`profile_units` result to reuse.
     """
+    if ratio is not None:
+        if budget is not None or ratio <= 1:
+            raise FresnetError(f"give either a budget or a ratio above 1, got budget={budget}, ratio={ratio}")
+        profile = profile or profile_units(model, input_size)
+        budget = profile.saved_bytes((), batch) / ratio / MB
     strategy = strategy or ("budget" if budget is not None else "sqrt")
     if strategy not in STRATEGIES:
         raise FresnetError(f"unknown memory plan strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -537,8 +557,8 @@ class PlanComparison:
     plan: MemoryPlan
     old: FeatureMapCost
     new: FeatureMapCost
-    old_seconds: Optional[float] = None
-    new_seconds: Optional[float] = None
+    old_time: Optional[StepTime] = None
+    new_time: Optional[StepTime] = None
 
     @property
     def ratio(self) -> float:
@@ -546,9 +566,19 @@ class PlanComparison:
 
     @property
     def time_ratio(self) -> Optional[float]:
-        if self.old_seconds is None or self.new_seconds is None:
-            return None
-        return self.new_seconds / self.old_seconds
+        """Wall-clock step time with the plan over without."""
+        return None if self.old_time is None else self.new_time.wall / self.old_time.wall
+
+    @property
+    def cpu_time_ratio(self) -> Optional[float]:
+        return None if self.old_time is None else self.new_time.cpu / self.old_time.cpu
+
+
+def best_step_time(times: Sequence[StepTime]) -> Optional[StepTime]:
+    """The least disturbed of several runs: the minimum wall and CPU time, each on its own."""
+    if not times:
+        return None
+    return StepTime(min(t.wall for t in times), min(t.cpu for t in times))
 
 
 def compare(
@@ -561,33 +591,28 @@ def compare(
     on_progress: Optional[Callable[[str], None]] = None,
 ) -> PlanComparison:
     """Measure ``model`` without and with ``memory_plan`` (default: :func:`plan`), then time
-    ``steps`` training steps of each, alternating so that machine load hits both alike.
-    The model's own checkpointing setting is restored afterwards."""
+    ``steps`` training steps of each, alternating so that machine load hits both alike (the
+    measuring steps double as warm-up). The model's own checkpointing is restored afterwards."""
     say = on_progress or (lambda message: None)
     memory_plan = memory_plan or plan(model, batch=batch, input_size=input_size)
-    previous = getattr(model, "grad_checkpoint_segments", ())
-    settings = {"old": (), "new": memory_plan}
+    previous = _Segments(getattr(model, "grad_checkpoint_segments", ()))
+    settings = {"old": _Segments(()), "new": memory_plan}
     costs: dict[str, FeatureMapCost] = {}
-    times: dict[str, list[float]] = {"old": [], "new": []}
+    times: dict[str, list[StepTime]] = {"old": [], "new": []}
     try:
         for key, setting in settings.items():
-            say(f"measuring saved tensors ({'with' if setting else 'without'} the plan)")
-            model.set_grad_checkpointing(setting or False)
+            say(f"measuring saved tensors ({'with' if key == 'new' else 'without'} the plan)")
+            model.set_grad_checkpointing(setting)
             costs[key] = feature_map_cost(model, batch, input_size)
         for step in range(steps):
             for key, setting in settings.items():
-                say(f"timing step {step + 1}/{steps} ({'with' if setting else 'without'} the plan)")
-                model.set_grad_checkpointing(setting or False)
+                say(f"timing step {step + 1}/{steps} ({'with' if key == 'new' else 'without'} the plan)")
+                model.set_grad_checkpointing(setting)
                 times[key].append(time_step(model, batch, input_size, seed=step))
     finally:
-        model.set_grad_checkpointing(_Segments(previous))
-    return PlanComparison(
-        plan=memory_plan,
-        old=costs["old"],
-        new=costs["new"],
-        old_seconds=min(times["old"]) if times["old"] else None,
-        new_seconds=min(times["new"]) if times["new"] else None,
-    )
+        model.set_grad_checkpointing(previous)
+    return PlanComparison(memory_plan, costs["old"], costs["new"], best_step_time(times["old"]),
+                          best_step_time(times["new"]))
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,12 @@ class FResNet(nn.Module):
             for name, unit in getattr(self, stage).named_children():
                 yield f"{stage}.{name}", unit
 
+    def iter_checkpointable(self) -> Iterator[tuple[str, nn.Module]]:
+        """``('stem', stem), ('stage1.unit1', unit), ...``: what activation checkpointing can recompute.
+        (The stem is cheap to recompute but keeps two full-resolution maps.)"""
+        yield "stem", self.stem
+        yield from self.iter_units()
+
     @property
     def num_features(self) -> int:
         return self.config.emb_size
@@ -109,17 +115,16 @@ class FResNet(nn.Module):
     # ---- forward ---------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and residual stages (and the bottleneck ``convd`` block): the trunk map."""
-        x = self.stem(x)
         recompute = self.grad_checkpoint_segments and self.training and torch.is_grad_enabled()
         segment_at = {segment[0]: segment for segment in self.grad_checkpoint_segments} if recompute else {}
-        units = self.iter_units()
-        for name, unit in units:
+        pieces = self.iter_checkpointable()
+        for name, piece in pieces:
             segment = segment_at.get(name)
             if segment is None:
-                x = unit(x)
+                x = piece(x)
                 continue
             # a segment saves only its input; everything inside is recomputed in backward
-            modules = (unit,) + tuple(next(units)[1] for _ in segment[1:])
+            modules = (piece,) + tuple(next(pieces)[1] for _ in segment[1:])
             x = checkpoint(
                 partial(_run_in_order, modules), x, use_reentrant=False,
                 context_fn=_freeze_bn_stats_on_recompute(*modules),
@@ -139,7 +144,7 @@ class FResNet(nn.Module):
         """Recompute some units in backward instead of storing their activations.
 
         ``True`` applies the default plan (:func:`fresnet.memory.plan`, sqrt(n) segments), ``False``
-        turns it off, and an iterable of unit names (``'stage3.unit4'``) or a plan object with a
+        turns it off, and an iterable of unit names (``'stage3.unit4'``, or ``'stem'``) or a plan object with a
         ``units`` attribute recomputes exactly those units, each checkpointed on its own (its input is
         kept). A plan object with a ``segments`` attribute (tuples of consecutive unit names)
         checkpoints each segment as one piece, so only the segment's input is kept.
@@ -161,7 +166,7 @@ class FResNet(nn.Module):
     def _check_segments(self, segments: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
         from fresnet.errors import FresnetError
 
-        order = {name: i for i, (name, _) in enumerate(self.iter_units())}
+        order = {name: i for i, (name, _) in enumerate(self.iter_checkpointable())}
         names = [name for segment in segments for name in segment]
         unknown = sorted(set(names) - set(order))
         if unknown:

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64, as in the original's figures)")
     p.add_argument("--budget", type=float, default=None, metavar="MB",
                    help="MB of saved tensors allowed: recompute as little as fits (default: the sqrt(n) plan)")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="instead of --budget: the cheapest plan that divides the saved bytes by this much (e.g. 4)")
     p.add_argument("--strategy", choices=("sqrt", "budget"), default=None,
                    help="sqrt: every unit, in about sqrt(n) segments; budget: the cheapest plan within --budget")
     p.add_argument("--steps", type=int, default=2,
@@ -40,7 +42,7 @@ def run_memory(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     console = Console(stderr=True)
     with console.status("profiling the units") as status:
-        memory_plan = plan(model, args.budget, strategy=args.strategy, batch=args.batch)
+        memory_plan = plan(model, args.budget, strategy=args.strategy, ratio=args.ratio, batch=args.batch)
         result = compare(model, memory_plan, batch=args.batch, steps=args.steps, on_progress=status.update)
 
     if args.json:
@@ -50,8 +52,10 @@ def run_memory(args: argparse.Namespace) -> int:
             "old_saved_bytes": result.old.saved_bytes, "new_saved_bytes": result.new.saved_bytes,
             "ratio": result.ratio, "old_peak_bytes": result.old.peak_bytes, "new_peak_bytes": result.new.peak_bytes,
             "param_bytes_saved": result.old.param_bytes,
-            "old_step_seconds": result.old_seconds, "new_step_seconds": result.new_seconds,
-            "step_time_ratio": result.time_ratio, "budget_bytes": memory_plan.budget_bytes,
+            "old_step_seconds": result.old_time and result.old_time.wall,
+            "new_step_seconds": result.new_time and result.new_time.wall,
+            "step_time_ratio": result.time_ratio, "cpu_time_ratio": result.cpu_time_ratio,
+            "budget_bytes": memory_plan.budget_bytes,
             "meets_budget": result.new.saved_bytes <= memory_plan.budget_bytes if memory_plan.budget_bytes else None,
         }, indent=1))
         return 0
@@ -67,7 +71,9 @@ def run_memory(args: argparse.Namespace) -> int:
         line += f"; step peak {result.old.peak_bytes / MB:.0f} MB -> {result.new.peak_bytes / MB:.0f} MB"
     print(line)
     if result.time_ratio is not None:
-        print(f"Step time: {result.old_seconds:.2f} s -> {result.new_seconds:.2f} s ({result.time_ratio:.2f}x)")
+        old, new = result.old_time, result.new_time
+        print(f"Step time: {old.wall:.2f} s -> {new.wall:.2f} s ({result.time_ratio:.2f}x); "
+              f"CPU time {old.cpu:.2f} s -> {new.cpu:.2f} s ({result.cpu_time_ratio:.2f}x)")
     if memory_plan.budget_bytes is not None and result.new.saved_bytes > memory_plan.budget_bytes:
         print(f"warning: the budget of {memory_plan.budget_bytes / MB:.0f} MB is not met even recomputing "
               f"every unit; the stem, head and segment inputs need {result.new.saved_bytes / MB:.0f} MB")
