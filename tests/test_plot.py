@@ -1,0 +1,93 @@
+"""``fresnet plot``: the drawn graph follows the real dataflow, and works with or without ``dot``."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+import fresnet.viz as viz
+from fresnet.errors import FresnetError
+from fresnet.model import create_model
+from fresnet.viz import build_graph, plot_network, trace_layers
+
+TINY = dict(units=[1, 2, 1, 1], input_size=32, emb_size=32)
+
+
+def _by_name(layers):
+    return {layer.name: layer for layer in layers}, {layer.id: layer for layer in layers}
+
+
+def test_layers_follow_the_real_dataflow_with_shapes():
+    # pre-activation unit with SE: the projection shortcut leaves from act1, not from the unit input
+    layers, by_id = _by_name(trace_layers(create_model(**TINY, net_unit=2, net_se=1)))
+    assert [by_id[i].name for i in layers["stage1_unit1_sc"].inputs] == ["stage1_unit1_relu1"]
+    # an identity unit's add joins its body and its input, the previous unit's add
+    add = layers["stage2_unit2_add"]
+    assert add.kind == "add" and len(add.inputs) == 2
+    assert "stage2_unit1_add" in {by_id[i].name for i in add.inputs}
+    # the SE branch: pool -> conv1 -> act -> conv2 -> sigmoid, multiplied back onto the body
+    gate = layers["stage2_unit2_se_broadcast_mul"]
+    assert {by_id[i].name for i in gate.inputs} == {"stage2_unit2_conv2", "stage2_unit2_se_activation"}
+    assert layers["stage2_unit2_se_pooling"].shape == (128, 1, 1)
+    # shapes per sample: 3x3/1 stem at 32x32, each stage halves
+    assert layers["conv0"].shape == (64, 32, 32)
+    assert layers["conv0"].label == "Convolution 3x3/1, 64"
+    assert layers["stage1_unit1_conv1"].label == "Convolution 3x3/2, 64"
+    assert layers["stage4_unit1_add"].shape == (512, 2, 2)
+    assert layers["pre_fc1"].label == "FullyConnected 32" and layers["pre_fc1"].group == "head"
+
+
+def test_ir_unit_shortcut_and_groups():
+    layers, by_id = _by_name(trace_layers(create_model(**TINY)))
+    # v3 projection: conv1sc -> BN 'sc' -> add; the body ends in bn3
+    add = layers["stage1_unit1_add"]
+    assert {by_id[i].name for i in add.inputs} == {"stage1_unit1_bn3", "stage1_unit1_sc"}
+    assert [by_id[i].name for i in layers["stage1_unit1_conv1sc"].inputs] == ["relu0"]
+    assert layers["relu0"].group == "stem" and layers["stage3_unit1_bn1"].group == "stage3.unit1"
+
+
+def test_dot_source_always_and_a_picture_when_dot_is_installed(tmp_path, monkeypatch):
+    model = create_model(**TINY)
+    result = plot_network(model, tmp_path / "net.dot")
+    source = (tmp_path / "net.dot").read_text()
+    assert result.path == tmp_path / "net.dot" and not result.rendered and not result.collapsed
+    assert "cluster_stage2_unit2" in source
+    assert "Convolution 3x3/1, 64" in source and "64x32x32" in source
+    assert viz.COLORS["conv"] in source and viz.COLORS["bn"] in source
+    assert "style=bold" in source  # the identity shortcut of stage2.unit2
+
+    monkeypatch.setattr(viz.shutil, "which", lambda name: None)
+    missing = plot_network(model, tmp_path / "a.svg")
+    assert missing.path == tmp_path / "a.dot" and not missing.rendered
+    assert not (tmp_path / "a.svg").exists() and (tmp_path / "a.dot").read_text() == source
+    monkeypatch.undo()
+
+    if shutil.which("dot"):
+        picture = plot_network(model, tmp_path / "b.svg")
+        assert picture.rendered and "<svg" in (tmp_path / "b.svg").read_text()
+
+    with pytest.raises(FresnetError, match="suffix|format"):
+        plot_network(model, tmp_path / "net.jpg")
+
+
+def test_deep_networks_collapse_to_one_node_per_unit(tmp_path):
+    model = create_model(units=[1, 1, 15, 1], input_size=32, emb_size=32, filter_list=[8, 8, 16, 32, 64])
+    source = build_graph(model).source  # 18 units: collapsed by default
+    units = re.findall(r"^\s*(stage\d_unit\d+) \[", source, re.M)
+    assert len(units) == 18 and "stage3_unit15" in units
+    assert "stage3.unit1: UnitV3 16->32 /2, projection shortcut" in source
+    assert "stage3_unit15_conv1" not in source
+    assert re.search(r"stage3_unit14 -> stage3_unit15 \[label=\" 32x4x4\"\]", source)
+    expanded = build_graph(model, collapse=False).source
+    assert "cluster_stage3_unit15" in expanded
+
+
+def test_plot_command(tmp_path, capsys):
+    from fresnet.cli import main
+
+    out = tmp_path / "r18.dot"
+    code = main(["plot", "r18", "--set", "units=[1,1,1,1]", "--set", "input_size=32", "-o", str(out), "--collapse"])
+    assert code == 0 and out.exists()
+    assert "wrote" in capsys.readouterr().out
+    assert "stage4_unit1" in out.read_text()
