@@ -11,6 +11,12 @@ _EXPORTS = {
     "save_bin": "fresnet.data.verification_bin",
     "ImageFolderDataset": "fresnet.data.image_folder",
     "SyntheticFaces": "fresnet.data.synthetic",
+    "synthetic_pairs": "fresnet.data.synthetic",
+    "write_synthetic_dataset": "fresnet.data.synthetic",
+    "pack_images": "fresnet.data.recordio",
+    "write_index": "fresnet.data.recordio",
+    "train_transform": "fresnet.data.transforms",
+    "eval_transform": "fresnet.data.transforms",
 }
 
 

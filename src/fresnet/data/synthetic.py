@@ -185,9 +185,11 @@ def _draw_head(image, x, y, P, pixel) -> np.ndarray:
     _paint(image, face * _cover(y - line, pixel), P["hair"])
     moles = 0.0
     for i in np.flatnonzero(P["mole_r"].reshape(len(image), -1).any(0)):
-        radius = P["mole_r"][..., i] + 1e-6
+        radius = P["mole_r"][..., i]
         centre_x, centre_y = P["mole_xy"][..., i, 0] * fw, cy + P["mole_xy"][..., i, 1] * fh
-        moles = np.maximum(moles, _ellipse(x, y, centre_x, centre_y, radius, radius, pixel))
+        # (radius > 0) keeps absent moles absent, so an image is the same in any batch
+        mole = _ellipse(x, y, centre_x, centre_y, radius + 1e-6, radius + 1e-6, pixel) * (radius > 0)
+        moles = np.maximum(moles, mole)
     if np.ndim(moles):
         _paint(image, 0.8 * face * moles, P["skin"] * 0.45)
     if P["beard"].any():
