@@ -45,10 +45,12 @@ COLORS = {
 UNIT_COLORS = {"identity": "#d9d9d9", "projection": "#fb8072", "stem": "#8dd3c7", "reduce": "#bebada", "head": "#80b1d3"}
 
 _ACT_NAMES = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Softplus: "softrelu", nn.Softsign: "softsign"}
+# torch function -> (colour key, name suffix, label)
 _FUNCTION_OPS = {
-    "add": ("add", "add"), "iadd": ("add", "add"), "mul": ("other", "broadcast_mul"), "truediv": ("other", "div"),
-    "sub": ("other", "sub"), "sigmoid": ("act", "Activation sigmoid"), "flatten": ("reshape", "Flatten"),
-    "adaptive_avg_pool2d": ("pool", "Pooling global avg"),
+    "add": ("add", "add", "elemwise add"), "iadd": ("add", "add", "elemwise add"),
+    "mul": ("other", "broadcast_mul", "broadcast_mul"), "truediv": ("other", "div", "broadcast_div"),
+    "sub": ("other", "sub", "broadcast_sub"), "sigmoid": ("act", "activation", "Activation sigmoid"),
+    "flatten": ("reshape", "flatten", "Flatten"), "adaptive_avg_pool2d": ("pool", "pooling", "Pooling global avg"),
 }
 
 
@@ -63,6 +65,7 @@ class Layer:
     group: str  # 'data', 'stem', 'stage1.unit1', 'reduce', 'head', 'output'
     inputs: list[str] = field(default_factory=list)
     shape: tuple[int, ...] = ()  # output shape without the batch
+    named: bool = True  # a layer module (its name is drawn), not an anonymous function such as an add
 
 
 class _Tracer(fx.Tracer):
@@ -115,11 +118,9 @@ def _describe_module(module: nn.Module) -> tuple[str, str]:
     return "other", type(module).__name__
 
 
-def _describe_function(node: fx.Node) -> tuple[str, str]:
-    name = getattr(node.target, "__name__", str(node.target))
-    if name in _FUNCTION_OPS:
-        return _FUNCTION_OPS[name]
-    return "other", name
+def _describe_function(node: fx.Node) -> tuple[str, str, str]:
+    name = getattr(node.target, "__name__", str(node.target)) if node.op == "call_function" else str(node.target)
+    return _FUNCTION_OPS.get(name, ("other", name, name))
 
 
 def _shape(node: fx.Node) -> tuple[int, ...]:
@@ -158,12 +159,11 @@ def trace_layers(model: nn.Module, input_size=None) -> list[Layer]:
             kind, label = _describe_module(model.get_submodule(node.target))
             layers.append(Layer(node.name, _mx_name(node.target), kind, label, _group_of(node), inputs, _shape(node)))
         else:  # call_function / call_method / get_attr
-            kind, label = _describe_function(node) if node.op == "call_function" else ("other", str(node.target))
+            kind, suffix, label = _describe_function(node)
             group = _group_of(node)
             stack = list(node.meta.get("nn_module_stack", {}).keys())
             prefix = _mx_name(stack[-1]) if stack else group
-            layers.append(Layer(node.name, f"{prefix}_{label.split()[0].lower()}", kind, label, group, inputs,
-                                _shape(node)))
+            layers.append(Layer(node.name, f"{prefix}_{suffix}", kind, label, group, inputs, _shape(node), False))
     return layers
 
 
@@ -253,7 +253,7 @@ def _layer_node(graph, layer: Layer) -> None:
     name = layer.name
     if layer.group.startswith("stage"):  # the unit's box already says stageN_unitM
         name = name[len(layer.group) + 1:]
-    label = layer.label if layer.kind == "data" or layer.group == "output" else f"{name}\n{layer.label}"
+    label = f"{name}\n{layer.label}" if layer.named and layer.kind != "data" else layer.label
     graph.node(layer.id, label=label, fillcolor=COLORS[layer.kind],
                shape="ellipse" if layer.kind == "data" else "box")
 
