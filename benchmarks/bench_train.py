@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--convergence-model", default="r18",
                    help="backbone for the convergence comparison (default: r18, so it runs in minutes on CPU)")
     p.add_argument("--convergence-steps", type=int, default=40, help="training steps per config (0 skips; default: 40)")
+    p.add_argument("--convergence-size", type=int, default=0,
+                   help="square input size for the convergence comparison (default: --input-size)")
     p.add_argument("--identities", type=int, default=16, help="SyntheticFaces identities for convergence (default: 16)")
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1, the original's)")
     p.add_argument("--json", type=Path, help="write the results to this JSON file")
@@ -190,12 +192,13 @@ def convergence(args, device: torch.device, log) -> Optional[dict]:
     if args.convergence_steps <= 0:
         return None
     try:
-        batches = list(synthetic_batches(args.identities, args.batch, args.convergence_steps, args.input_size))
+        size = args.convergence_size or args.input_size
+        batches = list(synthetic_batches(args.identities, args.batch, args.convergence_steps, size))
     except ImportError:
         log("convergence: fresnet.data.SyntheticFaces is not available, skipped")
         return None
-    eager, best = make_pair(args.convergence_model, args.identities, args.input_size, device, args.lr, False)
-    log(f"convergence: {args.convergence_model}, {args.identities} SyntheticFaces identities, batch {args.batch}, "
+    eager, best = make_pair(args.convergence_model, args.identities, size, device, args.lr, False)
+    log(f"convergence: {args.convergence_model} at {size}x{size}, {args.identities} SyntheticFaces identities, batch {args.batch}, "
         f"{args.convergence_steps} steps, lr {args.lr}")
     curves: dict[str, list[float]] = {"eager": [], "best": []}
     try:

@@ -209,8 +209,11 @@ def test_compile_failure_at_first_call_falls_back(monkeypatch):
 
 
 @pytest.mark.skipif(not compiler_available(torch.device("cpu")), reason="inductor needs a C++ compiler")
-def test_compiled_cpu_paths():
+def test_compiled_cpu_paths(monkeypatch):
     """torch.compile (inductor, weight freezing) keeps both bounds. One tiny net, both dtypes."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "compile_threads", 1)  # no worker pool: ~10 s of CPU, not a minute
     model = tiny(filter_list=[4, 4, 8, 8, 16], emb_size=16)
     x = images(2, seed=11)
     with torch.no_grad():
