@@ -55,13 +55,38 @@ def test_cutoff_fills_a_grey_square_clipped_at_the_border():
     assert torch.equal(Cutoff(16, p=0.0)(image), image)
 
 
-def test_color_jitter_keeps_luminance_where_the_formulas_say_so():
-    image = _image().float()
+def _color_aug_reference(image: torch.Tensor, draws) -> torch.Tensor:
+    """FaceImageIter.color_aug, step by step, on HWC like the original."""
+    src = image.permute(1, 2, 0).double()
+    coef = LUMA.view(1, 1, 3).double()
+    for name, alpha in draws:
+        if name == "brightness":
+            src = src * alpha
+        elif name == "contrast":
+            gray = src * coef
+            gray = (3.0 * (1.0 - alpha) / gray.numel()) * gray.sum()
+            src = src * alpha + gray
+        else:
+            gray = (src * coef).sum(2, keepdim=True) * (1.0 - alpha)
+            src = src * alpha + gray
+    return src.permute(2, 0, 1)
+
+
+def test_color_jitter_matches_face_image_iter_formulas():
+    image = _image()
     jitter = ColorJitter(0.4, generator=_gen(3))
-    contrast = jitter._contrast(image)
-    assert torch.allclose((contrast * LUMA).sum(0).mean(), (image * LUMA).sum(0).mean(), atol=1e-3)
-    saturation = jitter._saturation(image)
-    assert torch.allclose((saturation * LUMA).sum(0), (image * LUMA).sum(0), atol=1e-3)
+    for _ in range(6):
+        draws = jitter.draw()
+        assert sorted(name for name, _ in draws) == ["brightness", "contrast", "saturation"]
+        assert all(0.6 <= alpha <= 1.4 for _, alpha in draws)
+        expected = _color_aug_reference(image, draws).clamp(0, 255).float()
+        assert torch.allclose(jitter.apply(image, draws), expected, atol=1e-3)
+    # contrast keeps the mean luminance, saturation each pixel's luminance
+    x = image.float()
+    contrast = jitter.apply(x, [("contrast", 1.3)])
+    assert torch.allclose((contrast * LUMA).sum(0).mean(), (x * LUMA).sum(0).mean(), atol=1e-2)
+    saturation = jitter.apply(x, [("saturation", 0.7)])
+    assert torch.allclose((saturation * LUMA).sum(0), (x * LUMA).sum(0), atol=1e-2)
     out = jitter(_image())
     assert out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 255
     assert torch.allclose(ColorJitter(0.0)(_image()), _image().float())
