@@ -19,7 +19,6 @@ from typing import Optional, Union
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from fresnet.errors import FresnetError
@@ -42,7 +41,9 @@ COLORS = {
     "add": "#b3de69",
     "other": "#fccde5",
 }
-UNIT_COLORS = {"identity": "#d9d9d9", "projection": "#fb8072", "stem": "#8dd3c7", "reduce": "#bebada", "head": "#80b1d3"}
+UNIT_COLORS = {
+    "identity": "#d9d9d9", "projection": "#fb8072", "stem": "#8dd3c7", "reduce": "#bebada", "head": "#80b1d3",
+}
 
 _ACT_NAMES = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Softplus: "softrelu", nn.Softsign: "softsign"}
 # torch function -> (colour key, name suffix, label)
@@ -225,15 +226,12 @@ def build_graph(model: nn.Module, *, collapse: Optional[bool] = None, input_size
 
 
 def _draw_layers(graph, layers: list[Layer], by_id: dict[str, Layer]) -> None:
-    clusters: dict[str, object] = {}
+    clusters: dict[str, list[Layer]] = {}  # unit -> its layers, drawn inside the unit's dashed box
     for layer in layers:
-        target = graph
         if layer.group.startswith("stage"):
-            if layer.group not in clusters:
-                clusters[layer.group] = []
-            clusters[layer.group].append(layer)
-            continue
-        _layer_node(target, layer)
+            clusters.setdefault(layer.group, []).append(layer)
+        else:
+            _layer_node(graph, layer)
     for group, members in clusters.items():
         with graph.subgraph(name="cluster_" + group.replace(".", "_")) as sub:
             sub.attr(label=group, style="rounded,dashed", color="#888888", fontsize="10", labeljust="l")

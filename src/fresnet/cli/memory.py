@@ -63,7 +63,8 @@ def run_memory(args: argparse.Namespace) -> int:
     print(f"{args.name}, batch {args.batch}, {h}x{w}: {memory_plan.describe()}")
     if args.show_plan:
         for segment in memory_plan.segments:
-            print("  segment: " + (segment[0] if len(segment) == 1 else f"{segment[0]} .. {segment[-1]} ({len(segment)} units)"))
+            span = segment[0] if len(segment) == 1 else f"{segment[0]} .. {segment[-1]} ({len(segment)} units)"
+            print(f"  segment: {span}")
     print(f"Old feature map cost={result.old.saved_bytes / MB:.0f} MB")
     print(f"New feature map cost={result.new.saved_bytes / MB:.0f} MB")
     line = f"Reduction: {result.ratio:.2f}x fewer bytes saved for backward"
