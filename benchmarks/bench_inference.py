@@ -221,7 +221,7 @@ def markdown(rows: list[dict], peaks: dict[str, float], meta: dict) -> str:
     for r in rows:
         bf = f"{r['fraction_bf16_peak']:.0%}" if r["fraction_bf16_peak"] is not None else "-"
         pk = r["peaks_same_rounds"]
-        body += (f"| {r['model']} | {r['batch']} | {r['path']} | {r['images_per_s']:.1f} | "
+        body += (f"| {r['model']} | {r['batch']} | {r['path']} | {r['images_per_s']:.3g} | "
                  f"{r['speedup']:.2f} | {r['gflops']:.0f} | {pk['fp32']:.0f} / {pk['bf16']:.0f} | "
                  f"{r['fraction_fp32_peak']:.0%} | {bf} | {r['cosine']:.6f} | {r['max_abs_diff']:.1e} |\n")
     return head + cols + body
