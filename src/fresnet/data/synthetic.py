@@ -15,7 +15,6 @@ batch. Rendering is vectorised over a batch of images with numpy.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
@@ -46,16 +45,16 @@ def identity_params(seed: int, identity: int) -> dict[str, np.ndarray]:
     """The stable traits of one identity (all in face coordinates, where the face spans about [-1, 1])."""
     rng = np.random.default_rng([seed, _IDENTITY_STREAM, identity])
     p: dict[str, np.ndarray] = {}
-    p["face_w"] = rng.uniform(0.50, 0.70)
-    p["face_h"] = rng.uniform(0.66, 0.86)
+    p["face_w"] = rng.uniform(0.46, 0.74)
+    p["face_h"] = rng.uniform(0.62, 0.90)
     p["face_n"] = rng.uniform(1.7, 3.0)  # superellipse exponent: round to square jaw
     p["face_cy"] = rng.uniform(0.02, 0.14)
     tone = rng.uniform(0.0, 1.0)
     p["skin"] = (1 - tone) * _SKIN_LIGHT + tone * _SKIN_DARK + rng.normal(0, 10, 3)
-    p["tex_k"] = rng.uniform(4.0, 14.0, 2)  # texture frequencies, orientations, phases, amplitudes
+    p["tex_k"] = rng.uniform(3.0, 10.0, 2)  # texture frequencies, orientations, phases, amplitudes
     p["tex_angle"] = rng.uniform(0, np.pi, 2)
     p["tex_phase"] = rng.uniform(0, 2 * np.pi, 2)
-    p["tex_amp"] = rng.uniform(5.0, 16.0, 2)
+    p["tex_amp"] = rng.uniform(8.0, 26.0, 2)
     p["mole_xy"] = np.stack([rng.uniform(-0.45, 0.45, 4), rng.uniform(-0.3, 0.55, 4)], 1)
     p["mole_r"] = rng.uniform(0.015, 0.04, 4) * (rng.uniform(0, 1, 4) < 0.6)
     p["hair"] = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] + rng.normal(0, 12, 3)
@@ -63,8 +62,8 @@ def identity_params(seed: int, identity: int) -> dict[str, np.ndarray]:
     p["hair_wave"] = np.array([rng.uniform(0.0, 0.12), rng.uniform(2, 9), rng.uniform(0, 2 * np.pi)])
     p["hair_scale"] = rng.uniform(1.04, 1.3)
     p["hair_side"] = rng.uniform(-0.3, 0.5)  # how far down the sides the hair falls
-    p["eye_y"] = rng.uniform(-0.24, -0.04)
-    p["eye_sep"] = rng.uniform(0.20, 0.36)
+    p["eye_y"] = rng.uniform(-0.28, -0.02)
+    p["eye_sep"] = rng.uniform(0.17, 0.40)
     p["eye_rx"] = rng.uniform(0.08, 0.15)
     p["eye_ry"] = rng.uniform(0.04, 0.085)
     p["iris"] = _IRIS_COLOURS[rng.integers(len(_IRIS_COLOURS))] + rng.normal(0, 10, 3)
@@ -75,42 +74,45 @@ def identity_params(seed: int, identity: int) -> dict[str, np.ndarray]:
     p["nose_y"] = rng.uniform(0.08, 0.24)
     p["nose_len"] = rng.uniform(0.12, 0.26)
     p["nose_w"] = rng.uniform(0.05, 0.13)
-    p["mouth_y"] = rng.uniform(0.34, 0.54)
-    p["mouth_w"] = rng.uniform(0.12, 0.26)
+    p["mouth_y"] = rng.uniform(0.30, 0.58)
+    p["mouth_w"] = rng.uniform(0.10, 0.30)
     p["mouth_t"] = rng.uniform(0.022, 0.055)
     p["mouth_curve"] = rng.uniform(-0.9, 0.9)
     p["lips"] = p["skin"] * np.array([0.85, 0.55, 0.55]) + rng.normal(0, 10, 3)
-    p["beard"] = float(rng.uniform() < 0.2) * rng.uniform(0.5, 0.9)
-    p["glasses"] = float(rng.uniform() < 0.15)
+    p["beard"] = float(rng.uniform() < 0.25) * rng.uniform(0.5, 0.9)
+    p["glasses"] = float(rng.uniform() < 0.25)
     return p
 
 
 def image_params(seed: int, identity: int, image: int, nuisance: float = 1.0) -> dict[str, np.ndarray]:
-    """The per-image nuisance; ``nuisance`` scales its strength (0 gives a clean frontal image)."""
+    """The per-image nuisance; ``nuisance`` scales its strength (0 gives a clean frontal image).
+
+    Calibrated (docs/data.md): colour and gain are strong, because they are what an untrained
+    network's embedding follows, while pose, expression, occluders and noise are moderate, because
+    they are what slows a small network's learning most.
+    """
     rng = np.random.default_rng([seed, _IMAGE_STREAM, identity, image])
     k = nuisance
     q: dict[str, np.ndarray] = {}
-    q["angle"] = rng.uniform(-0.22, 0.22) * k  # about +-12.5 degrees
-    q["scale"] = np.exp(rng.uniform(-0.14, 0.14) * k)
-    q["shift"] = rng.uniform(-0.12, 0.12, 2) * k
-    q["yaw"] = rng.uniform(-0.10, 0.10) * k
-    q["eye_open"] = np.clip(1.0 - rng.uniform(0.0, 0.45) * k, 0.3, 1.0)
-    q["gaze"] = rng.uniform(-0.3, 0.3, 2) * k
-    q["smile"] = rng.normal(0.0, 0.35) * k
-    q["brow_raise"] = rng.normal(0.0, 0.015) * k
+    q["angle"] = rng.uniform(-0.11, 0.11) * k  # about +-6 degrees
+    q["scale"] = np.exp(rng.uniform(-0.07, 0.07) * k)
+    q["shift"] = rng.uniform(-0.06, 0.06, 2) * k
+    q["yaw"] = rng.uniform(-0.05, 0.05) * k
+    q["eye_open"] = np.clip(1.0 - rng.uniform(0.0, 0.25) * k, 0.3, 1.0)
+    q["gaze"] = rng.uniform(-0.15, 0.15, 2) * k
+    q["smile"] = rng.normal(0.0, 0.18) * k
+    q["brow_raise"] = rng.normal(0.0, 0.008) * k
     q["bg"] = rng.uniform(20, 235, 3)
-    q["bg_grad"] = rng.normal(0, 40, 2) * k
-    # Strong gain and colour cast: absolute colour is then a weak cue, which is what keeps an
-    # untrained network (whose embedding mostly follows mean colour) near chance.
+    q["bg_grad"] = rng.normal(0, 20, 2) * k
     q["gain"] = np.exp(rng.uniform(-0.6, 0.35) * k)
     q["cast"] = np.exp(rng.normal(0, 0.2, 3) * k)
     q["light_dir"] = rng.uniform(0, 2 * np.pi)
-    q["light_amp"] = rng.uniform(0.0, 0.45) * k
-    occluded = rng.uniform() < 0.45 * min(k, 1.0)
-    q["occ_box"] = np.array([*rng.uniform(-1.0, 0.8, 2), *rng.uniform(0.2, 0.55, 2)]) if occluded else np.zeros(4)
+    q["light_amp"] = rng.uniform(0.0, 0.25) * k
+    occluded = rng.uniform() < 0.25 * min(k, 1.0)
+    q["occ_box"] = np.array([*rng.uniform(-1.0, 0.8, 2), *rng.uniform(0.2, 0.5, 2)]) if occluded else np.zeros(4)
     q["occ_colour"] = rng.uniform(0, 255, 3)
-    q["blur"] = float(rng.uniform() < 0.3 * min(k, 1.0))
-    q["noise_sigma"] = rng.uniform(1.5, 9.0) * k
+    q["blur"] = float(rng.uniform() < 0.15 * min(k, 1.0))
+    q["noise_sigma"] = rng.uniform(0.75, 4.5) * k
     q["noise_index"] = rng.integers(0, 64)
     q["noise_flip"] = float(rng.uniform() < 0.5)
     return q
@@ -129,9 +131,10 @@ def _stack(dicts: Sequence[dict]) -> dict[str, np.ndarray]:
 # rendering
 #
 # Shapes are drawn on a half-resolution canvas (4x fewer pixels to shade; at least 64x64) and
-# resampled to the output size; noise is added at full resolution. Layers of the same colour (both eyes, both brows, all moles) share one
-# paint pass, and layers no image in the batch has (beards, glasses, occluders) are skipped: the cost
-# is memory traffic over whole planes, so the number of passes is what sets the speed.
+# resampled to the output size; noise is added at full resolution. Layers of the same colour (both
+# eyes, both brows, all moles) share one paint pass, and layers no image in the batch has (beards,
+# glasses, occluders) are skipped: the cost is memory traffic over whole planes, so the number of
+# passes is what sets the speed.
 
 _MIN_CANVAS = 64
 _EYE_WHITE = np.float32([235, 235, 228])
@@ -161,7 +164,12 @@ def _paint(image: np.ndarray, alpha: np.ndarray, colour) -> None:
     """
     colour = np.asarray(colour, dtype=np.float32)
     colour = colour.reshape(colour.shape[0], 3, 1, 1) if colour.ndim == 4 else colour.reshape(1, 3, 1, 1)
-    image += alpha[:, None] * (colour - image)
+    rows = np.flatnonzero(alpha.any(axis=(0, 2)))  # small features cover a band of rows: paint only that
+    if rows.size == 0:
+        return
+    band = slice(rows[0], rows[-1] + 1)
+    target = image[:, :, band]
+    target += alpha[:, None, band] * (colour - target)
 
 
 def _draw_head(image, x, y, P, pixel) -> np.ndarray:
