@@ -423,6 +423,7 @@ def write_synthetic_dataset(
     overwrite: bool = False,
     bin_name: str = "synthetic_val.bin",
     progress: Optional[Callable[[Iterable], Iterable]] = None,
+    nuisance: float = 1.0,
 ) -> dict[str, Path]:
     """Write ``out_dir/train.{rec,idx}`` + ``property`` and a ``.bin`` of held-out identities.
 
@@ -437,7 +438,7 @@ def write_synthetic_dataset(
     bin_path = out_dir / bin_name
     if bin_path.exists() and not overwrite:
         raise FresnetError(f"{bin_path} already exists; choose another folder or pass overwrite=True (--overwrite)")
-    train = SyntheticFaces(num_identities, images_per_identity, seed=seed, size=size)
+    train = SyntheticFaces(num_identities, images_per_identity, seed=seed, size=size, nuisance=nuisance)
     chunks = range(0, len(train), 256)
     iterator = progress(chunks) if progress is not None else chunks
     with RecordIOWriter(out_dir / "train", image_size=(size, size), overwrite=overwrite) as writer:
@@ -445,6 +446,8 @@ def write_synthetic_dataset(
             indices = range(start, min(start + 256, len(train)))
             for index, image in zip(indices, train.render(indices)):
                 writer.add_image(encode_jpeg(image), int(train.labels[index]))
-    images, issame = synthetic_pairs(pairs, holdout_identities, identity_offset=num_identities, seed=seed, size=size)
+    images, issame = synthetic_pairs(
+        pairs, holdout_identities, identity_offset=num_identities, seed=seed, size=size, nuisance=nuisance
+    )
     save_bin(bin_path, images, issame)
     return {"rec": writer.paths.rec, "idx": writer.paths.idx, "property": writer.paths.property, "bin": bin_path}
