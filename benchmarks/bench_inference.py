@@ -31,6 +31,7 @@ from common import (  # noqa: E402
     interleaved_timing,
     machine_info,
     matmul_gflops,
+    open_device,
     print_table,
     realistic_model,
     set_threads,
@@ -229,12 +230,9 @@ def markdown(rows: list[dict], peaks: dict[str, float], meta: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            print("CUDA is not available here; use --device cpu", file=sys.stderr)
-            return 2
-        torch.backends.cudnn.benchmark = True
+    device = open_device(args.device)
+    if device is None:
+        return 2
     threads = set_threads(args.threads)
     paths = [p for p in (args.paths.split(",") if args.paths else default_paths(device)) if p]
     if args.no_compile:

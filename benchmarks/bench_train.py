@@ -34,7 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common import face_images, interleaved_timing, machine_info, set_threads, write_json  # noqa: E402
+from common import face_images, interleaved_timing, machine_info, open_device, set_threads, write_json  # noqa: E402
 
 SPEEDUP_TARGET = 1.5
 
@@ -227,12 +227,9 @@ def convergence(args, device: torch.device, log) -> Optional[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            print("CUDA is not available here; use --device cpu", file=sys.stderr)
-            return 2
-        torch.backends.cudnn.benchmark = True
+    device = open_device(args.device)
+    if device is None:
+        return 2
     threads = set_threads(args.threads)
     meta = machine_info(device)
 

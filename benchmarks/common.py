@@ -35,6 +35,17 @@ def set_threads(threads: Optional[int]) -> int:
     return torch.get_num_threads()
 
 
+def open_device(name: str) -> Optional[torch.device]:
+    """The benchmark device, or None (with a message) when CUDA is asked for but absent."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            print("CUDA is not available here; use --device cpu", file=sys.stderr)
+            return None
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
 def synchronize(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
