@@ -53,8 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2, as the MXNet baseline)")
     p.add_argument("--rounds", type=int, default=0, help="timed rounds per path (default: 7 at batch 1, 4 above)")
     p.add_argument("--paths", default="",
-                   help="comma-separated subset of: eager, fp32, bf16, fp16, fp32-compiled, bf16-compiled, "
-                        "fp16-compiled, onnxruntime (default: all that apply to the device)")
+                   help="comma-separated subset of: eager, auto, fp32, bf16, bf16-all, fp16, fp16-all, and any of "
+                        "these with -compiled, onnxruntime (default: all that apply to the device). "
+                        "bf16/fp16: low-precision convolutions, float32 residual stream; -all: the stream in "
+                        "low precision too; auto: optimize_for_inference's defaults (calibrated)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile paths (they take minutes)")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--input-size", type=int, default=112, help="square input size (default: 112)")
@@ -65,21 +67,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def default_paths(device: torch.device) -> list[str]:
-    low = ["fp16", "bf16"] if device.type == "cuda" else ["bf16"]
-    paths = ["eager", "fp32"] + low + ["fp32-compiled"] + [f"{d}-compiled" for d in low] + ["onnxruntime"]
-    return paths
+    low = ["fp16", "fp16-all", "bf16"] if device.type == "cuda" else ["bf16", "bf16-all"]
+    return ["eager", "auto", "fp32"] + low + ["fp32-compiled"] + [f"{d}-compiled" for d in low] + ["onnxruntime"]
 
 
 def build_fast(model, name: str, device: torch.device):
-    """One fast path, explicitly configured (no calibration: the benchmark checks accuracy itself)."""
+    """One fast path. 'auto' is the library default (decision table + calibration on the first
+    batch); every other path is explicitly configured, and the benchmark checks its accuracy itself."""
     from fresnet.fast import optimize_for_inference
 
-    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[name.split("-")[0]]
-    compiled = name.endswith("-compiled")
+    if name == "auto":
+        return optimize_for_inference(model, device=device)
+    tokens = name.split("-")
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[tokens[0]]
+    residual = dtype if "all" in tokens else "float32"
     mode: Any = False
-    if compiled:
+    if "compiled" in tokens:
         mode = "reduce-overhead" if device.type == "cuda" else True
-    return optimize_for_inference(model, device=device, dtype=dtype, compile=mode)
+    return optimize_for_inference(model, device=device, dtype=dtype, residual_dtype=residual, compile=mode)
 
 
 def build_onnxruntime(model, x: torch.Tensor, device: torch.device, threads: int, workdir: str) -> Optional[Callable]:
@@ -142,14 +147,19 @@ def run_case(model_name: str, batch: int, args, device: torch.device, peaks: dic
                     runner = (lambda f: (lambda: f(x)))(fast)
                 with torch.no_grad():
                     out = runner()  # first call: compile / calibrate / warm up
+                if path == "auto":
+                    log(f"  auto picked: {fast.choice.describe()} ({fast.choice.reason})")
             except Exception as error:  # one broken path must not lose the whole run
                 log(f"  {path}: FAILED ({type(error).__name__}: {str(error)[:300]})")
                 continue
             setup = time.perf_counter() - start
             cosine, maxdiff = cosine_and_maxdiff(out, reference)
-            low_precision = path.split("-")[0] in ("bf16", "fp16")
+            low_precision = path.split("-")[0] in ("bf16", "fp16") or (
+                path == "auto" and fast.choice.dtype != torch.float32)
             ok = cosine >= COSINE_BOUND if low_precision else maxdiff <= FP32_BOUND
             info[path] = dict(setup_s=round(setup, 2), cosine=cosine, max_abs_diff=maxdiff, accurate=ok)
+            if path == "auto":
+                info[path]["choice"] = f"{fast.choice.describe()} ({fast.choice.reason})"
             runners[path] = runner
             log(f"  {path}: ready in {setup:.1f} s, min cosine {cosine:.6f}, max abs diff {maxdiff:.2e}"
                 + ("" if ok else "  ** misses the accuracy bound **"))

@@ -134,8 +134,8 @@ def test_auto_calibrates_on_first_call():
     fast = optimize_for_inference(model, compile=False)
     assert "calibrates on first call" in repr(fast)
     out = fast(x)
-    first = fast_module.default_dtypes(torch.device("cpu"))[0]
-    assert fast.choice.dtype == first  # a tiny settled network passes the bf16 check
+    first = fast_module.default_candidates(torch.device("cpu"))[0]
+    assert (fast.choice.dtype, fast.choice.residual_dtype) == first  # a tiny settled network passes the check
     assert fast.choice.cosine is not None and fast.choice.cosine >= fast_module.CALIBRATION_COSINE
     assert min_cosine(out, expected) >= COSINE_BOUND
     # later calls use the chosen path directly
@@ -144,13 +144,14 @@ def test_auto_calibrates_on_first_call():
 
 def test_auto_falls_back_to_float32_when_low_precision_misses(monkeypatch):
     monkeypatch.setattr(fast_module, "CALIBRATION_COSINE", 1.01)  # nothing low-precision can pass
-    monkeypatch.setattr(fast_module, "default_dtypes", lambda device: [torch.bfloat16, torch.float32])
+    monkeypatch.setattr(fast_module, "default_candidates", lambda device: [
+        (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32), (torch.float32, torch.float32)])
     model = tiny()
     x = images(2, seed=7)
     fast = optimize_for_inference(model, compile=False)
     out = fast(x)
     assert fast.choice.dtype == torch.float32
-    assert "bfloat16 rejected" in fast.choice.reason
+    assert "bfloat16/bfloat16 rejected" in fast.choice.reason and "; bfloat16 rejected" in fast.choice.reason
     assert (out - model(x).detach()).abs().max().item() <= FP32_BOUND
 
 
@@ -258,3 +259,131 @@ def test_cuda_auto_path():
     assert isinstance(fast, FastModel)
     assert min_cosine(fast(x).cpu(), expected) >= COSINE_BOUND
     assert fast.choice.dtype in (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the mixed-precision network: what stays float32, the residual stream, pre-packed convolutions
+
+from fresnet.mixed_precision import DtypeFollowingPReLU, InferenceConv2d, MixedPrecisionNet, onednn_can_pack  # noqa: E402
+
+packing = pytest.mark.skipif(not onednn_can_pack(torch.float32), reason="needs oneDNN (mkldnn) on CPU")
+
+
+@packing
+@pytest.mark.parametrize("stride,groups,bias", [(1, 1, False), (2, 1, True), (1, 4, False)])
+def test_prepacked_conv_matches_conv2d_for_any_later_shape(stride, groups, bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3, stride=stride, padding=1, groups=groups, bias=bias).eval()
+    packed = InferenceConv2d(conv, torch.float32, pack=True)
+    with torch.no_grad():
+        for shape in [(1, 8, 12, 12), (5, 8, 12, 12), (2, 8, 9, 7)]:  # packed for the first shape
+            x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+            assert torch.allclose(packed(x), conv(x), atol=1e-5, rtol=1e-5)
+    assert packed._packed is not None  # it really took the oneDNN path
+    assert "pre-packed" in repr(packed)
+
+
+@packing
+def test_prepacked_conv_repacks_after_a_move_and_keeps_a_plain_state_dict():
+    conv = torch.nn.Conv2d(4, 4, 1).eval()
+    packed = InferenceConv2d(conv, torch.float32)
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        packed(x)
+        assert packed._packed is not None
+        packed.to("cpu", torch.float32)
+        assert packed._packed is None  # dropped: packed again from the (possibly new) weight
+        assert torch.allclose(packed(x), conv(x), atol=1e-6)
+    assert set(packed.state_dict()) == {"weight", "bias"}
+    assert all(t.layout == torch.strided for t in packed.state_dict().values())
+
+
+def test_unpacked_low_precision_conv_casts_in_and_out():
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False).eval()
+    low = InferenceConv2d(conv, torch.bfloat16, out_dtype=torch.float32, pack=False)
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        y = low(x)
+    assert y.dtype == torch.float32
+    expected = torch.nn.functional.conv2d(x.bfloat16(), conv.weight.bfloat16(), padding=1).float()
+    assert torch.equal(y, expected)
+
+
+def test_prelu_follows_the_input_dtype():
+    prelu = torch.nn.PReLU(3, init=0.25)
+    follow = DtypeFollowingPReLU(prelu, torch.bfloat16)
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(follow(x), prelu(x))
+        assert follow(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("residual", [torch.float32, torch.bfloat16])
+def test_mixed_net_keeps_stem_bn_and_head_in_float32(residual):
+    from fresnet.fuse import fold_batchnorm
+
+    model = tiny()
+    net = MixedPrecisionNet(fold_batchnorm(model), torch.bfloat16, residual)
+    assert net.stem[0].dtype == torch.float32  # the stem conv
+    convs = [m for m in net.trunk.modules() if isinstance(m, InferenceConv2d)]
+    assert convs and all(c.dtype == torch.bfloat16 for c in convs)
+    shortcuts = [c for c in convs if c.out_dtype != c.dtype]
+    assert len(shortcuts) == (sum(not u.dim_match for u in net.trunk.modules() if hasattr(u, "dim_match"))
+                              if residual == torch.float32 else 0)
+    assert all(b.running_mean.dtype == torch.float32 for b in net.modules() if isinstance(b, MXBatchNorm))
+    assert all(p.dtype == torch.float32 for p in net.head.parameters())
+    # the stream really has the asked-for dtype between units
+    seen = []
+    hooks = [u.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+             for u in net.trunk.modules() if hasattr(u, "dim_match")]
+    with torch.no_grad():
+        net(images(2, seed=20))
+    for h in hooks:
+        h.remove()
+    assert seen and set(seen) == {residual}
+
+
+def test_float32_residual_stream_is_at_least_as_accurate_on_a_deeper_net():
+    """The point of the float32 stream: on a deeper network the bf16-everywhere trunk loses more."""
+    torch.manual_seed(0)
+    model = settled(create_model(input_size=(32, 32), num_layers=None, units=[2, 3, 6, 2],
+                                 filter_list=[16, 16, 32, 32, 64], emb_size=64), (32, 32))
+    x = images(24, seed=21)
+    with torch.no_grad():
+        expected = model(x)
+    stream32 = optimize_for_inference(model, dtype="bfloat16", compile=False)
+    stream16 = optimize_for_inference(model, dtype="bfloat16", residual_dtype="bfloat16", compile=False)
+    assert stream32.choice.residual_dtype == torch.float32 and stream16.choice.residual_dtype == torch.bfloat16
+    out32, out16 = stream32(x), stream16(x)
+    assert min_cosine(out32, expected) >= COSINE_BOUND and min_cosine(out16, expected) >= COSINE_BOUND
+
+    def mean_error(out):
+        return (1 - torch.nn.functional.cosine_similarity(out, expected, dim=1)).mean().item()
+
+    assert mean_error(out32) < 0.9 * mean_error(out16)
+
+
+def test_residual_dtype_choices_and_errors():
+    model = tiny()
+    both = optimize_for_inference(model, dtype="bfloat16", residual_dtype="bf16", compile=False)
+    assert both.choice.name == "bfloat16/bfloat16"
+    assert "bfloat16 residual stream" in both.choice.describe()
+    with pytest.raises(FresnetError, match="residual_dtype"):
+        optimize_for_inference(model, dtype="float32", residual_dtype="bfloat16")
+    with pytest.raises(FresnetError, match="dtype"):
+        optimize_for_inference(model, dtype="bfloat16", residual_dtype="int8")
+
+
+def test_auto_with_a_fixed_stream_keeps_the_float32_fallback(monkeypatch):
+    monkeypatch.setattr(fast_module, "default_candidates", lambda device: [
+        (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32), (torch.float32, torch.float32)])
+    fast = optimize_for_inference(tiny(), residual_dtype="float32", compile=False)
+    pairs = [(c.dtype, c.residual_dtype) for c in fast._candidates]
+    assert pairs == [(torch.bfloat16, torch.float32), (torch.float32, torch.float32)]
+    fast = optimize_for_inference(tiny(), residual_dtype="bfloat16", compile=False)
+    pairs = [(c.dtype, c.residual_dtype) for c in fast._candidates]
+    assert pairs == [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
+
+
+def test_calibration_keeps_a_margin_over_the_promise():
+    assert fast_module.CALIBRATION_COSINE > fast_module.PROMISED_COSINE == COSINE_BOUND

@@ -3,11 +3,12 @@
 What it does to a copy of the network (the original is never modified):
 
 * folds every BatchNorm that folds exactly (:func:`fresnet.fuse.fold_batchnorm`);
-* stores the trunk channels_last (NHWC), the layout oneDNN and cuDNN convolutions are fastest in;
-* optionally runs the trunk (stem conv to the last unit) in bfloat16 (CPU, CUDA) or float16 (CUDA).
-  The input normalisation and the head always run in float32: they cost well under 1% of the
-  time, and keeping the head in float32 keeps GNAP's batch-wide mean of norms, the last FC and the
-  embedding BN at full precision;
+* stores activations channels_last (NHWC), the layout oneDNN and cuDNN convolutions are fastest in;
+* on CPU, reorders every convolution weight once into oneDNN's blocked layout (eager PyTorch
+  repeats that reorder on every call: ~20% of an r50's time at batch 1);
+* optionally runs the convolutions of the residual stages in bfloat16 (CPU, CUDA) or float16
+  (CUDA), with the stem, the BatchNorm parameters, the head and -- by default -- the residual
+  stream kept in float32 (:mod:`fresnet.mixed_precision` says why, with measurements);
 * optionally compiles it with ``torch.compile`` (inductor, with weight freezing on CPU; CUDA graphs
   on GPU with ``compile='reduce-overhead'``).
 
@@ -15,26 +16,29 @@ The batch is never split, padded or reordered, so GNAP's coupling of the samples
 (its mean of L2 norms over the whole batch) is exactly that of the original.
 
 **Defaults** (``dtype='auto'``, ``compile='auto'``) follow a decision table, checked by a one-time
-calibration on the first batch:
+calibration on the first batch. Candidates are (convolution dtype, residual stream dtype), fastest
+first:
 
-=================================  =============================  =================================
-device                             low-precision candidates        compile
-=================================  =============================  =================================
-CPU with native bf16 (AVX512-BF16  bfloat16, then float32         no (see docs/performance.md:
-or AMX, as oneDNN reports)                                        on 2 cores it is not faster, and
-                                                                  first-call compile takes ~1 min)
-CPU without                        float32                        no
-CUDA, capability >= 8.0            float16, bfloat16, float32     'reduce-overhead' if Triton works
-CUDA, older                        float16, float32               'reduce-overhead' if Triton works
-=================================  =============================  =================================
+=================================  ======================================  ==========================
+device                             candidates, in the order tried          compile
+=================================  ======================================  ==========================
+CPU with native bf16 (AVX512-BF16  (bf16, bf16), (bf16, fp32), fp32        no (on 2 cores it is not
+or AMX, as oneDNN reports)                                                 faster than the pre-packed
+                                                                           oneDNN path, and its first
+                                                                           call takes ~1 min)
+CPU without                        fp32                                    no
+CUDA                               (fp16, fp16), (fp16, fp32), fp32        'reduce-overhead' if
+                                                                           Triton works
+=================================  ======================================  ==========================
 
-On the first call the fast model runs the first candidate *and* the float32 folded network on
-that batch and keeps the candidate only if every embedding's cosine similarity to the float32
-one is at least :data:`CALIBRATION_COSINE` (the promised 0.9995) and all outputs are finite;
-otherwise it tries the next candidate. The check is on that one batch: another input could land a
-little lower (on random r50 weights the min cosine varied by ~1e-4 between batches); pass
-``dtype='float32'`` when the bound must hold for every input. Float32
-paths are the same function as the eager model to float rounding (max abs diff well under 1e-4).
+On the first call the fast model runs the first candidate *and* the float32 network on that batch
+and keeps the candidate only if every embedding's cosine similarity to the float32 one is at least
+:data:`CALIBRATION_COSINE` and all outputs are finite; otherwise it tries the next candidate.
+:data:`CALIBRATION_COSINE` (0.9997) is stricter than the promised 0.9995 on purpose: the check
+sees one batch, and across batches the worst cosine of one path varies by ~1e-4 (measured on r50
+and r100), so the margin keeps the promise for inputs the calibration did not see. Pass
+``dtype='float32'`` when the bound must hold for every input with certainty. Float32 paths are the
+same function as the eager model to float rounding (max abs diff well under 1e-4).
 ``fast.choice`` says what was picked and why.
 """
 from __future__ import annotations
@@ -51,9 +55,10 @@ import torch
 from torch import nn
 
 from fresnet.errors import FresnetError
+from fresnet.mixed_precision import MixedPrecisionNet
 
 PROMISED_COSINE = 0.9995
-CALIBRATION_COSINE = PROMISED_COSINE  # checked on the first batch; see the module docs
+CALIBRATION_COSINE = 0.9997  # checked on the first batch, with a margin for unseen inputs (module docs)
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = {
     "float32": torch.float32,
@@ -75,12 +80,25 @@ class FastChoice:
     channels_last: bool
     compile: Union[bool, str]
     fold_bn: bool
+    residual_dtype: torch.dtype = torch.float32  # the stream between residual units
     reason: str = ""
     cosine: Optional[float] = None  # min cosine to float32 on the calibration batch
 
+    @property
+    def name(self) -> str:
+        """Short name: 'float32', 'bfloat16' (float32 residual stream) or 'bfloat16/bfloat16'."""
+        name = _dtype_name(self.dtype)
+        if self.residual_dtype != torch.float32:
+            name += "/" + _dtype_name(self.residual_dtype)
+        return name
+
     def describe(self) -> str:
-        name = str(self.dtype).replace("torch.", "")
-        parts = [self.device, name, "channels_last" if self.channels_last else "NCHW"]
+        if self.dtype == torch.float32:
+            precision = "float32"
+        else:
+            precision = (f"{_dtype_name(self.dtype)} convolutions, "
+                         f"{_dtype_name(self.residual_dtype)} residual stream, float32 stem and head")
+        parts = [self.device, precision, "channels_last" if self.channels_last else "NCHW"]
         if self.fold_bn:
             parts.append("BN folded")
         if self.compile:
@@ -100,16 +118,17 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def default_dtypes(device: torch.device) -> list[torch.dtype]:
-    """Candidates in the order tried, fastest first; float32 always last (the fallback)."""
+def default_candidates(device: torch.device) -> list[tuple[torch.dtype, torch.dtype]]:
+    """(convolution dtype, residual stream dtype) in the order tried, fastest first; float32 always
+    last (the fallback). On CUDA bfloat16 is not tried: it is no faster than float16 there and has
+    3 fewer mantissa bits, so it cannot pass where float16 failed."""
+    low = None
     if device.type == "cuda":
-        candidates = [torch.float16]
-        if torch.cuda.is_bf16_supported():
-            candidates.append(torch.bfloat16)
-        return candidates + [torch.float32]
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return [torch.bfloat16, torch.float32]
-    return [torch.float32]
+        low = torch.float16
+    elif device.type == "cpu" and cpu_has_native_bf16():
+        low = torch.bfloat16
+    fp32 = (torch.float32, torch.float32)
+    return [fp32] if low is None else [(low, low), (low, torch.float32), fp32]
 
 
 def compiler_available(device: torch.device) -> bool:
@@ -135,37 +154,7 @@ def default_compile(device: torch.device) -> Union[bool, str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# the network, re-assembled with a precision boundary
-
-
-class LowPrecisionNet(nn.Module):
-    """The fresnet forward pass, ``head(trunk(normalise(x)))``, with the trunk in ``dtype``.
-
-    ``normalise`` is the stem's input normalisation (``InputNorm`` or ``bn_data``) and ``head`` the
-    embedding head, both float32; the trunk is ``conv0 -> bn0 -> relu0 -> stages -> [reduce]``,
-    the order of :meth:`FResNet.forward_features`.
-    """
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool):
-        super().__init__()
-        stem = model.stem
-        self.normalise = stem.bn_data if stem.bn_data is not None else stem.norm
-        layers = [stem.conv0, stem.bn0, stem.relu0] + [getattr(model, name) for name in model.stage_names]
-        if model.reduce is not None:
-            layers.append(model.reduce)
-        self.trunk = nn.Sequential(*layers).to(dtype)
-        self.head = model.head.float()
-        self.dtype = dtype
-        self.channels_last = channels_last
-        if channels_last:
-            self.trunk = self.trunk.to(memory_format=torch.channels_last)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalise(x.float())
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = self.trunk(x.to(self.dtype))
-        return self.head(x.float())
+# building one path
 
 
 def _is_fresnet(model: nn.Module) -> bool:
@@ -177,7 +166,10 @@ def build_path(model: nn.Module, choice: FastChoice) -> nn.Module:
     from fresnet.fuse import fold_batchnorm
 
     source = fold_batchnorm(model) if choice.fold_bn else copy.deepcopy(model).eval()
-    net = LowPrecisionNet(source, choice.dtype, choice.channels_last).to(choice.device).eval()
+    # inductor packs weights itself (freezing); pre-packed oneDNN tensors are opaque to it
+    net = MixedPrecisionNet(source.float(), choice.dtype, choice.residual_dtype, channels_last=choice.channels_last,
+                            pack=not choice.compile)
+    net = net.to(choice.device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net
@@ -255,7 +247,7 @@ class FastModel(nn.Module):
     def _calibrate_on(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """Pick the first candidate that meets :data:`CALIBRATION_COSINE` on ``x``; returns its
         output on ``x`` when it is already computed (uncompiled paths), else None."""
-        fp32 = replace(self.choice, dtype=torch.float32, compile=False)
+        fp32 = replace(self.choice, dtype=torch.float32, residual_dtype=torch.float32, compile=False)
         reference_net = self._build(fp32)
         with _exact_float32(fp32):
             reference = reference_net(x)
@@ -274,7 +266,7 @@ class FastModel(nn.Module):
                 reason = f"calibrated on the first batch: min cosine {cosine:.6f} >= {CALIBRATION_COSINE}"
                 break
             why = "non-finite output" if not finite else f"min cosine {cosine:.6f} < {CALIBRATION_COSINE}"
-            rejected.append(f"{_dtype_name(choice.dtype)} rejected: {why}")
+            rejected.append(f"{choice.name} rejected: {why}")
         self.choice = replace(choice, reason=reason, cosine=cosine)
         self.net = net
         self._set_runner(net, compiled=False)
@@ -337,6 +329,7 @@ def optimize_for_inference(
     compile: Union[bool, str] = "auto",
     fold_bn: bool = True,
     calibrate: Optional[bool] = None,
+    residual_dtype: Union[str, torch.dtype, None] = None,
 ) -> FastModel:
     """A fast inference module computing the same embeddings as ``model`` (which is not modified).
 
@@ -351,6 +344,10 @@ def optimize_for_inference(
         fold_bn: fold BatchNorm into neighbouring conv/FC layers where exact.
         calibrate: check the low-precision candidates against float32 on the first batch and fall
             back when they miss :data:`CALIBRATION_COSINE`. Default: on when ``dtype='auto'``.
+        residual_dtype: dtype of the residual stream between units when ``dtype`` is low precision:
+            'float32' (the default for an explicit ``dtype``: more accurate, ~8% slower on CPU) or
+            the same as ``dtype`` (fastest). With ``dtype='auto'`` both are candidates unless this
+            is given.
 
     Returns:
         A :class:`FastModel`; ``fast(x)`` takes the same input as ``model(x)``.
@@ -368,20 +365,29 @@ def optimize_for_inference(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FresnetError("device 'cuda' was asked for but CUDA is not available; use device='cpu'")
     if dtype == "auto":
-        dtypes = default_dtypes(device)
+        pairs = default_candidates(device)
         reason = "decision table"
     else:
-        dtypes = [_parse_dtype(dtype)]
+        low = _parse_dtype(dtype)
+        pairs = [(low, torch.float32)]
         reason = "requested"
-        if dtypes[0] == torch.float16 and device.type == "cpu":
+        if low == torch.float16 and device.type == "cpu":
             raise FresnetError("float16 is a GPU path; on CPU use dtype='bfloat16' or 'float32'")
+    if residual_dtype is not None:
+        stream = _parse_dtype(residual_dtype)
+        if stream not in (torch.float32, pairs[0][0]):
+            raise FresnetError(f"residual_dtype {_dtype_name(stream)} must be float32 or the same as dtype "
+                               f"({dtype}): the stream is never less precise than the convolutions")
+        # float32 convolutions always keep a float32 stream; collapse the duplicates this leaves
+        pairs = list(dict.fromkeys((low, torch.float32 if low == torch.float32 else stream) for low, _ in pairs))
     if compile == "auto":
         compile = default_compile(device)
     elif compile and not compiler_available(device):
         warnings.warn("torch.compile needs a C++ compiler (CPU) or Triton (CUDA), and none was found; "
                       "running uncompiled", RuntimeWarning, stacklevel=2)
         compile = False
-    candidates = [FastChoice(str(device), d, channels_last, compile, fold_bn, reason=reason) for d in dtypes]
+    candidates = [FastChoice(str(device), low, channels_last, compile, fold_bn, residual_dtype=stream, reason=reason)
+                  for low, stream in pairs]
     if calibrate is None:
         calibrate = dtype == "auto"
     return FastModel(model, candidates, calibrate=bool(calibrate))
