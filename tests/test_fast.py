@@ -98,14 +98,15 @@ def test_bfloat16_path_cosine_on_cpu(options):
     assert min_cosine(out, expected) >= COSINE_BOUND
 
 
-def test_r18_bfloat16_at_full_size():
-    """A real-width network at 112x112: 18 layers of bf16 error still meet the bound."""
+@pytest.mark.parametrize("residual", ["float32", "bfloat16"])
+def test_r18_bfloat16_at_full_size(residual):
+    """A real-width network at 112x112: 18 layers of bf16 error still meet the bound, with either stream."""
     torch.manual_seed(0)
     model = settled(create_model("r18", emb_size=128), (112, 112))
     x = images(2, (112, 112), seed=3)
     with torch.no_grad():
         expected = model(x)
-    out = optimize_for_inference(model, dtype="bfloat16", compile=False)(x)
+    out = optimize_for_inference(model, dtype="bfloat16", residual_dtype=residual, compile=False)(x)
     assert min_cosine(out, expected) >= COSINE_BOUND
 
 
@@ -264,7 +265,8 @@ def test_cuda_auto_path():
 # ---------------------------------------------------------------------------------------------------
 # the mixed-precision network: what stays float32, the residual stream, pre-packed convolutions
 
-from fresnet.mixed_precision import DtypeFollowingPReLU, InferenceConv2d, MixedPrecisionNet, onednn_can_pack  # noqa: E402
+from fresnet.mixed_precision import (  # noqa: E402
+    DtypeFollowingPReLU, InferenceConv2d, InferenceLinear, MixedPrecisionNet, onednn_can_pack)
 
 packing = pytest.mark.skipif(not onednn_can_pack(torch.float32), reason="needs oneDNN (mkldnn) on CPU")
 
@@ -309,6 +311,19 @@ def test_unpacked_low_precision_conv_casts_in_and_out():
     assert torch.equal(y, expected)
 
 
+def test_low_precision_linear_keeps_float32_bias_and_output():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 8).eval()
+    low = InferenceLinear(linear, torch.bfloat16)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        y = low(x)
+        assert y.dtype == torch.float32
+        assert min_cosine(y, linear(x)) > 0.9999
+        product = torch.nn.functional.linear(x.bfloat16(), linear.weight.bfloat16()).float()
+        assert torch.equal(y, product + linear.bias)  # the bias is added in float32, not rounded
+
+
 def test_prelu_follows_the_input_dtype():
     prelu = torch.nn.PReLU(3, init=0.25)
     follow = DtypeFollowingPReLU(prelu, torch.bfloat16)
@@ -331,7 +346,9 @@ def test_mixed_net_keeps_stem_bn_and_head_in_float32(residual):
     assert len(shortcuts) == (sum(not u.dim_match for u in net.trunk.modules() if hasattr(u, "dim_match"))
                               if residual == torch.float32 else 0)
     assert all(b.running_mean.dtype == torch.float32 for b in net.modules() if isinstance(b, MXBatchNorm))
-    assert all(p.dtype == torch.float32 for p in net.head.parameters())
+    head_fc = [m for m in net.head.modules() if isinstance(m, InferenceLinear)]
+    assert len(head_fc) == 1 and head_fc[0].weight.dtype == torch.bfloat16 and head_fc[0].bias.dtype == torch.float32
+    assert all(t.dtype == torch.float32 for name, t in net.head.state_dict().items() if not name.endswith("pre_fc1.weight"))
     # the stream really has the asked-for dtype between units
     seen = []
     hooks = [u.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
