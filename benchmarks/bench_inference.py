@@ -53,10 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2, as the MXNet baseline)")
     p.add_argument("--rounds", type=int, default=0, help="timed rounds per path (default: 7 at batch 1, 4 above)")
     p.add_argument("--paths", default="",
-                   help="comma-separated subset of: eager, auto, fp32, bf16, bf16-all, fp16, fp16-all, and any of "
-                        "these with -compiled, onnxruntime (default: all that apply to the device). "
-                        "bf16/fp16: low-precision convolutions, float32 residual stream; -all: the stream in "
-                        "low precision too; auto: optimize_for_inference's defaults (calibrated)")
+                   help="comma-separated subset of: eager, auto, fp32, bf16, bf16-all, bf16+1, fp16, fp16-all, "
+                        "fp16+1, and any of these with -compiled, onnxruntime (default: all that apply to the "
+                        "device). bf16/fp16: low-precision convolutions, float32 residual stream; -all: the "
+                        "stream in low precision too; +N: the first N residual units in float32; auto: "
+                        "optimize_for_inference's defaults (calibrated on the first batch)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile paths (they take minutes)")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--input-size", type=int, default=112, help="square input size (default: 112)")
@@ -68,7 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def default_paths(device: torch.device) -> list[str]:
     low = ["fp16", "fp16-all", "bf16"] if device.type == "cuda" else ["bf16", "bf16-all"]
-    return ["eager", "auto", "fp32"] + low + ["fp32-compiled"] + [f"{d}-compiled" for d in low] + ["onnxruntime"]
+    precise = ["fp16+1"] if device.type == "cuda" else ["bf16+1"]
+    return (["eager", "auto", "fp32"] + low + precise + ["fp32-compiled"] + [f"{d}-compiled" for d in low]
+            + ["onnxruntime"])
 
 
 def build_fast(model, name: str, device: torch.device):
@@ -79,12 +82,14 @@ def build_fast(model, name: str, device: torch.device):
     if name == "auto":
         return optimize_for_inference(model, device=device)
     tokens = name.split("-")
-    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[tokens[0]]
+    base, _, units = tokens[0].partition("+")
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[base]
     residual = dtype if "all" in tokens else "float32"
     mode: Any = False
     if "compiled" in tokens:
         mode = "reduce-overhead" if device.type == "cuda" else True
-    return optimize_for_inference(model, device=device, dtype=dtype, residual_dtype=residual, compile=mode)
+    return optimize_for_inference(model, device=device, dtype=dtype, residual_dtype=residual,
+                                  float32_units=int(units or 0), compile=mode)
 
 
 def build_onnxruntime(model, x: torch.Tensor, device: torch.device, threads: int, workdir: str) -> Optional[Callable]:
@@ -154,7 +159,7 @@ def run_case(model_name: str, batch: int, args, device: torch.device, peaks: dic
                 continue
             setup = time.perf_counter() - start
             cosine, maxdiff = cosine_and_maxdiff(out, reference)
-            low_precision = path.split("-")[0] in ("bf16", "fp16") or (
+            low_precision = path[:4] in ("bf16", "fp16") or (
                 path == "auto" and fast.choice.dtype != torch.float32)
             ok = cosine >= COSINE_BOUND if low_precision else maxdiff <= FP32_BOUND
             info[path] = dict(setup_s=round(setup, 2), cosine=cosine, max_abs_diff=maxdiff, accurate=ok)

@@ -28,13 +28,13 @@ step() {  # step NAME SECONDS command...: run with a time limit, log its tail, n
 
 if [ -n "${DRY_RUN:-}" ]; then
   DEV=cpu
-  INF_SMALL=(--models r18 --batches 1,2 --input-size 32 --rounds 2 --matmul-size 256 --paths eager,auto,fp32,bf16,bf16-all,onnxruntime)
+  INF_SMALL=(--models r18 --batches 1,2 --input-size 32 --rounds 2 --matmul-size 256 --paths eager,auto,fp32,bf16,bf16-all,bf16+1,onnxruntime)
   INF_COMPILED=(--models r18 --batches 1 --input-size 32 --rounds 2 --matmul-size 256 --paths eager,fp32-compiled --no-onnx)
   TRAIN=(--model r18 --batch 4 --classes 100 --input-size 32 --steps 2 --convergence-model r18 --convergence-steps 3 --identities 4)
   TEST_FILTER="cuda or gnap"
 else
   DEV=cuda
-  INF_SMALL=(--models r18,r50,r100 --batches 1,32,256 --paths eager,auto,fp32,fp16,fp16-all,bf16,onnxruntime)
+  INF_SMALL=(--models r18,r50,r100 --batches 1,32,256 --paths eager,auto,fp32,fp16,fp16-all,fp16+1,bf16,onnxruntime)
   INF_COMPILED=(--models r50 --batches 1,32 --paths eager,fp16,fp16-compiled --no-onnx)
   TRAIN=(--model r50 --batch 128 --classes 10000 --steps 10 --compile --convergence-model r50 --convergence-steps 60 --identities 32)
   TEST_FILTER="cuda or gnap"

@@ -136,7 +136,7 @@ def test_auto_calibrates_on_first_call():
     assert "calibrates on first call" in repr(fast)
     out = fast(x)
     first = fast_module.default_candidates(torch.device("cpu"))[0]
-    assert (fast.choice.dtype, fast.choice.residual_dtype) == first  # a tiny settled network passes the check
+    assert (fast.choice.dtype, fast.choice.residual_dtype, fast.choice.float32_units) == first  # a tiny settled network passes the check
     assert fast.choice.cosine is not None and fast.choice.cosine >= fast_module.CALIBRATION_COSINE
     assert min_cosine(out, expected) >= COSINE_BOUND
     # later calls use the chosen path directly
@@ -146,13 +146,15 @@ def test_auto_calibrates_on_first_call():
 def test_auto_falls_back_to_float32_when_low_precision_misses(monkeypatch):
     monkeypatch.setattr(fast_module, "CALIBRATION_COSINE", 1.01)  # nothing low-precision can pass
     monkeypatch.setattr(fast_module, "default_candidates", lambda device: [
-        (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32), (torch.float32, torch.float32)])
+        (torch.bfloat16, torch.bfloat16, 0), (torch.bfloat16, torch.float32, 0), (torch.bfloat16, torch.float32, 1),
+        (torch.float32, torch.float32, 0)])
     model = tiny()
     x = images(2, seed=7)
     fast = optimize_for_inference(model, compile=False)
     out = fast(x)
     assert fast.choice.dtype == torch.float32
-    assert "bfloat16/bfloat16 rejected" in fast.choice.reason and "; bfloat16 rejected" in fast.choice.reason
+    for name in ("bfloat16/bfloat16 rejected", "; bfloat16 rejected", "; bfloat16+1 rejected"):
+        assert name in fast.choice.reason
     assert (out - model(x).detach()).abs().max().item() <= FP32_BOUND
 
 
@@ -391,15 +393,36 @@ def test_residual_dtype_choices_and_errors():
         optimize_for_inference(model, dtype="bfloat16", residual_dtype="int8")
 
 
-def test_auto_with_a_fixed_stream_keeps_the_float32_fallback(monkeypatch):
-    monkeypatch.setattr(fast_module, "default_candidates", lambda device: [
-        (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32), (torch.float32, torch.float32)])
-    fast = optimize_for_inference(tiny(), residual_dtype="float32", compile=False)
-    pairs = [(c.dtype, c.residual_dtype) for c in fast._candidates]
-    assert pairs == [(torch.bfloat16, torch.float32), (torch.float32, torch.float32)]
-    fast = optimize_for_inference(tiny(), residual_dtype="bfloat16", compile=False)
-    pairs = [(c.dtype, c.residual_dtype) for c in fast._candidates]
-    assert pairs == [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
+LADDER = [(torch.bfloat16, torch.bfloat16, 0), (torch.bfloat16, torch.float32, 0), (torch.bfloat16, torch.float32, 1),
+          (torch.float32, torch.float32, 0)]
+
+
+@pytest.mark.parametrize("options,expected", [
+    (dict(residual_dtype="float32"), LADDER[1:]),
+    (dict(residual_dtype="bfloat16"), [LADDER[0], (torch.bfloat16, torch.bfloat16, 1), LADDER[3]]),
+    (dict(float32_units=0), [LADDER[0], LADDER[1], LADDER[3]]),
+    (dict(float32_units=2, residual_dtype="float32"), [(torch.bfloat16, torch.float32, 2), LADDER[3]]),
+])
+def test_auto_with_fixed_options_keeps_the_float32_fallback(monkeypatch, options, expected):
+    monkeypatch.setattr(fast_module, "default_candidates", lambda device: list(LADDER))
+    fast = optimize_for_inference(tiny(), compile=False, **options)
+    assert [(c.dtype, c.residual_dtype, c.float32_units) for c in fast._candidates] == expected
+
+
+def test_float32_units_run_in_float32_and_are_checked():
+    model = tiny()
+    fast = optimize_for_inference(model, dtype="bfloat16", float32_units=2, compile=False)
+    net = fast.net
+    assert list(net.precise_units._modules) == ["stage1_unit1", "stage2_unit1"]
+    assert all(c.dtype == torch.float32 for c in net.precise_units.modules() if isinstance(c, InferenceConv2d))
+    assert all(c.dtype == torch.bfloat16 for c in net.trunk.modules() if isinstance(c, InferenceConv2d))
+    assert fast.choice.name == "bfloat16+2" and "first 2 units" in fast.choice.describe()
+    x = images(3, seed=22)
+    assert min_cosine(fast(x), model(x).detach()) >= COSINE_BOUND
+    with pytest.raises(FresnetError, match="4 residual units"):
+        optimize_for_inference(model, dtype="bfloat16", float32_units=5)
+    with pytest.raises(FresnetError, match="whole number"):
+        optimize_for_inference(model, dtype="bfloat16", float32_units=-1)
 
 
 def test_calibration_keeps_a_margin_over_the_promise():

@@ -16,19 +16,19 @@ The batch is never split, padded or reordered, so GNAP's coupling of the samples
 (its mean of L2 norms over the whole batch) is exactly that of the original.
 
 **Defaults** (``dtype='auto'``, ``compile='auto'``) follow a decision table, checked by a one-time
-calibration on the first batch. Candidates are (convolution dtype, residual stream dtype), fastest
-first:
+calibration on the first batch. Candidates are (convolution dtype, residual stream dtype), plus
+float32 for the first residual unit on the third rung, fastest first:
 
 =================================  ======================================  ==========================
 device                             candidates, in the order tried          compile
 =================================  ======================================  ==========================
-CPU with native bf16 (AVX512-BF16  (bf16, bf16), (bf16, fp32), fp32        no (on 2 cores it is not
-or AMX, as oneDNN reports)                                                 faster than the pre-packed
+CPU with native bf16 (AVX512-BF16  (bf16, bf16), (bf16, fp32),            no (on 2 cores it is not
+or AMX, as oneDNN reports)         (bf16, fp32) + 1 float32 unit, fp32     faster than the pre-packed
                                                                            oneDNN path, and its first
                                                                            call takes ~1 min)
 CPU without                        fp32                                    no
-CUDA                               (fp16, fp16), (fp16, fp32), fp32        'reduce-overhead' if
-                                                                           Triton works
+CUDA                               (fp16, fp16), (fp16, fp32),             'reduce-overhead' if
+                                   (fp16, fp32) + 1 float32 unit, fp32     Triton works
 =================================  ======================================  ==========================
 
 On the first call the fast model runs the first candidate *and* the float32 network on that batch
@@ -81,23 +81,29 @@ class FastChoice:
     compile: Union[bool, str]
     fold_bn: bool
     residual_dtype: torch.dtype = torch.float32  # the stream between residual units
+    float32_units: int = 0  # leading residual units kept entirely in float32
     reason: str = ""
     cosine: Optional[float] = None  # min cosine to float32 on the calibration batch
 
     @property
     def name(self) -> str:
-        """Short name: 'float32', 'bfloat16' (float32 residual stream) or 'bfloat16/bfloat16'."""
+        """Short name: 'float32'; 'bfloat16' (float32 residual stream); 'bfloat16/bfloat16' (bf16
+        stream); 'bfloat16+1' (float32 stream and first unit)."""
         name = _dtype_name(self.dtype)
+        if self.dtype == torch.float32:
+            return name
         if self.residual_dtype != torch.float32:
             name += "/" + _dtype_name(self.residual_dtype)
-        return name
+        return name + (f"+{self.float32_units}" if self.float32_units else "")
 
     def describe(self) -> str:
         if self.dtype == torch.float32:
             precision = "float32"
         else:
+            kept = "stem, first unit" if self.float32_units == 1 else (
+                f"stem, first {self.float32_units} units" if self.float32_units else "stem")
             precision = (f"{_dtype_name(self.dtype)} convolutions, "
-                         f"{_dtype_name(self.residual_dtype)} residual stream, float32 stem and head")
+                         f"{_dtype_name(self.residual_dtype)} residual stream, float32 {kept} and head")
         parts = [self.device, precision, "channels_last" if self.channels_last else "NCHW"]
         if self.fold_bn:
             parts.append("BN folded")
@@ -118,17 +124,17 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def default_candidates(device: torch.device) -> list[tuple[torch.dtype, torch.dtype]]:
-    """(convolution dtype, residual stream dtype) in the order tried, fastest first; float32 always
-    last (the fallback). On CUDA bfloat16 is not tried: it is no faster than float16 there and has
-    3 fewer mantissa bits, so it cannot pass where float16 failed."""
+def default_candidates(device: torch.device) -> list[tuple[torch.dtype, torch.dtype, int]]:
+    """(convolution dtype, residual stream dtype, float32 units) in the order tried, fastest first;
+    float32 always last (the fallback). On CUDA bfloat16 is not tried: it is no faster than float16
+    there and has 3 fewer mantissa bits, so it cannot pass where float16 failed."""
     low = None
     if device.type == "cuda":
         low = torch.float16
     elif device.type == "cpu" and cpu_has_native_bf16():
         low = torch.bfloat16
-    fp32 = (torch.float32, torch.float32)
-    return [fp32] if low is None else [(low, low), (low, torch.float32), fp32]
+    fp32 = (torch.float32, torch.float32, 0)
+    return [fp32] if low is None else [(low, low, 0), (low, torch.float32, 0), (low, torch.float32, 1), fp32]
 
 
 def compiler_available(device: torch.device) -> bool:
@@ -168,7 +174,7 @@ def build_path(model: nn.Module, choice: FastChoice) -> nn.Module:
     source = fold_batchnorm(model) if choice.fold_bn else copy.deepcopy(model).eval()
     # inductor packs weights itself (freezing); pre-packed oneDNN tensors are opaque to it
     net = MixedPrecisionNet(source.float(), choice.dtype, choice.residual_dtype, channels_last=choice.channels_last,
-                            pack=not choice.compile)
+                            pack=not choice.compile, float32_units=choice.float32_units)
     net = net.to(choice.device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -247,7 +253,7 @@ class FastModel(nn.Module):
     def _calibrate_on(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """Pick the first candidate that meets :data:`CALIBRATION_COSINE` on ``x``; returns its
         output on ``x`` when it is already computed (uncompiled paths), else None."""
-        fp32 = replace(self.choice, dtype=torch.float32, residual_dtype=torch.float32, compile=False)
+        fp32 = replace(self.choice, dtype=torch.float32, residual_dtype=torch.float32, float32_units=0, compile=False)
         reference_net = self._build(fp32)
         with _exact_float32(fp32):
             reference = reference_net(x)
@@ -330,6 +336,7 @@ def optimize_for_inference(
     fold_bn: bool = True,
     calibrate: Optional[bool] = None,
     residual_dtype: Union[str, torch.dtype, None] = None,
+    float32_units: Optional[int] = None,
 ) -> FastModel:
     """A fast inference module computing the same embeddings as ``model`` (which is not modified).
 
@@ -348,6 +355,9 @@ def optimize_for_inference(
             'float32' (the default for an explicit ``dtype``: more accurate, ~8% slower on CPU) or
             the same as ``dtype`` (fastest). With ``dtype='auto'`` both are candidates unless this
             is given.
+        float32_units: how many residual units, from the input side, run entirely in float32 when
+            ``dtype`` is low precision (default 0 for an explicit ``dtype``; 1 makes deep networks
+            such as r100 meet the bound). With ``dtype='auto'`` 0 and 1 are candidates unless given.
 
     Returns:
         A :class:`FastModel`; ``fast(x)`` takes the same input as ``model(x)``.
@@ -365,29 +375,36 @@ def optimize_for_inference(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FresnetError("device 'cuda' was asked for but CUDA is not available; use device='cpu'")
     if dtype == "auto":
-        pairs = default_candidates(device)
+        ladder = default_candidates(device)
         reason = "decision table"
     else:
         low = _parse_dtype(dtype)
-        pairs = [(low, torch.float32)]
+        ladder = [(low, torch.float32, 0)]
         reason = "requested"
         if low == torch.float16 and device.type == "cpu":
             raise FresnetError("float16 is a GPU path; on CPU use dtype='bfloat16' or 'float32'")
     if residual_dtype is not None:
         stream = _parse_dtype(residual_dtype)
-        if stream not in (torch.float32, pairs[0][0]):
+        if stream not in (torch.float32, ladder[0][0]):
             raise FresnetError(f"residual_dtype {_dtype_name(stream)} must be float32 or the same as dtype "
                                f"({dtype}): the stream is never less precise than the convolutions")
-        # float32 convolutions always keep a float32 stream; collapse the duplicates this leaves
-        pairs = list(dict.fromkeys((low, torch.float32 if low == torch.float32 else stream) for low, _ in pairs))
+        ladder = [(low, stream if low != torch.float32 else low, units) for low, _, units in ladder]
+    if float32_units is not None:
+        if isinstance(float32_units, bool) or not isinstance(float32_units, int) or float32_units < 0:
+            raise FresnetError(f"float32_units must be a whole number >= 0; got {float32_units!r}")
+        available = sum(len(getattr(model, stage)) for stage in model.stage_names)
+        if float32_units > available:
+            raise FresnetError(f"float32_units={float32_units}, but this network has {available} residual units")
+        ladder = [(low, stream, float32_units if low != torch.float32 else 0) for low, stream, _ in ladder]
+    ladder = list(dict.fromkeys(ladder))  # fixing an option collapses candidates that became equal
     if compile == "auto":
         compile = default_compile(device)
     elif compile and not compiler_available(device):
         warnings.warn("torch.compile needs a C++ compiler (CPU) or Triton (CUDA), and none was found; "
                       "running uncompiled", RuntimeWarning, stacklevel=2)
         compile = False
-    candidates = [FastChoice(str(device), low, channels_last, compile, fold_bn, residual_dtype=stream, reason=reason)
-                  for low, stream in pairs]
+    candidates = [FastChoice(str(device), low, channels_last, compile, fold_bn, residual_dtype=stream,
+                             float32_units=units, reason=reason) for low, stream, units in ladder]
     if calibrate is None:
         calibrate = dtype == "auto"
     return FastModel(model, candidates, calibrate=bool(calibrate))

@@ -11,8 +11,15 @@ networks at batch 32 (worst per-image cosine to eager float32 over five batches;
   float16 input with float32 parameters and compute in float32).
 * **the residual stream** (``residual_dtype``, float32 by default): each unit's body runs in low
   precision, but the running sum ``x + body(x)`` and the projection shortcut are kept in float32, so
-  rounding errors do not pile up along the stream. Worst cosine on r50 with a bfloat16 stream
-  0.99960, with a float32 stream 0.99977; on r100 0.99931 vs 0.99955 (bound: 0.9995).
+  rounding errors do not pile up along the stream.
+* optionally **the first residual units** (``float32_units``): after the stem, ``stage1_unit1``
+  is by far the most sensitive piece (its first conv works on the 112x112 map). Keeping it in
+  float32 costs ~5% (r100) to ~10% (r50) of the time and lifts r100's worst cosine from 0.99946
+  to 0.99975.
+
+Worst cosine over 5 batches of 32 (``benchmarks/bench_precision.py``): r50 0.99962 (bfloat16
+stream) / 0.99971 (float32 stream); r100 0.99923 / 0.99946 / 0.99975 (float32 stream and first
+unit); bound 0.9995.
 
 In the head, pooling, norms and BatchNorms run in float32; only its FC multiplies in ``dtype``
 (float32 accumulation, float32 bias and output). At batch 1 that FC is a 25088x512 matrix-vector
@@ -25,6 +32,7 @@ On CPU every convolution's weight is reordered once into oneDNN's blocked layout
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -136,26 +144,32 @@ class DtypeFollowingPReLU(nn.Module):
 
 
 class MixedPrecisionNet(nn.Module):
-    """``head(trunk(stem(normalise(x))))`` with the trunk's convolutions in ``dtype``.
+    """``head(trunk(precise_units(stem(normalise(x)))))`` with the trunk's convolutions in ``dtype``.
 
     ``model`` must be a fresnet network in eval mode (already BN-folded if wanted); its modules are
-    taken over, not copied. Input normalisation, stem, BN parameters and the head run in float32
-    (the head's FC multiplies in ``dtype``); the residual stream between units is ``residual_dtype``.
+    taken over, not copied. Input normalisation, stem, the first ``float32_units`` residual units,
+    BN parameters and the head run in float32 (the head's FC multiplies in ``dtype``); the residual
+    stream between the other units is ``residual_dtype``. Units are named like the original's
+    layers: ``trunk.stage2_unit1``.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, residual_dtype: torch.dtype,
-                 channels_last: bool = True, pack: bool = True):
+                 channels_last: bool = True, pack: bool = True, float32_units: int = 0):
         super().__init__()
         stem = model.stem
         self.normalise = stem.bn_data if stem.bn_data is not None else stem.norm
-        pack_here = pack and onednn_can_pack(torch.float32)
-        self.stem = nn.Sequential(InferenceConv2d(stem.conv0, torch.float32, pack=pack_here), stem.bn0, stem.relu0)
-        trunk = [getattr(model, name) for name in model.stage_names]
-        if model.reduce is not None:
-            trunk.append(model.reduce)
-        self.trunk = nn.Sequential(*trunk)
+        pack32 = pack and onednn_can_pack(torch.float32)
+        self.stem = nn.Sequential(InferenceConv2d(stem.conv0, torch.float32, pack=pack32), stem.bn0, stem.relu0)
+        units = [(f"{stage}_{name}", unit) for stage in model.stage_names for name, unit in getattr(model, stage).named_children()]
+        if not 0 <= float32_units <= len(units):
+            raise ValueError(f"float32_units must be between 0 and the network's {len(units)} residual units; "
+                             f"got {float32_units}")
+        self.precise_units = nn.Sequential(OrderedDict(units[:float32_units]))
+        rest = units[float32_units:] + ([("reduce", model.reduce)] if model.reduce is not None else [])
+        self.trunk = nn.Sequential(OrderedDict(rest))
         self.head = model.head.float()
         self.dtype, self.residual_dtype, self.channels_last = dtype, residual_dtype, channels_last
+        _lower_precision(self.precise_units, torch.float32, torch.float32, pack=pack32)
         _lower_precision(self.trunk, dtype, residual_dtype, pack=pack and onednn_can_pack(dtype))
         if dtype != torch.float32:
             for parent in list(self.head.modules()):
@@ -167,8 +181,8 @@ class MixedPrecisionNet(nn.Module):
         x = self.normalise(x.float())
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.stem(x).to(self.residual_dtype)
-        x = self.trunk(x)
+        x = self.precise_units(self.stem(x))
+        x = self.trunk(x.to(self.residual_dtype))
         return self.head(x.float())
 
 
