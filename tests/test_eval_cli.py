@@ -106,3 +106,27 @@ def test_compare(tmp_path, capsys):
     assert "cosine similarity: 1.0000" in out and "same person" in out
     assert main(["compare", "r18", *TINY, str(a), str(b), "--threshold", "1.01"]) == 0
     assert "different people" in capsys.readouterr().out
+
+
+def test_embed_and_eval_with_the_fast_path(tmp_path, capsys):
+    """--fast gives the same embeddings as the eager model, to the fast path's promise, and says
+    which path it picked."""
+    pack = reference_path("recordio", "small_lfw.bin")
+    plain, fast = tmp_path / "plain.npy", tmp_path / "fast.npy"
+    assert main(["embed", "r18", *TINY, str(pack), "-o", str(plain)]) == 0
+    assert main(["embed", "r18", *TINY, str(pack), "-o", str(fast), "--fast"]) == 0
+    assert "fast path: cpu," in capsys.readouterr().err
+    a, b = np.load(plain), np.load(fast)
+    assert a.shape == b.shape == (20, 16)
+    assert np.min(np.sum(a * b, axis=1)) >= 0.9995  # both L2-normalised: the dot product is the cosine
+    out = tmp_path / "report"
+    assert main(["eval", "r18", *TINY, "--bin", str(pack), "--out", str(out), "--fast"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["fast_path"].startswith("cpu, ")
+
+
+def test_fast_flag_refuses_onnx_models(tmp_path, capsys):
+    (tmp_path / "m.onnx").write_bytes(b"not really")
+    pack = reference_path("recordio", "small_lfw.bin")
+    assert main(["embed", str(tmp_path / "m.onnx"), str(pack), "--fast"]) == 2
+    assert "--fast applies to PyTorch models" in capsys.readouterr().err

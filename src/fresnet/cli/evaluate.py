@@ -26,6 +26,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--fast", action="store_true",
+                   help="run a PyTorch model through fresnet.optimize_for_inference: BN folded, channels_last, "
+                   "bf16/fp16 where it keeps cosine >= 0.9995 (checked on the first batch; docs/performance.md)")
     p.add_argument(
         "--onnx-input", choices=("auto", "raw", "arcface"), default="auto",
         help="input range of an ONNX graph: raw 0..255 (fresnet exports), arcface ((x-127.5)/127.5, model-zoo graphs), or auto (default: raw when the graph has fresnet metadata)",
@@ -85,7 +88,13 @@ def _embedder(args: argparse.Namespace):
     from fresnet.eval.model_loader import load_any
 
     return load_any(args.model, overrides=parse_assignments(args.overrides), device=args.device,
-                    onnx_input=args.onnx_input)
+                    onnx_input=args.onnx_input, fast=args.fast)
+
+
+def _report_fast_path(embedder, console) -> None:
+    choice = getattr(embedder, "fast_choice", lambda: None)()
+    if choice:
+        console.print(f"fast path: {choice}")
 
 
 def _progress():
@@ -147,6 +156,7 @@ def run_eval(args: argparse.Namespace) -> int:
         console.print(result_table(f"{ev.name}  ({path})", ev.result, ev.embed_seconds))
         for note in ev.result.notes:
             console.print(f"[yellow]note:[/] {note}")
+    _report_fast_path(embedder, console)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -154,6 +164,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "model_kind": embedder.kind,
         "input_size": list(embedder.input_size),
         "flip": args.flip,
+        "fast_path": getattr(embedder, "fast_choice", lambda: None)(),
         "targets": {
             ev.name: {"path": ev.path, "embed_seconds": ev.embed_seconds, **ev.result.to_dict()} for ev in evaluations
         },
@@ -190,6 +201,7 @@ def run_embed(args: argparse.Namespace) -> int:
         task = progress.add_task("embedding", total=len(inputs))
         emb = embed_inputs(embedder, inputs, landmarks=landmarks, batch_size=args.batch_size, flip=args.flip,
                            progress=lambda n: progress.advance(task, n))
+    _report_fast_path(embedder, console)
     output = Path(args.output)
     if output.suffix != ".npy":
         output = output.with_name(output.name + ".npy")

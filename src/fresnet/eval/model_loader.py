@@ -78,6 +78,11 @@ class TorchEmbedder:
             )
         return out.float().cpu().numpy()
 
+    def fast_choice(self) -> Optional[str]:
+        """What the fast path runs (after the first batch, when it calibrates); None without --fast."""
+        choice = getattr(self.model, "choice", None)
+        return None if choice is None else f"{choice.describe()} ({choice.reason})"
+
 
 class OnnxEmbedder:
     """An ONNX graph run by onnxruntime (CPU, or CUDA when asked and available)."""
@@ -180,6 +185,7 @@ def load_any(
     device: str = "cpu",
     onnx_input: str = "auto",
     seed: int = 0,
+    fast: bool = False,
     **loader_options: Any,
 ) -> Embedder:
     """Resolve ``spec`` to an :class:`Embedder`.
@@ -189,13 +195,18 @@ def load_any(
     exports), 'arcface' ((x - 127.5) / 127.5, arcface_torch and model-zoo exports) or 'auto' (raw when
     the graph carries fresnet's metadata). An ``nn.Module`` is wrapped
     as it is. ``loader_options`` go to the format's loader (e.g. ``num_layers`` for arcface_torch).
+    ``fast`` runs a fresnet network through :func:`fresnet.optimize_for_inference` with its defaults
+    (calibrated on the first batch; the embedder's ``fast_choice()`` says what was picked).
     """
     if hasattr(spec, "forward") and hasattr(spec, "eval"):
-        return TorchEmbedder(spec, name=type(spec).__name__, kind="module", device=device)
+        return _torch_embedder(spec, type(spec).__name__, "module", device, fast)
     spec = os.fspath(spec)
     kind = detect_kind(spec)
     if overrides and kind != "preset":
         raise FresnetError(f"{spec}: --set overrides apply to preset names only; a {kind} model carries its own config")
+    if fast and kind == "onnx":
+        raise FresnetError(f"{spec}: --fast applies to PyTorch models; an ONNX graph already runs in ONNX Runtime "
+                           "(convert the weights with `fresnet convert` to use the fast path)")
     if kind == "preset":
         import torch
 
@@ -204,7 +215,7 @@ def load_any(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = create_model(spec, **dict(overrides or {}))
-        return TorchEmbedder(model, name=f"{spec} (random weights)", kind="preset", device=device)
+        return _torch_embedder(model, f"{spec} (random weights)", "preset", device, fast)
     if kind == "onnx":
         if not Path(spec).is_file():
             raise FresnetError(f"{spec}: no such ONNX file")
@@ -212,4 +223,12 @@ def load_any(
     from fresnet.interop.formats import read_model
 
     model = read_model(_weights_file(spec), **loader_options)
-    return TorchEmbedder(model, name=os.path.basename(spec.rstrip("/")) or spec, kind=kind, device=device)
+    return _torch_embedder(model, os.path.basename(spec.rstrip("/")) or spec, kind, device, fast)
+
+
+def _torch_embedder(model: Any, name: str, kind: str, device: str, fast: bool) -> "TorchEmbedder":
+    if fast:
+        from fresnet.fast import optimize_for_inference
+
+        model = optimize_for_inference(model.eval(), device=device)
+    return TorchEmbedder(model, name=name, kind=kind, device=device)
