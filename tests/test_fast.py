@@ -427,3 +427,19 @@ def test_float32_units_run_in_float32_and_are_checked():
 
 def test_calibration_keeps_a_margin_over_the_promise():
     assert fast_module.CALIBRATION_COSINE > fast_module.PROMISED_COSINE == COSINE_BOUND
+
+
+def test_fast_model_can_be_copied_after_packing():
+    """Packed weights are opaque oneDNN tensors; a copy (or a pickle) packs again on first use."""
+    import copy
+    import io
+
+    model = tiny()
+    fast = optimize_for_inference(model, dtype="bfloat16", compile=False)
+    x = images(2, seed=23)
+    expected = fast(x)
+    clone = copy.deepcopy(fast)
+    assert torch.equal(clone(x), expected)
+    buffer = io.BytesIO()
+    torch.save(fast, buffer)  # whole-module pickling must not trip over the packed tensors
+    assert buffer.tell() > 0

@@ -104,6 +104,11 @@ class InferenceConv2d(nn.Module):
         self._packed = None  # moved or cast: pack again from the new weight
         return super()._apply(fn, recurse)
 
+    def __getstate__(self):
+        # a packed weight is an opaque oneDNN tensor: copies and pickles pack again on first use
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_packed": None}
+
     def extra_repr(self) -> str:
         out_ch, in_ch = self.weight.shape[0], self.weight.shape[1] * self.groups
         name = str(self.dtype).replace("torch.", "")
