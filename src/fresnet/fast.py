@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from fresnet.errors import FresnetError
-from fresnet.mixed_precision import MixedPrecisionNet
+from fresnet.mixed_precision import MixedPrecisionNet, dtype_name, onednn_can_pack
 
 PROMISED_COSINE = 0.9995
 CALIBRATION_COSINE = 0.9997  # checked on the first batch, with a margin for unseen inputs (module docs)
@@ -89,11 +89,11 @@ class FastChoice:
     def name(self) -> str:
         """Short name: 'float32'; 'bfloat16' (float32 residual stream); 'bfloat16/bfloat16' (bf16
         stream); 'bfloat16+1' (float32 stream and first unit)."""
-        name = _dtype_name(self.dtype)
+        name = dtype_name(self.dtype)
         if self.dtype == torch.float32:
             return name
         if self.residual_dtype != torch.float32:
-            name += "/" + _dtype_name(self.residual_dtype)
+            name += "/" + dtype_name(self.residual_dtype)
         return name + (f"+{self.float32_units}" if self.float32_units else "")
 
     def describe(self) -> str:
@@ -102,8 +102,8 @@ class FastChoice:
         else:
             kept = "stem, first unit" if self.float32_units == 1 else (
                 f"stem, first {self.float32_units} units" if self.float32_units else "stem")
-            precision = (f"{_dtype_name(self.dtype)} convolutions, "
-                         f"{_dtype_name(self.residual_dtype)} residual stream, float32 {kept} and head")
+            precision = (f"{dtype_name(self.dtype)} convolutions, "
+                         f"{dtype_name(self.residual_dtype)} residual stream, float32 {kept} and head")
         parts = [self.device, precision, "channels_last" if self.channels_last else "NCHW"]
         if self.fold_bn:
             parts.append("BN folded")
@@ -118,10 +118,7 @@ class FastChoice:
 
 def cpu_has_native_bf16() -> bool:
     """True when oneDNN runs bf16 convolutions natively (AVX512-BF16 / AMX), not emulated."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return onednn_can_pack(torch.bfloat16)
 
 
 def default_candidates(device: torch.device) -> list[tuple[torch.dtype, torch.dtype, int]]:
@@ -311,10 +308,6 @@ def _min_cosine(out: torch.Tensor, reference: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(out, reference, dim=1).min().item()
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 def _parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
@@ -386,7 +379,7 @@ def optimize_for_inference(
     if residual_dtype is not None:
         stream = _parse_dtype(residual_dtype)
         if stream not in (torch.float32, ladder[0][0]):
-            raise FresnetError(f"residual_dtype {_dtype_name(stream)} must be float32 or the same as dtype "
+            raise FresnetError(f"residual_dtype {dtype_name(stream)} must be float32 or the same as dtype "
                                f"({dtype}): the stream is never less precise than the convolutions")
         ladder = [(low, stream if low != torch.float32 else low, units) for low, _, units in ladder]
     if float32_units is not None:

@@ -33,7 +33,7 @@ On CPU every convolution's weight is reordered once into oneDNN's blocked layout
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +52,14 @@ SHORTCUT_CONVS = {
 }
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """'bfloat16' for ``torch.bfloat16``."""
+    return str(dtype).replace("torch.", "")
+
+
 def onednn_can_pack(dtype: torch.dtype) -> bool:
-    """Whether oneDNN runs convolutions of ``dtype`` natively here, so a pre-packed weight pays off."""
+    """Whether oneDNN runs convolutions of ``dtype`` natively here (bf16: AVX512-BF16 or AMX, not
+    emulated), so a pre-packed weight pays off."""
     if not torch.backends.mkldnn.is_available():
         return False
     if dtype == torch.float32:
@@ -111,10 +117,10 @@ class InferenceConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         out_ch, in_ch = self.weight.shape[0], self.weight.shape[1] * self.groups
-        name = str(self.dtype).replace("torch.", "")
-        text = f"{in_ch}, {out_ch}, kernel_size={tuple(self.weight.shape[2:])}, stride={tuple(self.stride)}, {name}"
+        text = (f"{in_ch}, {out_ch}, kernel_size={tuple(self.weight.shape[2:])}, stride={tuple(self.stride)}, "
+                f"{dtype_name(self.dtype)}")
         if self.out_dtype != self.dtype:
-            text += f" -> {str(self.out_dtype).replace('torch.', '')}"
+            text += f" -> {dtype_name(self.out_dtype)}"
         return text + (", oneDNN pre-packed" if self.pack else "")
 
 
@@ -133,7 +139,7 @@ class InferenceLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, "
-                f"{str(self.weight.dtype).replace('torch.', '')} weights, float32 bias and output")
+                f"{dtype_name(self.weight.dtype)} weights, float32 bias and output")
 
 
 class DtypeFollowingPReLU(nn.Module):
@@ -177,10 +183,7 @@ class MixedPrecisionNet(nn.Module):
         _lower_precision(self.precise_units, torch.float32, torch.float32, pack=pack32)
         _lower_precision(self.trunk, dtype, residual_dtype, pack=pack and onednn_can_pack(dtype))
         if dtype != torch.float32:
-            for parent in list(self.head.modules()):
-                for name, child in list(parent.named_children()):
-                    if isinstance(child, nn.Linear):
-                        setattr(parent, name, InferenceLinear(child, dtype))
+            _replace_modules(self.head, lambda m: InferenceLinear(m, dtype) if isinstance(m, nn.Linear) else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalise(x.float())
@@ -199,10 +202,22 @@ def _lower_precision(trunk: nn.Module, dtype: torch.dtype, residual_dtype: torch
         name = SHORTCUT_CONVS.get(type(module))
         if name is not None and isinstance(getattr(module, name, None), nn.Conv2d):
             shortcut_convs.add(getattr(module, name))
-    for parent in list(trunk.modules()):
+
+    def lowered(module: nn.Module) -> Optional[nn.Module]:
+        if isinstance(module, nn.Conv2d):
+            out = residual_dtype if module in shortcut_convs else dtype
+            return InferenceConv2d(module, dtype, out, pack=pack)
+        if isinstance(module, nn.PReLU):
+            return DtypeFollowingPReLU(module, dtype)
+        return None
+
+    _replace_modules(trunk, lowered)
+
+
+def _replace_modules(root: nn.Module, replacement: Callable[[nn.Module], Optional[nn.Module]]) -> None:
+    """Swap, in place, every submodule of ``root`` for which ``replacement`` returns a module."""
+    for parent in list(root.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Conv2d):
-                out = residual_dtype if child in shortcut_convs else dtype
-                setattr(parent, name, InferenceConv2d(child, dtype, out, pack=pack))
-            elif isinstance(child, nn.PReLU):
-                setattr(parent, name, DtypeFollowingPReLU(child, dtype))
+            new = replacement(child)
+            if new is not None:
+                setattr(parent, name, new)

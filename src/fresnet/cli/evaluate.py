@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 from fresnet.errors import FresnetError
 
@@ -91,10 +92,12 @@ def _embedder(args: argparse.Namespace):
                     onnx_input=args.onnx_input, fast=args.fast)
 
 
-def _report_fast_path(embedder, console) -> None:
+def _report_fast_path(embedder, console) -> Optional[str]:
+    """Print (and return) what the --fast path picked; None without --fast or for ONNX."""
     choice = getattr(embedder, "fast_choice", lambda: None)()
     if choice:
         console.print(f"fast path: {choice}")
+    return choice
 
 
 def _progress():
@@ -156,7 +159,7 @@ def run_eval(args: argparse.Namespace) -> int:
         console.print(result_table(f"{ev.name}  ({path})", ev.result, ev.embed_seconds))
         for note in ev.result.notes:
             console.print(f"[yellow]note:[/] {note}")
-    _report_fast_path(embedder, console)
+    fast_path = _report_fast_path(embedder, console)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -164,7 +167,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "model_kind": embedder.kind,
         "input_size": list(embedder.input_size),
         "flip": args.flip,
-        "fast_path": getattr(embedder, "fast_choice", lambda: None)(),
+        "fast_path": fast_path,
         "targets": {
             ev.name: {"path": ev.path, "embed_seconds": ev.embed_seconds, **ev.result.to_dict()} for ev in evaluations
         },
