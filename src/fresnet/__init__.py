@@ -5,8 +5,7 @@ The public API is re-exported here lazily, so ``import fresnet`` stays fast and 
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fresnet.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -30,17 +29,4 @@ _EXPORTS = {
     "optimize_for_inference": "fresnet.fast",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fresnet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, extra=["__version__"])

@@ -5,8 +5,7 @@ Names are exported lazily so ``import fresnet.eval`` does not pull in torch, mat
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fresnet.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "verify": "fresnet.eval.verification",
@@ -28,17 +27,4 @@ _EXPORTS = {
     "umeyama": "fresnet.eval.align",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fresnet.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
