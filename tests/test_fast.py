@@ -127,7 +127,21 @@ def test_gnap_batch_coupling_is_preserved():
     assert min_cosine(bf16(x[:1]), expected_alone) >= COSINE_BOUND
 
 
-def test_auto_calibrates_on_first_call():
+def test_auto_without_native_bf16_is_float32_without_calibration(monkeypatch):
+    """An AVX2-only CPU has no native bf16: auto goes straight to float32 (nothing to calibrate)."""
+    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
+    assert fast_module.default_candidates(torch.device("cpu")) == [(torch.float32, torch.float32, 0)]
+    model = tiny()
+    x = images(2, seed=5)
+    fast = optimize_for_inference(model, compile=False)
+    assert "calibrates on first call" not in repr(fast)
+    assert fast.choice.dtype == torch.float32
+    assert (fast(x) - model(x).detach()).abs().max().item() <= FP32_BOUND
+
+
+def test_auto_calibrates_on_first_call(monkeypatch):
+    # forced, so this branch runs on every CPU: bf16 is emulated (slow, same numbers) without AVX512-BF16
+    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: True)
     model = tiny()
     x = images(3, seed=5)
     with torch.no_grad():
