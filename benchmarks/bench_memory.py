@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from common import machine_info, print_table, set_threads, write_json  # noqa: E402
 
 from fresnet.memory import MB, best_step_time, feature_map_cost, plan, profile_units, time_step  # noqa: E402
-from fresnet.model import create_model  # noqa: E402
+from fresnet.network.model import create_model  # noqa: E402
 
 
 def measure(name: str, args, say) -> dict:

@@ -180,7 +180,7 @@ def settle_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.M
     moving statistic to the batch statistic, as a trained network's would be. The affine
     parameters get a little spread too, so BN folding is exercised with non-trivial values.
     """
-    from fresnet.layers import MXBatchNorm
+    from fresnet.network.layers import MXBatchNorm
 
     gen = torch.Generator().manual_seed(0)
     saved = {}

@@ -5,7 +5,7 @@ import pytest
 
 import fresnet
 from fresnet import NetConfig, create_model, list_models
-from fresnet.config import parse_assignments
+from fresnet.network.config import parse_assignments
 from fresnet.errors import FresnetError
 
 

@@ -12,7 +12,7 @@ import fresnet
 from fresnet import FresnetError, create_model
 from fresnet import fast as fast_module
 from fresnet.fast import FastModel, compiler_available, optimize_for_inference
-from fresnet.layers import MXBatchNorm
+from fresnet.network.layers import MXBatchNorm
 
 COSINE_BOUND = 0.9995
 FP32_BOUND = 1e-4

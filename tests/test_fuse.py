@@ -6,7 +6,7 @@ import torch
 
 from fresnet import create_model
 from fresnet.fuse import count_batchnorms, fold_batchnorm
-from fresnet.layers import MXBatchNorm
+from fresnet.network.layers import MXBatchNorm
 
 CASES = [
     dict(net_unit=1, net_output="E"),

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fresnet import create_model
-from fresnet.layers import MXBatchNorm, SEBlock, make_act
+from fresnet.network.layers import MXBatchNorm, SEBlock, make_act
 
 
 def test_batchnorm_training_updates_with_biased_variance_and_mxnet_momentum():

@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from conftest import load_reference_rows
-from fresnet.config import NetConfig
+from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
 from fresnet.interop.mxnet_symbol import (
     build_graph,

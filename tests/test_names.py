@@ -5,7 +5,7 @@ import pytest
 
 from conftest import load_reference_rows
 from fresnet import create_model
-from fresnet.config import NetConfig
+from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
 from fresnet.interop.mxnet_symbol import build_graph
 from fresnet.interop.names import (
@@ -88,7 +88,7 @@ def test_model_names_and_shapes_equal_the_original(row_id):
     if row_id not in ROWS:
         pytest.skip("reference data not available")
     row = ROWS[row_id]
-    from fresnet.model import FResNet
+    from fresnet.network.model import FResNet
 
     model = FResNet(row_config(row))
     names, state = mxnet_name_map(model), model.state_dict()

@@ -10,10 +10,10 @@ import torch
 from onnx import helper, numpy_helper
 
 import fresnet
-from fresnet.config import HEADS
+from fresnet.network.config import HEADS
 from fresnet.errors import FresnetError
 from fresnet.interop.onnx_export import reshape_prelu_slopes, verify_onnx
-from fresnet.layers import MXBatchNorm
+from fresnet.network.layers import MXBatchNorm
 
 # 28 -> 14 -> 7: a 7x7 trunk, so GDC works too, at a fraction of 112x112's cost
 TINY = dict(units=[1, 1], filter_list=[16, 16, 32], input_size=28, emb_size=16)

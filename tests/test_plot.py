@@ -8,7 +8,7 @@ import pytest
 
 import fresnet.viz as viz
 from fresnet.errors import FresnetError
-from fresnet.model import create_model
+from fresnet.network.model import create_model
 from fresnet.viz import build_graph, plot_network, trace_layers
 
 TINY = dict(units=[1, 2, 1, 1], input_size=32, emb_size=32)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import load_reference_rows
-from fresnet.config import NetConfig
+from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
-from fresnet.model import FResNet
+from fresnet.network.model import FResNet
 from fresnet.summary import summarize
 
 ROWS = load_reference_rows()
@@ -97,7 +97,7 @@ def test_parameter_shapes_match_mxnet_names(row):
 
 
 def named_fix_gamma_bns(model):
-    from fresnet.layers import MXBatchNorm
+    from fresnet.network.layers import MXBatchNorm
 
     for name, module in model.named_modules():
         if isinstance(module, MXBatchNorm) and module.fix_gamma:

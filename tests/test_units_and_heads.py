@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from fresnet import create_model
-from fresnet.units import UnitV1, UnitV1Bottleneck, UnitV2, UnitV3, UnitV3Bottleneck
+from fresnet.network.units import UnitV1, UnitV1Bottleneck, UnitV2, UnitV3, UnitV3Bottleneck
 
 
 def tiny(**options):

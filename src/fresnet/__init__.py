@@ -11,10 +11,10 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "NetConfig": "fresnet.config",
-    "create_model": "fresnet.model",
-    "list_models": "fresnet.presets",
-    "FResNet": "fresnet.model",
+    "NetConfig": "fresnet.network.config",
+    "create_model": "fresnet.network.model",
+    "list_models": "fresnet.network.presets",
+    "FResNet": "fresnet.network.model",
     "summarize": "fresnet.summary",
     "FresnetError": "fresnet.errors",
     # interop

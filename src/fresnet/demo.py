@@ -336,7 +336,7 @@ class Demo:
         self._note = f"{s.trainable_params / 1e6:.2f} M parameters, {s.macs / 1e6:.1f} M MACs per image"
 
     def _network_plot(self):
-        from fresnet.model import FResNet
+        from fresnet.network.model import FResNet
         from fresnet.viz import plot_network
 
         result = plot_network(FResNet(self.net_config).eval(), self.out / "network.svg", title=self.cfg.network)
@@ -353,7 +353,7 @@ class Demo:
 
         from fresnet.eval.embed import evaluate_bin
         from fresnet.eval.model_loader import load_any
-        from fresnet.model import FResNet
+        from fresnet.network.model import FResNet
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)

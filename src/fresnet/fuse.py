@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fresnet import heads, units
-from fresnet.layers import MXBatchNorm
-from fresnet.model import FResNet, Reduce, Stem
+from fresnet.network import heads, units
+from fresnet.network.layers import MXBatchNorm
+from fresnet.network.model import FResNet, Reduce, Stem
 
 # module type -> ((producer, bn), ...): BN applied to the producer's output
 FOLD_AFTER = {

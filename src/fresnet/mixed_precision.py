@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fresnet import units
+from fresnet.network import units
 
 # the convolution (or, for v2 units, the bare conv ``sc``) whose output joins the residual stream
 SHORTCUT_CONVS = {

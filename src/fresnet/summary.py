@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fresnet.config import NetConfig
-from fresnet.layers import MXBatchNorm
+from fresnet.network.config import NetConfig
+from fresnet.network.layers import MXBatchNorm
 
 
 @dataclass
@@ -97,7 +97,7 @@ def summarize(model_or_config: Union[nn.Module, NetConfig, str, dict], input_siz
     ``input_size`` is (H, W); it defaults to the config's. The model is run once on the CPU in eval
     mode; a config or name is built on the ``meta`` device, so even r269 summarises in a second.
     """
-    from fresnet.model import FResNet, create_model
+    from fresnet.network.model import FResNet, create_model
 
     # anything that is not a model yet is built on the meta device: shapes and counts, no memory
     if isinstance(model_or_config, str):

@@ -22,7 +22,7 @@ import torch.fx as fx
 from torch import nn
 
 from fresnet.errors import FresnetError
-from fresnet.layers import InputNorm, MXBatchNorm
+from fresnet.network.layers import InputNorm, MXBatchNorm
 
 # above this many residual units the default view is one node per unit (r34 has 16, r50 24)
 COLLAPSE_ABOVE_UNITS = 16

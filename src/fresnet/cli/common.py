@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fresnet.config import parse_assignments
+from fresnet.network.config import parse_assignments
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +20,6 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def model_from_args(args: argparse.Namespace) -> Any:
-    from fresnet.model import create_model
+    from fresnet.network.model import create_model
 
     return create_model(args.name, **parse_assignments(args.overrides))

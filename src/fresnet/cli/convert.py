@@ -151,8 +151,8 @@ def run_export(args: argparse.Namespace) -> int:
     if destination.kind is not Kind.ONNX:
         raise FresnetError(f"fresnet export writes ONNX; name the output X.onnx (got {dst!r}), or use fresnet convert")
     if _is_preset(args.src):
-        from fresnet.config import parse_assignments
-        from fresnet.model import create_model
+        from fresnet.network.config import parse_assignments
+        from fresnet.network.model import create_model
 
         print(f"source:      preset {args.src} with random weights")
         model = create_model(args.src, **parse_assignments(args.overrides)).eval()
@@ -164,6 +164,6 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _is_preset(name: str) -> bool:
-    from fresnet.presets import PRESETS
+    from fresnet.network.presets import PRESETS
 
     return name in PRESETS and not os.path.exists(name)

@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _embedder(args: argparse.Namespace):
-    from fresnet.config import parse_assignments
+    from fresnet.network.config import parse_assignments
     from fresnet.eval.model_loader import load_any
 
     return load_any(args.model, overrides=parse_assignments(args.overrides), device=args.device,

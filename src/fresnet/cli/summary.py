@@ -29,7 +29,7 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from fresnet.presets import PRESETS, list_models
+    from fresnet.network.presets import PRESETS, list_models
 
     for name in list_models():
         print(f"{name:8s} {PRESETS[name]}")

@@ -147,7 +147,7 @@ _EPOCH_SUFFIX = re.compile(r"^(?P<prefix>.+),(?P<epoch>\d+)$")  # InsightFace's 
 
 
 def _preset_names() -> list[str]:
-    from fresnet.presets import list_models
+    from fresnet.network.presets import list_models
 
     return list(list_models())
 
@@ -210,7 +210,7 @@ def load_any(
     if kind == "preset":
         import torch
 
-        from fresnet.model import create_model
+        from fresnet.network.model import create_model
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

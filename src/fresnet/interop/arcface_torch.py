@@ -28,7 +28,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 
 from fresnet.errors import FresnetError
-from fresnet.layers import INPUT_SCALE, MXBatchNorm
+from fresnet.network.layers import INPUT_SCALE, MXBatchNorm
 
 ARCFACE_BN_EPS = 1e-5
 ARCFACE_INPUT_SCALE = 1.0 / 127.5  # Normalize(mean=0.5, std=0.5) after ToTensor
@@ -174,8 +174,8 @@ def config_from_state_dict(
     source: str = "state dict",
 ):
     """The :class:`NetConfig` of the fresnet equivalent to an arcface_torch iresnet state dict."""
-    from fresnet.config import NetConfig
-    from fresnet.presets import UNITS_BY_DEPTH
+    from fresnet.network.config import NetConfig
+    from fresnet.network.presets import UNITS_BY_DEPTH
 
     if net_output not in COMPATIBLE_HEADS:
         raise FresnetError(f"an arcface_torch iresnet maps to head E (or FC/I), not {net_output!r}")
@@ -271,7 +271,7 @@ def load_arcface_torch(
 
     The returned model takes 0..255 RGB input and reproduces iresnet applied to ``(x/255 - 0.5)/0.5``.
     """
-    from fresnet.model import FResNet
+    from fresnet.network.model import FResNet
 
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         source = os.fspath(path_or_state_dict)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from fresnet.config import NetConfig
+from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
 from fresnet.interop.mxnet_params import read_params, split_arg_aux, write_params
 from fresnet.interop.mxnet_symbol import build_graph, check_fresnet_graph, infer_config, read_symbol, to_json
@@ -69,7 +69,7 @@ def load_mxnet(
         input_size: (H, W) the network was trained for. Only needed when the graph does not determine it:
             non-square inputs, and heads without a flattening FC (Z, GAP, GNAP; default 112x112).
     """
-    from fresnet.model import FResNet
+    from fresnet.network.model import FResNet
 
     symbol_path, params_path, epoch = checkpoint_paths(prefix, epoch)
     if not symbol_path.exists():

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from fresnet.config import NetConfig
+from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
-from fresnet.presets import BASIC_FILTERS, UNITS_BY_DEPTH
+from fresnet.network.presets import BASIC_FILTERS, UNITS_BY_DEPTH
 
 MXNET_VERSION = 10901  # written into "attrs": {"mxnet_version": ["int", 10901]}, as MXNet 1.9.1 does
 WORKSPACE = 256  # config.workspace of the original sample_config
-HEAD_BN_MOM = 0.9  # symbol_utils.bn_mom is read once at import (see fresnet.layers.HEAD_BN_MOMENTUM)
+HEAD_BN_MOM = 0.9  # symbol_utils.bn_mom is read once at import (see fresnet.network.layers.HEAD_BN_MOMENTUM)
 NUM_OUTPUTS = {"BatchNorm": 3, "Dropout": 2}  # for node_row_ptr; every other op here has one output
 PRELU_INIT_ATTR = '["Constant", {"value": 0.25}]'
 AUX_INIT_ATTR = {"moving_mean": '["zero", {}]', "moving_var": '["one", {}]'}

@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from fresnet.errors import FresnetError
-from fresnet.layers import MXBatchNorm
+from fresnet.network.layers import MXBatchNorm
 
 CONTAINERS = ("stem.", "reduce.", "head.")  # fresnet-only grouping modules, absent from MXNet names
 AUX_SUFFIXES = ("_moving_mean", "_moving_var")

@@ -66,7 +66,7 @@ def read_metadata(path: PathLike) -> dict[str, str]:
 
 def read_config(path: PathLike):
     """The :class:`NetConfig` stored in a fresnet ``.safetensors`` file."""
-    from fresnet.config import NetConfig
+    from fresnet.network.config import NetConfig
 
     path = os.fspath(path)
     meta = read_metadata(path)
@@ -113,7 +113,7 @@ def load(path: PathLike, device: Union[str, torch.device] = "cpu"):
 def _load_safetensors(path: str, device: Union[str, torch.device] = "cpu"):
     from safetensors.torch import load_file
 
-    from fresnet.model import FResNet
+    from fresnet.network.model import FResNet
 
     config = read_config(path)
     try:

@@ -1,7 +1,7 @@
 """``TrainConfig``: every key of a training run, its defaults, the original's aliases, and loading.
 
 A config is a YAML mapping (a file, or a built-in name from ``fresnet/configs/*.yaml``) plus
-``key=value`` overrides. Network keys of :class:`fresnet.config.NetConfig` (``num_layers``,
+``key=value`` overrides. Network keys of :class:`fresnet.network.config.NetConfig` (``num_layers``,
 ``net_output``, ``emb_size``, ``units``, ``filter_list``, ``input_size``, ...) may sit at the top
 level, like the original's ``config.py``, or under ``net:``.
 """
@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from fresnet.config import FIELDS as NET_FIELDS
-from fresnet.config import NetConfig, normalize_options, parse_value
+from fresnet.network.config import FIELDS as NET_FIELDS
+from fresnet.network.config import NetConfig, normalize_options, parse_value
 from fresnet.errors import FresnetError
 from fresnet.losses import LOSS_PRESETS, margin_spec
 
@@ -111,7 +111,7 @@ class TrainConfig:
 
     # ---- derived ----------------------------------------------------------------------------
     def net_config(self) -> NetConfig:
-        from fresnet.presets import preset_options
+        from fresnet.network.presets import preset_options
 
         options: dict[str, Any] = dict(preset_options(self.network))
         options.update(normalize_options(dict(self.net)))

@@ -72,7 +72,7 @@ class Trainer:
 
     # ---- set-up -----------------------------------------------------------------------------
     def setup(self) -> None:
-        from fresnet.model import FResNet
+        from fresnet.network.model import FResNet
         from fresnet.partial_fc import PartialFC
         from fresnet.train.data import build_dataset, verification_sets
         from fresnet.train.logging import CsvLog, Progress, TensorBoard

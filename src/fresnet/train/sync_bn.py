@@ -5,7 +5,7 @@ statistics and a 2-process run would not follow the 1-process one. :class:`SyncM
 ``MXBatchNorm``'s semantics (biased moving variance, MXNet momentum, ``fix_gamma``) but computes the
 batch mean and variance over every rank: two small all-reduces (the mean, then the centred sum of
 squares, which is as accurate as the single-process two-pass variance). Gradients flow through the
-all-reduces (:func:`fresnet.train.distributed.sum_partials`). ``layers.py`` is not changed: models
+all-reduces (:func:`fresnet.train.distributed.sum_partials`). ``network/layers.py`` is not changed: models
 are converted in place by swapping the class of their BatchNorm modules.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fresnet.layers import MXBatchNorm
+from fresnet.network.layers import MXBatchNorm
 from fresnet.train import distributed as D
 
 

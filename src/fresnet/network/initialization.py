@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from fresnet.layers import PRELU_INIT, MXBatchNorm
+from fresnet.network.layers import PRELU_INIT, MXBatchNorm
 
 XAVIER_MAGNITUDE = 2.0
 

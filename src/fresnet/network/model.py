@@ -14,12 +14,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fresnet.config import NetConfig, normalize_options
-from fresnet.heads import build_head
-from fresnet.initialization import init_weights
-from fresnet.layers import BN_EPS, InputNorm, MXBatchNorm, conv1x1, make_act, torch_momentum  # noqa: F401
-from fresnet.presets import preset_options
-from fresnet.units import unit_builder
+from fresnet.network.config import NetConfig, normalize_options
+from fresnet.network.heads import build_head
+from fresnet.network.initialization import init_weights
+from fresnet.network.layers import BN_EPS, InputNorm, MXBatchNorm, conv1x1, make_act, torch_momentum  # noqa: F401
+from fresnet.network.presets import preset_options
+from fresnet.network.units import unit_builder
 
 
 class Stem(nn.Module):

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from fresnet.layers import ActFactory, SEBlock, conv1x1, conv3x3
+from fresnet.network.layers import ActFactory, SEBlock, conv1x1, conv3x3
 
 NormFactory = Callable[[int], nn.Module]
 

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fresnet.layers import (
+from fresnet.network.layers import (
     BN_EPS,
     DROPOUT_P,
     HEAD_BN_MOMENTUM,

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Tuple, Union
 
 from fresnet.errors import FresnetError
-from fresnet.layers import ACTIVATIONS
-from fresnet.presets import BASIC_FILTERS, BOTTLENECK_FILTERS, BOTTLENECK_MIN_DEPTH, UNITS_BY_DEPTH
+from fresnet.network.layers import ACTIVATIONS
+from fresnet.network.presets import BASIC_FILTERS, BOTTLENECK_FILTERS, BOTTLENECK_MIN_DEPTH, UNITS_BY_DEPTH
 
 HEADS = ("Z", "E", "FC", "SFC", "GAP", "GNAP", "GDC", "F", "G", "H", "I", "J")
 UNIT_VERSIONS = (1, 2, 3, "3x")
