@@ -77,7 +77,7 @@ def default_paths(device: torch.device) -> list[str]:
 def build_fast(model, name: str, device: torch.device):
     """One fast path. 'auto' is the library default (decision table + calibration on the first
     batch); every other path is explicitly configured, and the benchmark checks its accuracy itself."""
-    from fresnet.fast import optimize_for_inference
+    from fresnet.inference.fast import optimize_for_inference
 
     if name == "auto":
         return optimize_for_inference(model, device=device)

@@ -47,7 +47,7 @@ def cosines(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def worst_cosines(model, batches: list[torch.Tensor]) -> dict[str, dict]:
-    from fresnet.fast import optimize_for_inference
+    from fresnet.inference.fast import optimize_for_inference
 
     results = {}
     references = [model(x) for x in batches]
@@ -64,7 +64,7 @@ def worst_cosines(model, batches: list[torch.Tensor]) -> dict[str, dict]:
 def sensitivity(model, x: torch.Tensor) -> list[tuple[str, float, float]]:
     """(piece, 1 - min cosine, 1 - mean cosine) when only that piece's conv weights and conv inputs
     are rounded to bf16 (computed in float32 otherwise): how much each place contributes."""
-    from fresnet.fuse import fold_batchnorm
+    from fresnet.inference.fuse import fold_batchnorm
 
     folded = fold_batchnorm(model)
     reference = model(x)

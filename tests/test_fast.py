@@ -10,8 +10,8 @@ import torch
 
 import fresnet
 from fresnet import FresnetError, create_model
-from fresnet import fast as fast_module
-from fresnet.fast import FastModel, compiler_available, optimize_for_inference
+from fresnet.inference import fast as fast_module
+from fresnet.inference.fast import FastModel, compiler_available, optimize_for_inference
 from fresnet.network.layers import MXBatchNorm
 
 COSINE_BOUND = 0.9995
@@ -281,7 +281,7 @@ def test_cuda_auto_path():
 # ---------------------------------------------------------------------------------------------------
 # the mixed-precision network: what stays float32, the residual stream, pre-packed convolutions
 
-from fresnet.mixed_precision import (  # noqa: E402
+from fresnet.inference.mixed_precision import (  # noqa: E402
     DtypeFollowingPReLU, InferenceConv2d, InferenceLinear, MixedPrecisionNet, onednn_can_pack)
 
 packing = pytest.mark.skipif(not onednn_can_pack(torch.float32), reason="needs oneDNN (mkldnn) on CPU")
@@ -351,7 +351,7 @@ def test_prelu_follows_the_input_dtype():
 
 @pytest.mark.parametrize("residual", [torch.float32, torch.bfloat16])
 def test_mixed_net_keeps_stem_bn_and_head_in_float32(residual):
-    from fresnet.fuse import fold_batchnorm
+    from fresnet.inference.fuse import fold_batchnorm
 
     model = tiny()
     net = MixedPrecisionNet(fold_batchnorm(model), torch.bfloat16, residual)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fresnet import create_model
-from fresnet.fuse import count_batchnorms, fold_batchnorm
+from fresnet.inference.fuse import count_batchnorms, fold_batchnorm
 from fresnet.network.layers import MXBatchNorm
 
 CASES = [

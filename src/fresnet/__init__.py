@@ -26,7 +26,7 @@ _EXPORTS = {
     "save": "fresnet.interop.native",
     "export_onnx": "fresnet.interop.onnx_export",
     # speed
-    "optimize_for_inference": "fresnet.fast",
+    "optimize_for_inference": "fresnet.inference.fast",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, extra=["__version__"])

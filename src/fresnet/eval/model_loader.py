@@ -228,7 +228,7 @@ def load_any(
 
 def _torch_embedder(model: Any, name: str, kind: str, device: str, fast: bool) -> "TorchEmbedder":
     if fast:
-        from fresnet.fast import optimize_for_inference
+        from fresnet.inference.fast import optimize_for_inference
 
         model = optimize_for_inference(model.eval(), device=device)
     return TorchEmbedder(model, name=name, kind=kind, device=device)

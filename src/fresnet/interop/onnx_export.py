@@ -11,7 +11,7 @@ the PyTorch model; it returns ``embedding`` (the 4-D map for head Z). Details th
   and onnxruntime both accept that shape.
 * **GNAP** averages the L2 norms over the *whole batch* (the original's cross-sample coupling); the
   graph keeps that ``ReduceMean`` over all axes, so a batch of 7 gives the same result as PyTorch.
-* ``fold_bn=True`` folds BatchNorms into the neighbouring convs/FCs (:func:`fresnet.fuse.fold_batchnorm`).
+* ``fold_bn=True`` folds BatchNorms into the neighbouring convs/FCs (:func:`fresnet.inference.fuse.fold_batchnorm`).
 * The network's :class:`NetConfig` is stored in the model's metadata (``fresnet_config``).
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ def export_onnx(
 
 def _deployable_copy(model, fold_bn: bool):
     if fold_bn:
-        from fresnet.fuse import fold_batchnorm
+        from fresnet.inference.fuse import fold_batchnorm
 
         net = fold_batchnorm(model)  # an eval copy
     else:

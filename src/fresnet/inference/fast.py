@@ -2,13 +2,13 @@
 
 What it does to a copy of the network (the original is never modified):
 
-* folds every BatchNorm that folds exactly (:func:`fresnet.fuse.fold_batchnorm`);
+* folds every BatchNorm that folds exactly (:func:`fresnet.inference.fuse.fold_batchnorm`);
 * stores activations channels_last (NHWC), the layout oneDNN and cuDNN convolutions are fastest in;
 * on CPU, reorders every convolution weight once into oneDNN's blocked layout (eager PyTorch
   repeats that reorder on every call: ~20% of an r50's time at batch 1);
 * optionally runs the convolutions of the residual stages in bfloat16 (CPU, CUDA) or float16
   (CUDA), with the stem, the BatchNorm parameters, the head and -- by default -- the residual
-  stream kept in float32 (:mod:`fresnet.mixed_precision` says why, with measurements);
+  stream kept in float32 (:mod:`fresnet.inference.mixed_precision` says why, with measurements);
 * optionally compiles it with ``torch.compile`` (inductor, with weight freezing on CPU; CUDA graphs
   on GPU with ``compile='reduce-overhead'``).
 
@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from fresnet.errors import FresnetError
-from fresnet.mixed_precision import MixedPrecisionNet, dtype_name, onednn_can_pack
+from fresnet.inference.mixed_precision import MixedPrecisionNet, dtype_name, onednn_can_pack
 
 PROMISED_COSINE = 0.9995
 CALIBRATION_COSINE = 0.9997  # checked on the first batch, with a margin for unseen inputs (module docs)
@@ -166,7 +166,7 @@ def _is_fresnet(model: nn.Module) -> bool:
 
 def build_path(model: nn.Module, choice: FastChoice) -> nn.Module:
     """The network for one :class:`FastChoice` (not compiled), on its device, in eval mode."""
-    from fresnet.fuse import fold_batchnorm
+    from fresnet.inference.fuse import fold_batchnorm
 
     source = fold_batchnorm(model) if choice.fold_bn else copy.deepcopy(model).eval()
     # inductor packs weights itself (freezing); pre-packed oneDNN tensors are opaque to it
