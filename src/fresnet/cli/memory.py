@@ -35,9 +35,9 @@ def run_memory(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fresnet.errors import FresnetError
-    from fresnet.memory.measure import compare
+    from fresnet.memory.comparison import compare
     from fresnet.memory.measure import MB
-    from fresnet.memory.measure import plan
+    from fresnet.memory.planning import plan
 
     if args.batch < 1 or args.steps < 0:
         raise FresnetError("--batch must be at least 1 and --steps at least 0")

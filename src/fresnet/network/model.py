@@ -143,14 +143,14 @@ class FResNet(nn.Module):
     def set_grad_checkpointing(self, enable_or_plan: Union[bool, Iterable[str], Any] = True) -> "FResNet":
         """Recompute some units in backward instead of storing their activations.
 
-        ``True`` applies the default plan (:func:`fresnet.memory.measure.plan`, sqrt(n) segments), ``False``
+        ``True`` applies the default plan (:func:`fresnet.memory.planning.plan`, sqrt(n) segments), ``False``
         turns it off, and an iterable of unit names (``'stage3.unit4'``, or ``'stem'``) or a plan object with a
         ``units`` attribute recomputes exactly those units, each checkpointed on its own (its input is
         kept). A plan object with a ``segments`` attribute (tuples of consecutive unit names)
         checkpoints each segment as one piece, so only the segment's input is kept.
         """
         if enable_or_plan is True:
-            from fresnet.memory.measure import plan
+            from fresnet.memory.planning import plan
 
             enable_or_plan = plan(self)
         if enable_or_plan is False or enable_or_plan is None:
