@@ -11,9 +11,9 @@ from fresnet.cli import main
 
 def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
     # pretend graphviz's `dot` is missing: the graph step must write a .dot and say so, not fail
-    import fresnet.viz
+    import fresnet.inspection.viz
 
-    monkeypatch.setattr(fresnet.viz.shutil, "which", lambda name: None)
+    monkeypatch.setattr(fresnet.inspection.viz.shutil, "which", lambda name: None)
     out = tmp_path / "report"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()

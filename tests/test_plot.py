@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-import fresnet.viz as viz
+import fresnet.inspection.viz as viz
 from fresnet.errors import FresnetError
 from fresnet.network.model import create_model
-from fresnet.viz import build_graph, plot_network, trace_layers
+from fresnet.inspection.viz import build_graph, plot_network, trace_layers
 
 TINY = dict(units=[1, 2, 1, 1], input_size=32, emb_size=32)
 

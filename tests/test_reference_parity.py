@@ -14,7 +14,7 @@ from conftest import load_reference_rows
 from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
 from fresnet.network.model import FResNet
-from fresnet.summary import summarize
+from fresnet.inspection.summary import summarize
 
 ROWS = load_reference_rows()
 

@@ -15,7 +15,7 @@ _EXPORTS = {
     "create_model": "fresnet.network.model",
     "list_models": "fresnet.network.presets",
     "FResNet": "fresnet.network.model",
-    "summarize": "fresnet.summary",
+    "summarize": "fresnet.inspection.summary",
     "FresnetError": "fresnet.errors",
     # interop
     "load_mxnet": "fresnet.interop.mxnet",

@@ -324,7 +324,7 @@ class Demo:
         self.doc_parts["samples"] = "samples.png"
 
     def _summary(self):
-        from fresnet.summary import summarize
+        from fresnet.inspection.summary import summarize
 
         s = summarize(self.net_config)
         self.summary = s
@@ -337,7 +337,7 @@ class Demo:
 
     def _network_plot(self):
         from fresnet.network.model import FResNet
-        from fresnet.viz import plot_network
+        from fresnet.inspection.viz import plot_network
 
         result = plot_network(FResNet(self.net_config).eval(), self.out / "network.svg", title=self.cfg.network)
         if not result.rendered:
@@ -496,7 +496,7 @@ class Demo:
                 ["output", f"{model['output_shape']}"],
             ])
             if "network" in self.doc_parts:
-                doc.img(self.doc_parts["network"], "the network graph (fresnet.viz.plot_network)")
+                doc.img(self.doc_parts["network"], "the network graph (fresnet.inspection.viz.plot_network)")
             elif "network_dot" in self.doc_parts:
                 doc.p(f"graphviz's `dot` is not installed, so the graph was written as `{self.doc_parts['network_dot']}` "
                       "(render it with `dot -Tsvg`).")

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from fresnet.viz import plot_network
+    from fresnet.inspection.viz import plot_network
 
     model = model_from_args(args)
     output = args.output or f"{args.name}.svg"

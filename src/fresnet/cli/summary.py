@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from fresnet.summary import summarize
+    from fresnet.inspection.summary import summarize
 
     summary = summarize(model_from_args(args))
     if args.json:
