@@ -2,7 +2,7 @@
 """One training step of a fresnet backbone + ArcFace FC: eager float32 vs the best configuration.
 
 The step is: backbone forward (train mode), FC over ``--classes`` identities with the ArcFace margin
-(cos logits, s=64, m=0.5, :mod:`fresnet.losses`), cross-entropy, backward, SGD (momentum 0.9,
+(cos logits, s=64, m=0.5, :mod:`fresnet.train.losses`), cross-entropy, backward, SGD (momentum 0.9,
 weight decay 5e-4). The configurations:
 
 * ``eager``: float32, NCHW, PyTorch's default SGD (for-each) -- the baseline;
@@ -66,9 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def arcface_head(emb_size: int, classes: int) -> nn.Module:
-    """fresnet.losses' FC + ArcFace (s=64, m=0.5); a minimal local copy if that module is absent."""
+    """fresnet.train.losses' FC + ArcFace (s=64, m=0.5); a minimal local copy if that module is absent."""
     try:
-        from fresnet.losses import FullFCLoss, margin_spec
+        from fresnet.train.losses import FullFCLoss, margin_spec
 
         return FullFCLoss(emb_size, classes, margin_spec("arcface"))
     except ImportError:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fresnet.errors import FresnetError
-from fresnet.losses import (
+from fresnet.train.losses import (
     LOSS_PRESETS,
     FullFCLoss,
     MarginSoftmaxLoss,

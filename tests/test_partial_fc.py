@@ -7,8 +7,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fresnet.losses import FullFCLoss, margin_spec
-from fresnet.partial_fc import PartialFC, distributed_cross_entropy, shard_range
+from fresnet.train.losses import FullFCLoss, margin_spec
+from fresnet.train.partial_fc import PartialFC, distributed_cross_entropy, shard_range
 
 
 @pytest.mark.parametrize("loss", ["softmax", "nsoftmax", "arcface", "cosface", "combined"])

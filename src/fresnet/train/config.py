@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from fresnet.network.config import FIELDS as NET_FIELDS
 from fresnet.network.config import NetConfig, normalize_options, parse_value
 from fresnet.errors import FresnetError
-from fresnet.losses import LOSS_PRESETS, margin_spec
+from fresnet.train.losses import LOSS_PRESETS, margin_spec
 
 LR_SCHEDULES = ("step", "poly")
 AMP_MODES = ("none", "bf16", "fp16")

@@ -73,7 +73,7 @@ class Trainer:
     # ---- set-up -----------------------------------------------------------------------------
     def setup(self) -> None:
         from fresnet.network.model import FResNet
-        from fresnet.partial_fc import PartialFC
+        from fresnet.train.partial_fc import PartialFC
         from fresnet.train.data import build_dataset, verification_sets
         from fresnet.train.logging import CsvLog, Progress, TensorBoard
         from fresnet.train.sync_bn import convert_sync_batchnorm

@@ -12,7 +12,7 @@ the classes (``num_classes // W`` each, the first ``num_classes % W`` ranks one 
    then the sum of exponentials and the target logit (SUM).
 
 The loss is the mean over the global batch and identical on every rank. With one rank and
-``sample_rate=1`` it equals :class:`fresnet.losses.FullFCLoss` (tested).
+``sample_rate=1`` it equals :class:`fresnet.train.losses.FullFCLoss` (tested).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fresnet.errors import FresnetError
-from fresnet.losses import MarginSpec, margin_logits
+from fresnet.train.losses import MarginSpec, margin_logits
 from fresnet.train import distributed as D
 
 
@@ -42,7 +42,7 @@ class PartialFC(nn.Module):
     Args:
         emb_size: embedding size.
         num_classes: total classes over all ranks.
-        spec: the loss (:func:`fresnet.losses.margin_spec`).
+        spec: the loss (:func:`fresnet.train.losses.margin_spec`).
         sample_rate: fraction of each rank's classes used per step (1 = all).
         no_bias: drop the ``fc7`` bias of plain softmax (``fc7_no_bias``).
         rank, world_size: this rank's place (default: the active process group).

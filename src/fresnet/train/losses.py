@@ -151,7 +151,7 @@ class FullFCLoss(nn.Module):
 
     ``softmax``: ``x @ W.T + b`` on the raw embedding (bias unless ``no_bias``). Every other loss:
     cosines between the normalised embedding and normalised centres, then margin logits.
-    This is the single-process reference that :class:`fresnet.partial_fc.PartialFC` must equal.
+    This is the single-process reference that :class:`fresnet.train.partial_fc.PartialFC` must equal.
     """
 
     def __init__(self, emb_size: int, num_classes: int, spec: MarginSpec, no_bias: bool = False,
