@@ -22,7 +22,7 @@ _EXPORTS = {
     "save_mxnet": "fresnet.interop.mxnet",
     "load_arcface_torch": "fresnet.interop.arcface_torch",
     "export_arcface_torch": "fresnet.interop.arcface_torch",
-    "load": "fresnet.interop.native",
+    "load": "fresnet.interop.formats",
     "save": "fresnet.interop.native",
     "export_onnx": "fresnet.interop.onnx_export",
     # speed

@@ -1,4 +1,5 @@
-"""Which weight format a path means, decided from its name alone, and one reader/writer per format.
+"""Which weight format a path means, decided from its name alone, and one reader/writer per format;
+:func:`load` (``fresnet.load``) reads any readable format by name.
 
 ============================  ===========  ==========================================
 name                          format       read / write
@@ -19,9 +20,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from fresnet.errors import FresnetError
+
+if TYPE_CHECKING:
+    import torch
 
 SYMBOL_SUFFIX = "-symbol.json"
 _PARAMS = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4})\.params$")
@@ -131,9 +135,9 @@ def read_model(source: ModelFile, **options: Any):
     """Read a model in any readable format. ``options`` go to the importers: ``num_layers`` and
     ``input_size`` for arcface_torch, ``input_size`` for MXNet; ``None`` values are ignored."""
     if source.kind is Kind.SAFETENSORS:
-        from fresnet.interop.native import _load_safetensors
+        from fresnet.interop.native import load_safetensors
 
-        return _load_safetensors(source.path)
+        return load_safetensors(source.path)
     if source.kind is Kind.ARCFACE_TORCH:
         from fresnet.interop.arcface_torch import load_arcface_torch
 
@@ -145,6 +149,26 @@ def read_model(source: ModelFile, **options: Any):
         model, _config = load_mxnet(source.path, epoch=source.epoch or 0, **extra)
         return model.eval()
     raise FresnetError(f"{source.path}: {source.kind.value} cannot be read, only written")
+
+
+def load(path: str | os.PathLike, device: Union[str, "torch.device"] = "cpu"):
+    """Rebuild a fresnet model from a ``.safetensors`` file written by :func:`fresnet.save` (eval mode).
+
+    Other formats are read too, by file name: an arcface_torch ``.pth``/``.pt`` and an MXNet
+    checkpoint (``prefix-symbol.json`` / ``prefix-0000.params``) go through their importers.
+    """
+    from fresnet.interop.native import load_safetensors
+
+    path = os.fspath(path)
+    try:
+        spec = detect_source(path)
+    except FresnetError:
+        if path.lower().endswith(".onnx"):
+            raise
+        spec = None  # an unusual name: read it as safetensors, whose errors explain themselves
+    if spec is not None and spec.kind is not Kind.SAFETENSORS:
+        return read_model(spec).to(device).eval()
+    return load_safetensors(path, device)
 
 
 def write_model(model, destination: ModelFile, **onnx_options: Any) -> None:
@@ -169,4 +193,4 @@ def write_model(model, destination: ModelFile, **onnx_options: Any) -> None:
         raise FresnetError(f"cannot write {destination.kind}")
 
 
-__all__ = ["Kind", "ModelFile", "detect_source", "detect_destination", "read_model", "write_model"]
+__all__ = ["Kind", "ModelFile", "detect_source", "detect_destination", "read_model", "write_model", "load"]

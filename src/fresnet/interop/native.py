@@ -1,7 +1,8 @@
 """fresnet's own file format: safetensors, with the :class:`NetConfig` in the header metadata.
 
-A ``.safetensors`` file written by :func:`save` is self-describing: :func:`load` rebuilds the network
-from it alone. The metadata (all strings, as safetensors requires) is::
+A ``.safetensors`` file written by :func:`save` is self-describing: :func:`load_safetensors` rebuilds
+the network from it alone. (:func:`fresnet.load` reads it, and the other formats by file name, through
+:mod:`fresnet.interop.formats`.) The metadata (all strings, as safetensors requires) is::
 
     {"format": "fresnet", "format_version": "1", "config": "<NetConfig JSON>", ...user metadata}
 
@@ -90,31 +91,13 @@ def read_config(path: PathLike):
         raise FresnetError(f"{path}: the stored config is invalid: {exc}") from None
 
 
-def load(path: PathLike, device: Union[str, torch.device] = "cpu"):
-    """Rebuild a fresnet model from a ``.safetensors`` file written by :func:`save` (eval mode).
-
-    Other formats are read too, by file name: an arcface_torch ``.pth``/``.pt`` and an MXNet
-    checkpoint (``prefix-symbol.json`` / ``prefix-0000.params``) go through their importers.
-    """
-    from fresnet.interop.formats import Kind, detect_source, read_model
-
-    path = os.fspath(path)
-    try:
-        spec = detect_source(path)
-    except FresnetError:
-        if path.lower().endswith(".onnx"):
-            raise
-        spec = None  # an unusual name: read it as safetensors, whose errors explain themselves
-    if spec is not None and spec.kind is not Kind.SAFETENSORS:
-        return read_model(spec).to(device).eval()
-    return _load_safetensors(path, device)
-
-
-def _load_safetensors(path: str, device: Union[str, torch.device] = "cpu"):
+def load_safetensors(path: PathLike, device: Union[str, torch.device] = "cpu"):
+    """Rebuild a fresnet model from a ``.safetensors`` file written by :func:`save` (eval mode)."""
     from safetensors.torch import load_file
 
     from fresnet.network.model import FResNet
 
+    path = os.fspath(path)
     config = read_config(path)
     try:
         tensors = load_file(path, device="cpu")
@@ -166,4 +149,4 @@ def _require_file(path: str) -> None:
         raise FresnetError(f"{path} is a directory; give a .safetensors file")
 
 
-__all__ = ["save", "load", "read_config", "read_metadata", "FORMAT_VERSION"]
+__all__ = ["save", "load_safetensors", "read_config", "read_metadata", "FORMAT_VERSION"]
