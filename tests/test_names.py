@@ -7,7 +7,7 @@ from conftest import load_reference_rows
 from fresnet import create_model
 from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
-from fresnet.interop.mxnet_symbol import build_graph
+from fresnet.interop.mxnet_symbol_build import build_graph
 from fresnet.interop.names import (
     fix_gamma_names,
     from_mxnet_name,

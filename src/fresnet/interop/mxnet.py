@@ -19,7 +19,9 @@ import torch
 from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
 from fresnet.interop.mxnet_params import read_params, split_arg_aux, write_params
-from fresnet.interop.mxnet_symbol import build_graph, check_fresnet_graph, infer_config, read_symbol, to_json
+from fresnet.interop.mxnet_symbol import read_symbol, to_json
+from fresnet.interop.mxnet_symbol_build import build_graph
+from fresnet.interop.mxnet_symbol_infer import check_fresnet_graph, infer_config
 from fresnet.interop.names import fix_gamma_names, is_aux, mxnet_name_map
 from fresnet.ioutil import atomic_write_text
 
