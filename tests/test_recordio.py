@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from fresnet.cli import main as cli_main
 from fresnet.data import RecordIODataset, RecordIOWriter
 from fresnet.data.decode import encode_jpeg
-from fresnet.data.recordio import (
+from fresnet.data.recordio.format import (
     MAGIC,
     MAGIC_BYTES,
     RecFile,

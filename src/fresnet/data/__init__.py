@@ -5,16 +5,16 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "RecordIODataset": "fresnet.data.recordio",
-    "RecordIOWriter": "fresnet.data.recordio",
+    "RecordIODataset": "fresnet.data.recordio.format",
+    "RecordIOWriter": "fresnet.data.recordio.format",
     "load_bin": "fresnet.data.verification_bin",
     "save_bin": "fresnet.data.verification_bin",
     "ImageFolderDataset": "fresnet.data.image_folder",
     "SyntheticFaces": "fresnet.data.synthetic",
     "synthetic_pairs": "fresnet.data.synthetic",
     "write_synthetic_dataset": "fresnet.data.synthetic",
-    "pack_images": "fresnet.data.recordio",
-    "write_index": "fresnet.data.recordio",
+    "pack_images": "fresnet.data.recordio.format",
+    "write_index": "fresnet.data.recordio.format",
     "train_transform": "fresnet.data.transforms",
     "eval_transform": "fresnet.data.transforms",
 }

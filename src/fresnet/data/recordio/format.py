@@ -422,7 +422,7 @@ class RecordIODataset(Dataset):
         if not self.paths.idx.is_file():
             warnings.warn(
                 f"{self.paths.rec}: no index file {self.paths.idx.name}; scanning the whole .rec to build one "
-                f"(slow for big files). Save one with fresnet.data.recordio.write_index('{self.paths.rec}').",
+                f"(slow for big files). Save one with fresnet.data.recordio.format.write_index('{self.paths.rec}').",
                 stacklevel=3,
             )
             keys, offsets, bad = scan_index(self._rec, self.on_error)

@@ -1,0 +1,1 @@
+"""InsightFace RecordIO training sets (``train.rec``, ``train.idx``, ``property``) without MXNet."""
