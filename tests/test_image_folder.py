@@ -10,7 +10,7 @@ import torch
 from fresnet.data import ImageFolderDataset, RecordIODataset
 from fresnet.data.decode import encode_jpeg
 from fresnet.data.image_folder import read_image_list
-from fresnet.data.recordio.format import pack_images
+from fresnet.data.recordio.writer import pack_images
 from fresnet.errors import FresnetError
 
 

@@ -80,7 +80,7 @@ def _progress(description: str, total: int) -> Iterator[Callable[[Iterable], Ite
 
 def run_pack(args: argparse.Namespace) -> int:
     from fresnet.data.image_folder import list_image_source
-    from fresnet.data.recordio.format import pack_images
+    from fresnet.data.recordio.writer import pack_images
 
     items, classes = list_image_source(args.source)
     with _progress("packing", len(items)) as track:

@@ -5,15 +5,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "RecordIODataset": "fresnet.data.recordio.format",
-    "RecordIOWriter": "fresnet.data.recordio.format",
+    "RecordIODataset": "fresnet.data.recordio.dataset",
+    "RecordIOWriter": "fresnet.data.recordio.writer",
     "load_bin": "fresnet.data.verification_bin",
     "save_bin": "fresnet.data.verification_bin",
     "ImageFolderDataset": "fresnet.data.image_folder",
     "SyntheticFaces": "fresnet.data.synthetic",
     "synthetic_pairs": "fresnet.data.synthetic",
     "write_synthetic_dataset": "fresnet.data.synthetic",
-    "pack_images": "fresnet.data.recordio.format",
+    "pack_images": "fresnet.data.recordio.writer",
     "write_index": "fresnet.data.recordio.format",
     "train_transform": "fresnet.data.transforms",
     "eval_transform": "fresnet.data.transforms",

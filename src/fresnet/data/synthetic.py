@@ -431,7 +431,7 @@ def write_synthetic_dataset(
     ``holdout_identities`` ones, so evaluation never sees a training identity.
     """
     from fresnet.data.decode import encode_jpeg
-    from fresnet.data.recordio.format import RecordIOWriter
+    from fresnet.data.recordio.writer import RecordIOWriter
     from fresnet.data.verification_bin import save_bin
 
     out_dir = Path(out_dir)

@@ -154,7 +154,7 @@ def _is_recordio(path: Path) -> bool:
 
 
 def _recordio_images(path: Path) -> list[InputImage]:
-    from fresnet.data.recordio.format import RecordIODataset
+    from fresnet.data.recordio.dataset import RecordIODataset
 
     dataset = RecordIODataset(path)
 
