@@ -43,7 +43,7 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
 
 def test_required_step_failure_fails_the_demo_optional_one_does_not(tmp_path, capsys, monkeypatch):
     import fresnet.train
-    from fresnet.demo import Demo
+    from fresnet.demo.run import Demo
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated training crash")
