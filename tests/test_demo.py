@@ -43,18 +43,18 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
 
 def test_required_step_failure_fails_the_demo_optional_one_does_not(tmp_path, capsys, monkeypatch):
     import fresnet.train
-    from fresnet.demo.run import Demo
+    from fresnet.demo import stages
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated training crash")
 
-    def no_picture(self):
+    def no_picture(state):
         raise OSError("no fonts here")
 
     # skip the slow steps before training: this test is about what happens when training fails
-    for name in ("_make_data", "_summary", "_network_plot", "_eval_untrained"):
-        monkeypatch.setattr(Demo, name, lambda self: None)
-    monkeypatch.setattr(Demo, "_sample_picture", no_picture)
+    for name in ("make_data", "summary", "network_plot", "eval_untrained"):
+        monkeypatch.setattr(stages, name, lambda state: None)
+    monkeypatch.setattr(stages, "sample_picture", no_picture)
     monkeypatch.setattr(fresnet.train, "run", boom)
     out = tmp_path / "report"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 1

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from fresnet.demo import DemoFailed, DemoOptions, run_demo
+    from fresnet.demo.run import run_demo
+    from fresnet.demo.state import DemoFailed, DemoOptions
 
     options = DemoOptions(out=Path(args.out), config=args.config, max_steps=args.max_steps, quick=args.quick,
                           force=args.force, pairs=args.pairs, progress=args.progress)
