@@ -64,14 +64,22 @@ class MXBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        # One op normalises and returns the batch mean and 1/sqrt(var + eps); the moving stats are
+        # updated from those (biased variance, as MXNet), so the input is read once for the stats,
+        # not twice. A fixed gamma is passed as an explicit 1: CUDA's batch-norm backward rejects a
+        # missing weight ("invalid gradient at index 2"), the CPU kernel accepted it.
+        weight = self.weight if self.weight is not None else self._unit_gamma(x)
+        out, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(x, weight, self.bias, True, 0.0, self.eps)
         if not self.freeze_stats:
             with torch.no_grad():
-                dims = [0] + list(range(2, x.dim()))
-                var, mean = torch.var_mean(x.detach().float(), dim=dims, correction=0)
+                var = invstd.float().pow(-2) - self.eps
                 m = self.momentum
                 self.running_mean.mul_(m).add_(mean.to(self.running_mean.dtype), alpha=1 - m)
                 self.running_var.mul_(m).add_(var.to(self.running_var.dtype), alpha=1 - m)
-        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return out
+
+    def _unit_gamma(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ones(self.num_features, dtype=self.bias.dtype, device=x.device)
 
 
 ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {

@@ -21,6 +21,7 @@ from fresnet.train.losses import LOSS_PRESETS, margin_spec
 
 LR_SCHEDULES = ("step", "poly")
 AMP_MODES = ("none", "bf16", "fp16")
+DECODERS = ("cpu", "gpu")
 
 # original train.py / config.py spellings -> ours
 KEY_ALIASES = {
@@ -60,6 +61,16 @@ class TrainConfig:
         sample_rate [1]: Partial FC class sampling rate.
         clip_grad_norm [0 = off]: global L2 norm clip over backbone and classifier.
         amp [none]: none, bf16 (CPU or CUDA autocast), fp16 (CUDA, with GradScaler).
+        compile [auto]: ``torch.compile`` the step: none, default, reduce-overhead (+ CUDA graphs),
+            max-autotune, max-autotune-no-cudagraphs, or auto (default on CUDA with Triton, none
+            on CPU, where compiling costs minutes and gains little). A compile that fails at the
+            first step falls back to eager with a warning.
+        channels_last [auto]: NHWC activations (true/false; auto = on CUDA, where the tensor cores
+            want them).
+        num_workers [auto]: DataLoader processes decoding images (auto: 0 for the in-memory
+            synthetic set and on CPU, else up to 8 on CUDA); batches are pinned on CUDA.
+        decode [cpu]: where RecordIO JPEGs are decoded: cpu (the workers) or gpu
+            (``torchvision.io.decode_jpeg`` on the device; needs torchvision with CUDA).
         grad_checkpointing [false]: recompute activations (``FResNet.set_grad_checkpointing``).
         sync_bn [true]: with several processes, BatchNorm statistics span the global batch.
         checkpoint_every [0 = only at the end], verbose [0 = only at the end]: steps between
@@ -95,6 +106,9 @@ class TrainConfig:
     sample_rate: float = 1.0
     clip_grad_norm: float = 0.0
     amp: str = "none"
+    compile: Any = "auto"
+    channels_last: Any = "auto"
+    decode: str = "cpu"
     grad_checkpointing: bool = False
     sync_bn: bool = True
     rand_mirror: bool = True
@@ -102,7 +116,7 @@ class TrainConfig:
     verbose: int = 0
     log_every: int = 10
     seed: int = 0
-    num_workers: int = 0
+    num_workers: Any = "auto"
     device: str = "auto"
     tensorboard: bool = False
     progress: bool = True
@@ -128,6 +142,29 @@ class TrainConfig:
         opts.update(self.synthetic)
         return opts
 
+    def compile_mode(self, device: str = "cpu", compiler_available: bool = True) -> Optional[str]:
+        """The ``torch.compile`` mode for a run on ``device`` (None: eager)."""
+        value = self.compile
+        if value is None or value is False or (isinstance(value, str) and value.lower() in ("none", "false", "off", "no")):
+            return None
+        if value is True or (isinstance(value, str) and value.lower() in ("true", "on", "yes")):
+            return "default"
+        if value == "auto":
+            return "default" if device == "cuda" and compiler_available else None
+        from fresnet.train.step import COMPILE_MODES
+
+        if value not in COMPILE_MODES:
+            raise FresnetError(f"unknown compile {value!r}; choose auto, none, or one of {', '.join(COMPILE_MODES)}")
+        return value
+
+    def uses_channels_last(self, device: str) -> bool:
+        value = self.channels_last
+        if value == "auto":
+            return device == "cuda"
+        if isinstance(value, bool):
+            return value
+        raise FresnetError(f"channels_last must be auto, true or false, got {value!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -138,7 +175,7 @@ class TrainConfig:
         for key in ("max_steps", "batch_size"):
             if int(getattr(self, key)) < 1:
                 raise FresnetError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
-        for key in ("checkpoint_every", "verbose", "log_every", "warmup_steps", "num_workers"):
+        for key in ("checkpoint_every", "verbose", "log_every", "warmup_steps"):
             if key == "warmup_steps" and float(self.warmup_steps) < 0:
                 raise FresnetError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
             if key == "warmup_steps":
@@ -149,6 +186,13 @@ class TrainConfig:
             raise FresnetError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.amp not in AMP_MODES:
             raise FresnetError(f"unknown amp {self.amp!r}; choose one of {', '.join(AMP_MODES)}")
+        self.compile_mode()
+        self.uses_channels_last("cpu")
+        if self.num_workers != "auto" and (isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int)
+                                          or self.num_workers < 0):
+            raise FresnetError(f"num_workers must be auto or an integer >= 0, got {self.num_workers!r}")
+        if self.decode not in DECODERS:
+            raise FresnetError(f"unknown decode {self.decode!r}; choose one of {', '.join(DECODERS)}")
         if not 0.0 < float(self.sample_rate) <= 1.0:
             raise FresnetError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
         if isinstance(self.lr_steps, str):  # the original's "100000,160000,220000"

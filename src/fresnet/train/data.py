@@ -7,6 +7,7 @@ see the same global batches, and a resumed run continues from the step count alo
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -59,7 +60,10 @@ class GlobalBatchSampler:
 
 
 class TrainView(Dataset):
-    """``view[(index, flip)] -> (float32 (3, H, W) in 0..255, label)``: resized, mirrored if asked."""
+    """``view[(index, flip)] -> ((3, H, W) in 0..255, label)``: resized, mirrored if asked.
+
+    Images keep the dataset's dtype (uint8 for decoded files): a uint8 batch is a quarter of the
+    bytes to pin and copy to the GPU, and the step turns it into float32 on the device."""
 
     def __init__(self, dataset: Dataset, input_size: tuple[int, int]):
         from fresnet.data.transforms import Resize
@@ -76,7 +80,102 @@ class TrainView(Dataset):
         image = self.resize(image)
         if flip:
             image = image.flip(-1)
-        return image.float(), int(label)
+        if image.dtype != torch.uint8:
+            image = image.float()
+        return image, int(label)
+
+
+class EncodedView(Dataset):
+    """``view[(index, flip)] -> (encoded JPEG bytes as a uint8 tensor, label, flip)`` for decoding on
+    the GPU (``decode=gpu``): the workers only read records, the device decodes the batch."""
+
+    def __init__(self, dataset: Any):
+        if not hasattr(dataset, "read_raw"):
+            raise FresnetError("decode=gpu reads encoded records: it needs a RecordIO dataset; use decode=cpu for "
+                               "image folders and the synthetic set")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, bool]):
+        index, flip = item
+        data, label = self.dataset.read_raw(index)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), int(label), bool(flip)
+
+
+def collate_encoded(samples: list) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    return ([s[0] for s in samples], torch.tensor([s[1] for s in samples], dtype=torch.long),
+            torch.tensor([s[2] for s in samples], dtype=torch.bool))
+
+
+class DeviceDecodedLoader:
+    """Iterates ``(uint8 (B, 3, H, W) on the device, labels)`` from an encoded-batch loader: the
+    JPEGs are decoded by ``decode(list of encoded tensors) -> list of (3, h, w) uint8`` (default:
+    ``torchvision.io.decode_jpeg`` on the device), resized to ``input_size`` if needed, mirrored."""
+
+    def __init__(self, loader: Any, input_size: tuple[int, int], device: torch.device, decode: Any = None):
+        self.loader, self.input_size, self.device = loader, tuple(input_size), device
+        self.decode = decode or _torchvision_decoder(device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        import torch.nn.functional as F
+
+        for encoded, labels, flips in self.loader:
+            images = self.decode(encoded)
+            if any(tuple(im.shape[-2:]) != self.input_size for im in images):
+                images = [im if tuple(im.shape[-2:]) == self.input_size else
+                          F.interpolate(im[None].float(), size=self.input_size, mode="bilinear", antialias=True,
+                                        align_corners=False)[0].round_().clamp_(0, 255).to(torch.uint8) for im in images]
+            batch = torch.stack(images)
+            flips = flips.to(batch.device, non_blocking=True)
+            batch = torch.where(flips[:, None, None, None], batch.flip(-1), batch)
+            yield batch, labels
+
+
+def _torchvision_decoder(device: torch.device):
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        raise FresnetError("decode=gpu needs torchvision (torchvision.io.decode_jpeg); install it or use decode=cpu") from None
+
+    def decode(encoded: list[torch.Tensor]) -> list[torch.Tensor]:
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+
+    return decode
+
+
+def default_workers(dataset: Any, device: torch.device) -> int:
+    """``num_workers=auto``: none for in-memory data or on CPU (the step needs the cores), else
+    one process per spare core up to 8 on CUDA."""
+    if isinstance(dataset, InMemoryImages) or device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def build_loader(dataset: Any, sampler: "GlobalBatchSampler", cfg: TrainConfig, input_size: tuple[int, int],
+                 device: torch.device):
+    """The training batches, ``(images, labels)``: decoded by ``num_workers`` processes (pinned on
+    CUDA), or for ``decode=gpu`` read as JPEG bytes and decoded on the device."""
+    from torch.utils.data import DataLoader
+
+    workers = default_workers(dataset, device) if cfg.num_workers == "auto" else int(cfg.num_workers)
+    options = dict(batch_sampler=sampler, num_workers=workers,
+                   # a private generator: creating the loader must not draw from the global RNG (exact resume)
+                   generator=torch.Generator().manual_seed(cfg.seed),
+                   pin_memory=device.type == "cuda", persistent_workers=False)
+    if workers > 0:
+        options["prefetch_factor"] = 4
+    if cfg.decode == "gpu":
+        if device.type != "cuda":
+            raise FresnetError("decode=gpu needs a CUDA device; use decode=cpu")
+        options["pin_memory"] = False
+        loader = DataLoader(EncodedView(dataset), collate_fn=collate_encoded, **options)
+        return DeviceDecodedLoader(loader, input_size, device)
+    return DataLoader(TrainView(dataset, input_size), **options)
 
 
 class InMemoryImages(Dataset):

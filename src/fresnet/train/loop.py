@@ -28,7 +28,8 @@ from fresnet.train.checkpoint import (
     save_checkpoint,
 )
 from fresnet.train.config import TrainConfig
-from fresnet.train.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
+from fresnet.train.optim import build_optimizer, lr_at
+from fresnet.train.step import StepSettings, TrainStep
 
 MODEL_NAME = "model.safetensors"
 LOG_NAME = "log.csv"
@@ -68,6 +69,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.last_loss = float("nan")
+        self._last_lr = 0.0
         self.metrics: dict[str, float] = {}
 
     # ---- set-up -----------------------------------------------------------------------------
@@ -97,10 +99,15 @@ class Trainer:
         if cfg.sync_bn and info.distributed:
             convert_sync_batchnorm(self.model)
         self.model.to(self.device)
+        device_type = self.device.type
+        compile_mode = cfg.compile_mode(device_type, _compiler_available(self.device))
+        self.settings = StepSettings(cfg.amp, cfg.uses_channels_last(device_type), compile_mode, float(cfg.clip_grad_norm))
+        if self.settings.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.fc = PartialFC(self.net_config.emb_size, self.num_classes, self.spec, cfg.sample_rate,
                             no_bias=cfg.fc7_no_bias, rank=info.rank, world_size=info.world_size,
                             seed=cfg.seed + 1).to(self.device)
-        self.optimizer = build_optimizer(cfg, self.model, self.fc)
+        self.optimizer = build_optimizer(cfg, self.model, self.fc, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16") if self.device.type == "cuda" else None
         # dropout differs per rank, like any data-parallel run; reseeded after the shared init
         torch.manual_seed(cfg.seed * 1000 + info.rank + 1)
@@ -116,6 +123,8 @@ class Trainer:
                            broadcast_buffers=not cfg.sync_bn)
         else:
             self.ddp = self.model
+        self.stepper = TrainStep(self.model, self.ddp, self.fc, self.optimizer, self.scaler, self.settings, self.device,
+                                 distributed=info.distributed, warn=self._warn)
         self.val_sets = verification_sets(cfg, self.net_config.input_size) if info.is_main else {}
         val_names = [str(Path(t).stem) if str(t) != "synthetic" else "synthetic" for t in cfg.val_targets]
         self.csv = CsvLog(self.out / LOG_NAME, val_names, resume_step) if info.is_main else None
@@ -123,10 +132,11 @@ class Trainer:
         self.progress = Progress(cfg.max_steps, self.step, cfg.progress and info.is_main)
 
     def _enable_grad_checkpointing(self) -> None:
-        try:
-            self.model.set_grad_checkpointing(True)
-        except ImportError:  # fresnet.memory not installed yet: recompute every unit
-            self.model.set_grad_checkpointing([name for name, _ in self.model.iter_units()])
+        self.model.set_grad_checkpointing(True)
+
+    def _warn(self, message: str) -> None:
+        if self.info.is_main:
+            print(f"warning: {message}", flush=True)
 
     def named_params(self) -> dict[str, nn.Parameter]:
         named = {f"backbone.{k}": p for k, p in self.model.named_parameters()}
@@ -217,45 +227,39 @@ class Trainer:
         return path
 
     # ---- one step ---------------------------------------------------------------------------
-    def _autocast(self):
-        if self.cfg.amp == "none":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        cfg = self.cfg
-        lr = lr_at(cfg, self.step)
-        set_lr(self.optimizer, lr)
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        with self._autocast():
-            embeddings = self.ddp(images)
-        with torch.autocast(self.device.type, enabled=False):
-            loss = self.fc(embeddings.float(), labels)
-        value = float(loss.detach())  # identical on every rank, so every rank stops together
-        if not math.isfinite(value):
-            kept = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"loss is {value} at step {self.step + 1} (lr {lr:.3g}); training stopped and {kept}. "
-                "Lower lr, add warmup_steps, set clip_grad_norm (e.g. 5), or use amp=none"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None and self.scaler.is_enabled():
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        if cfg.clip_grad_norm > 0:
-            clip_grad_norm(self.model.parameters(), self.fc.parameters(), cfg.clip_grad_norm)
-        if self.scaler is not None and self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        """One step, then wait for its loss (tests and callers that want the value at once); the
+        loop itself reads losses only when it logs (:meth:`_check_losses`)."""
+        loss = self._launch_step(images, labels)
+        return self._check_losses([(self.step, self._last_lr, loss)])
+
+    def _launch_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self._last_lr = lr_at(self.cfg, self.step)
+        loss = self.stepper(images, labels, self._last_lr)
         self.step += 1
-        self.last_loss = value
-        return value
+        return loss
+
+    def sync_interval(self) -> int:
+        """Steps between reads of the loss. On CPU a read costs nothing; on CUDA it drains the
+        queue, so losses are read (and checked for NaN) every few steps, and always before a log
+        row, a verification or a checkpoint: a checkpoint never holds weights after a NaN loss."""
+        if self.device.type == "cpu":
+            return 1
+        return max(1, min(int(self.cfg.log_every) or 10, 25))
+
+    def _check_losses(self, pending: list[tuple[int, float, torch.Tensor]]) -> float:
+        """Read the losses of ``pending`` (step, lr, loss) steps in one transfer; stop at the first
+        that is not finite. Returns the last one."""
+        values = torch.stack([loss.float() for _, _, loss in pending]).tolist()
+        for (step, lr, _), value in zip(pending, values):
+            if not math.isfinite(value):
+                kept = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written yet"
+                raise TrainingDiverged(
+                    f"loss is {value} at step {step} (lr {lr:.3g}); training stopped and {kept}. "
+                    "Lower lr, add warmup_steps, set clip_grad_norm (e.g. 5), or use amp=none"
+                )
+        self.last_loss = values[-1]
+        return values[-1]
 
     # ---- verification -----------------------------------------------------------------------
     @torch.no_grad()
@@ -278,50 +282,58 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        from torch.utils.data import DataLoader
-
-        from fresnet.train.data import GlobalBatchSampler, TrainView
+        from fresnet.train.data import GlobalBatchSampler, build_loader
 
         cfg, info = self.cfg, self.info
         sampler = GlobalBatchSampler(len(self.dataset), cfg.batch_size, info.rank, info.world_size, cfg.seed,
                                      self.step, cfg.max_steps, mirror=cfg.rand_mirror)
-        # a private generator: creating the loader must not draw from the global RNG (exact resume)
-        loader = DataLoader(TrainView(self.dataset, self.net_config.input_size), batch_sampler=sampler,
-                            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
-                            persistent_workers=False)
+        loader = build_loader(self.dataset, sampler, cfg, self.net_config.input_size, self.device)
         global_batch = cfg.batch_size * info.world_size
+        sync_every = self.sync_interval()
         self.model.train()
-        window_start, window_steps = time.perf_counter(), 0
-        speed = 0.0
+        pending: list[tuple[int, float, torch.Tensor]] = []
+        window_start, window_steps, speed = time.perf_counter(), 0, 0.0
+        last_mark = window_start
         try:
             for images, labels in loader:
-                t0 = time.perf_counter()
-                loss = self.train_step(images, labels)
-                self.elapsed += time.perf_counter() - t0
+                loss = self._launch_step(images, labels)
+                pending.append((self.step, self._last_lr, loss))
                 window_steps += 1
+                last = self.step == cfg.max_steps
+                verify_now = bool(cfg.val_targets) and ((cfg.verbose and self.step % cfg.verbose == 0) or last)
+                log_now = self.step % max(1, cfg.log_every) == 0 or last or verify_now
+                save_now = bool(cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last
+                if not (log_now or save_now or len(pending) >= sync_every):
+                    continue
+                value = self._check_losses(pending)
+                pending = []
                 now = time.perf_counter()
-                if now - window_start > 0:
+                self.elapsed += now - last_mark
+                if now > window_start:
                     speed = global_batch * window_steps / (now - window_start)
                 if window_steps >= 20:
                     window_start, window_steps = now, 0
-                self.progress.update(self.step, speed, loss, lr_at(cfg, self.step - 1))
+                lr = lr_at(cfg, self.step - 1)
+                self.progress.update(self.step, speed, value, lr)
                 self._emit("step")
-                last = self.step == cfg.max_steps
                 val = {}
-                if cfg.val_targets and ((cfg.verbose and self.step % cfg.verbose == 0) or last):
+                if verify_now:
                     val = self.verify()
                     if info.is_main:
                         self.progress.print("step %d: " % self.step + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
-                if self.csv is not None and (self.step % max(1, cfg.log_every) == 0 or last or val):
+                if self.csv is not None and log_now:
                     row = {"step": self.step, "epoch": sampler.epoch_of(self.step - 1), "samples": self.step * global_batch,
-                           "loss": loss, "lr": lr_at(cfg, self.step - 1), "samples_per_s": round(speed, 2),
+                           "loss": value, "lr": lr, "samples_per_s": round(speed, 2),
                            "elapsed_s": round(self.elapsed, 3)}
                     row.update({f"val_{k}": v for k, v in val.items()})
                     self.csv.add(row)
                     self.csv.flush()
                     self.tb.add(row)
-                if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
+                if save_now:
                     self.save()
+                if val or save_now:  # verification and checkpoints are not training time
+                    window_start, window_steps = time.perf_counter(), 0
+                last_mark = time.perf_counter()
         finally:
             self.progress.close()
             self.tb.close()
@@ -371,6 +383,18 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def _compiler_available(device: torch.device) -> bool:
+    """Whether ``torch.compile`` can generate code on ``device`` (Triton on CUDA)."""
+    if device.type != "cuda":
+        return True
+    try:
+        from torch.utils._triton import has_triton
+
+        return bool(has_triton())
+    except ImportError:
+        return False
 
 
 def train(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:

@@ -120,11 +120,12 @@ def margin_logits(
         raise FresnetError(f"margin_logits wants cos (N, C) and labels (N,), got {tuple(cos.shape)} and {tuple(labels.shape)}")
     if not (m1 != 1.0 or m2 != 0.0 or m3 != 0.0):
         return cos * s
-    rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
-    cols = labels[rows]
-    target = target_logit(cos[rows, cols], m1, m2, m3)
-    out = cos.index_put((rows, cols), target)
-    return out * s
+    # gather/where/scatter on every row keeps the shapes static: no host sync (a `nonzero` would
+    # make the GPU wait for the CPU every step), and the step stays one graph for torch.compile
+    cols = labels.clamp_min(0)[:, None]
+    picked = cos.gather(1, cols)
+    target = torch.where((labels >= 0)[:, None], target_logit(picked, m1, m2, m3), picked)
+    return cos.scatter(1, cols, target) * s
 
 
 class MarginSoftmaxLoss(nn.Module):

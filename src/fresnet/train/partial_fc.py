@@ -97,15 +97,26 @@ class PartialFC(nn.Module):
         if self.sample_rate >= 1.0:
             return None, local_labels
         num_sample = max(1, math.ceil(self.sample_rate * self.num_local))
-        positive = torch.unique(local_labels[local_labels >= 0])
-        if len(positive) >= num_sample:
-            index = positive
-        else:
-            score = torch.rand(self.num_local, device=local_labels.device)
-            score[positive] = 2.0
+        device = local_labels.device
+        if num_sample >= local_labels.numel():
+            # the global batch cannot hold more positives than num_sample: the kept set always has
+            # exactly num_sample classes, so shapes are static and nothing waits for the host
+            # positives score 2 (above any rand): a max-scatter, exact with repeated labels and the
+            # -1 rows (clamped onto class 0, contributing 0)
+            positive = torch.where(local_labels >= 0, 2.0, 0.0)
+            score = torch.rand(self.num_local, device=device).scatter_reduce(
+                0, local_labels.clamp_min(0), positive, reduce="amax")
             index = torch.topk(score, k=num_sample).indices.sort().values
+        else:
+            positive = torch.unique(local_labels[local_labels >= 0])
+            if len(positive) >= num_sample:
+                index = positive
+            else:
+                score = torch.rand(self.num_local, device=device)
+                score[positive] = 2.0
+                index = torch.topk(score, k=num_sample).indices.sort().values
         remap = torch.full((self.num_local,), -1, dtype=torch.long, device=local_labels.device)
-        remap[index] = torch.arange(len(index), device=local_labels.device)
+        remap[index] = torch.arange(index.numel(), device=local_labels.device)
         labels = torch.where(local_labels >= 0, remap[local_labels.clamp_min(0)], local_labels)
         return index, labels
 
