@@ -245,7 +245,8 @@ def test_compiled_cpu_paths(monkeypatch):
     assert fp32.choice.compile and bf16.choice.compile
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def cuda(test):
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
 
 
 @cuda

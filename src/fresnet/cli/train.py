@@ -48,5 +48,6 @@ def run_train(args: argparse.Namespace) -> int:
     if D.world()[0] == 0:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}" + (f", {metrics}" if metrics else ""))
+        print(f"throughput: {result.samples_per_s:.1f} samples/s after warm-up ({result.settings})")
         print(f"model: {result.model_path}\ncheckpoint: {result.checkpoint_path}\nlog: {result.log_path}")
     return 0

@@ -22,6 +22,7 @@ from fresnet.train.losses import LOSS_PRESETS, margin_spec
 LR_SCHEDULES = ("step", "poly")
 AMP_MODES = ("none", "bf16", "fp16")
 DECODERS = ("cpu", "gpu")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # original train.py / config.py spellings -> ours
 KEY_ALIASES = {
@@ -151,8 +152,6 @@ class TrainConfig:
             return "default"
         if value == "auto":
             return "default" if device == "cuda" and compiler_available else None
-        from fresnet.train.step import COMPILE_MODES
-
         if value not in COMPILE_MODES:
             raise FresnetError(f"unknown compile {value!r}; choose auto, none, or one of {', '.join(COMPILE_MODES)}")
         return value

@@ -52,6 +52,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    samples_per_s: float = 0.0  # steady training throughput, after the warm-up (compile) steps
+    settings: str = ""
 
 
 # a callback gets (event, trainer): events "step" (after each optimiser step) and "checkpoint"
@@ -291,9 +293,16 @@ class Trainer:
         global_batch = cfg.batch_size * info.world_size
         sync_every = self.sync_interval()
         self.model.train()
+        if info.is_main:
+            workers = getattr(loader, "num_workers", getattr(getattr(loader, "loader", None), "num_workers", 0))
+            decode = "JPEG decode on the GPU" if cfg.decode == "gpu" else f"{workers} data workers"
+            print(f"training on {self.device}: {self.settings.describe()}; {decode}; global batch {global_batch}",
+                  flush=True)
         pending: list[tuple[int, float, torch.Tensor]] = []
         window_start, window_steps, speed = time.perf_counter(), 0, 0.0
         last_mark = window_start
+        steady_steps, steady_time, warm = 0, 0.0, False  # throughput after the first loss read
+        steps_at_mark = self.step
         try:
             for images, labels in loader:
                 loss = self._launch_step(images, labels)
@@ -309,6 +318,9 @@ class Trainer:
                 pending = []
                 now = time.perf_counter()
                 self.elapsed += now - last_mark
+                if warm:
+                    steady_steps, steady_time = steady_steps + self.step - steps_at_mark, steady_time + now - last_mark
+                warm = True
                 if now > window_start:
                     speed = global_batch * window_steps / (now - window_start)
                 if window_steps >= 20:
@@ -333,13 +345,14 @@ class Trainer:
                     self.save()
                 if val or save_now:  # verification and checkpoints are not training time
                     window_start, window_steps = time.perf_counter(), 0
-                last_mark = time.perf_counter()
+                last_mark, steps_at_mark = time.perf_counter(), self.step
         finally:
             self.progress.close()
             self.tb.close()
+        steady = global_batch * steady_steps / steady_time if steady_time > 0 else speed
         return TrainResult(self.out, self.out / MODEL_NAME, self.ckpt_path, self.out / LOG_NAME, self.step,
                            self.last_loss, dict(self.metrics), self.elapsed,
-                           list(self.csv.rows) if self.csv is not None else [])
+                           list(self.csv.rows) if self.csv is not None else [], steady, self.settings.describe())
 
 
 def embed_images(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from fresnet.errors import FresnetError
+from fresnet.train.config import COMPILE_MODES
 from fresnet.train.optim import clip_grad_norm, set_lr
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
