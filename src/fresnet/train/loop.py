@@ -102,6 +102,8 @@ class Trainer:
             convert_sync_batchnorm(self.model)
         self.model.to(self.device)
         device_type = self.device.type
+        if device_type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes every step: pick the fastest kernels once
         compile_mode = cfg.compile_mode(device_type, _compiler_available(self.device))
         self.settings = StepSettings(cfg.amp, cfg.uses_channels_last(device_type), compile_mode, float(cfg.clip_grad_norm))
         if self.settings.channels_last:
