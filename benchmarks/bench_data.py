@@ -2,6 +2,12 @@
 DataLoader workers, with Pillow and (when installed) OpenCV; plus synthetic rendering speed.
 
     python benchmarks/bench_data.py [--rec PATH] [--images 2000] [--workers 1 2] [--size 112]
+    python benchmarks/bench_data.py --rec PATH --device cuda --training-loader   # what `fresnet train` feeds a GPU
+
+``--training-loader`` measures fresnet's own training loader (``fresnet.train.data.build_loader``):
+batches of ``--batch-size`` delivered *on the device*, decoded by DataLoader workers with pinned
+memory (``decode=cpu``, each ``--workers`` count) and, on CUDA, decoded on the GPU by
+``torchvision.io.decode_jpeg`` (``decode=gpu``): which one keeps up with the training step.
 
 Without --rec it renders a synthetic RecordIO set into a temp folder first. Numbers depend on the
 machine's load: the load average is printed with them.
@@ -73,7 +79,12 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=112, help="synthetic image size (default: 112)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers (default: 1 2)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--training-loader", action="store_true", help="time fresnet's training loader (see above)")
+    parser.add_argument("--device", default="cpu", help="device the training loader delivers to (default: cpu)")
+    parser.add_argument("--steps", type=int, default=40, help="batches per training-loader measurement (default: 40)")
     args = parser.parse_args(argv)
+    if args.training_loader:
+        return training_loader(args)
     torch.set_num_threads(1)  # one thread per worker, as a training job would run them
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -113,6 +124,41 @@ def main(argv=None) -> int:
         print(f"\n{'stage':<18} {'decoder':<8} {'workers':>7} {'records/s':>10}")
         for stage, decoder, workers, rate in rows:
             print(f"{stage:<18} {decoder:<8} {workers:>7} {rate:>10.0f}")
+    return 0
+
+
+def training_loader(args) -> int:
+    """samples/s of ``fresnet.train.data.build_loader`` delivering ``--steps`` batches to the device."""
+    from fresnet.train.config import load_config
+    from fresnet.train.data import GlobalBatchSampler, build_loader
+
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.rec) if args.rec else Path(tmp) / "syn"
+        if not args.rec:
+            write_synthetic_dataset(path, max(1, args.images // 20), 20, holdout_identities=2, pairs=2, size=args.size)
+        dataset = RecordIODataset(path)
+        size = tuple(dataset.image_size or (args.size, args.size))
+        print(f"training loader: {len(dataset)} records, batch {args.batch_size}, {args.steps} batches to {device}, "
+              f"{os.cpu_count()} cores")
+        modes = [("cpu", w) for w in args.workers] + ([("gpu", min(args.workers))] if device.type == "cuda" else [])
+        for decode, workers in modes:
+            cfg = load_config({"dataset": str(path), "batch_size": args.batch_size, "num_workers": workers, "decode": decode})
+            sampler = GlobalBatchSampler(len(dataset), args.batch_size, 0, 1, 0, 0, args.steps + 1)
+            try:
+                loader = build_loader(dataset, sampler, cfg, size, device)
+                iterator = iter(loader)
+                next(iterator)  # worker start-up and first decode, not counted
+                start, count = time.perf_counter(), 0
+                for images, labels in iterator:
+                    images = images.to(device, non_blocking=True)
+                    count += len(labels)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                rate = count / (time.perf_counter() - start)
+                print(f"  decode={decode:<3} workers={workers:<2} {rate:10.0f} samples/s")
+            except Exception as exc:  # noqa: BLE001 - report and go on to the next mode
+                print(f"  decode={decode:<3} workers={workers:<2} failed: {type(exc).__name__}: {exc}")
     return 0
 
 
