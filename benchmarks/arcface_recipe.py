@@ -41,14 +41,7 @@ class AutocastIResNet(IResNet):
 
     def forward(self, x):
         with torch.autocast(x.device.type, dtype=torch.float16, enabled=self.fp16 and x.is_cuda):
-            x = self.conv1(x)
-            x = self.bn1(x)
-            x = self.prelu(x)
-            for i in range(self.num_stages):
-                x = getattr(self, f"layer{i + 1}")(x)
-            x = self.bn2(x)
-            x = torch.flatten(x, 1)
-            x = self.dropout(x)
+            x = self.trunk(x)
         x = self.fc(x.float() if self.fp16 else x)
         return self.features(x)
 

@@ -80,7 +80,8 @@ class IResNet(nn.Module):
             layers.append(IBasicBlock(self.inplanes, planes))
         return nn.Sequential(*layers)
 
-    def forward(self, x):
+    def trunk(self, x):
+        """Everything before ``fc`` (arcface_torch runs this part under its fp16 autocast)."""
         x = self.conv1(x)
         x = self.bn1(x)
         x = self.prelu(x)
@@ -88,8 +89,10 @@ class IResNet(nn.Module):
             x = getattr(self, f"layer{i + 1}")(x)
         x = self.bn2(x)
         x = torch.flatten(x, 1)
-        x = self.dropout(x)
-        x = self.fc(x)
+        return self.dropout(x)
+
+    def forward(self, x):
+        x = self.fc(self.trunk(x))
         x = self.features(x)
         return x
 
