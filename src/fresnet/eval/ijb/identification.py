@@ -1,0 +1,182 @@
+"""IJB 1:N identification: InsightFace's numbers (``ijb_1n.py``) and the standard open-set metric.
+
+Both compare every probe template with the gallery templates (cosine of L2-normalised templates);
+they differ in what counts as a false alarm.
+
+**InsightFace's** (``top_k``, ``tpir_at_fpir_insightface``): G1 and G2 (IJB-B: S1, S2) are merged
+into one gallery, and every probe's subject must have exactly one template in it (its *mate*).
+``top_k[k]`` is the share of probes whose mate is among the k best-scoring gallery templates (ranked
+by ``np.argsort(-similarity)``, so ties fall as numpy's sort leaves them). For a "FAR" f, take all
+non-mated probe-gallery scores (probes x (gallery - 1) of them), let the threshold be the
+``ceil(f * probes)``-th highest, and report the share of probes whose mated score exceeds it. That
+"FAR" is false alarms per probe, counted over every non-mated score (one probe can raise many),
+and it does not ask the mate to rank first: it is a verification rate, not an identification rate.
+
+**Standard open-set** (``tpir_at_fpir``, per gallery, ISO/IEC 19795-1 / NIST FRVT style): for
+gallery G, a probe is *mated* if its subject is enrolled in G, else *non-mated* (IJB-C: each probe
+is mated in one gallery and non-mated in the other). With n non-mated probes, each contributing
+only its top-1 score, the threshold t for FPIR f is the (floor(f*n) + 1)-th highest of those scores,
+so at most floor(f*n) non-mated probes score above it (for f < 1/n: the highest one, FPIR 0). TPIR
+is the share of mated probes whose best mated template ranks first, strictly above every non-mated
+template of G (a tie at the top does not count), with a score strictly above t.
+
+Scores are computed in blocks of probes (float64), so memory stays bounded at any size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from fresnet.errors import FresnetError
+from fresnet.eval.ijb.layout import TemplateList
+
+FPIR_LABELS = (0.01, 0.1)
+TOP_K = (1, 5, 10)
+BLOCK_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """The distinct templates of a 1:N list (sorted, as ``np.unique``) and each one's subject (its
+    first row's, as ``np.unique(..., return_index=True)`` picks)."""
+
+    templates: np.ndarray
+    subjects: np.ndarray
+
+    @classmethod
+    def of(cls, lists: Sequence[TemplateList]) -> "Enrolment":
+        templates = np.concatenate([t.templates for t in lists])
+        subjects = np.concatenate([t.subjects for t in lists])
+        unique, first = np.unique(templates, return_index=True)
+        return cls(unique, subjects[first])
+
+
+@dataclass(frozen=True)
+class IdentificationNumbers:
+    top_k: dict[int, float]
+    tpir_at_fpir_insightface: dict[float, Optional[tuple[float, float]]]
+    tpir_at_fpir: dict[str, dict[float, Optional[tuple[float, float]]]]
+    num_probes: int
+    num_gallery: int
+    mated_per_gallery: dict[str, int]
+
+
+def insightface_mates(probes: Enrolment, gallery: Enrolment, probe_list: TemplateList) -> np.ndarray:
+    """Each probe's gallery position (``gen_mask``): its subject must have exactly one template."""
+    order = np.argsort(gallery.subjects, kind="stable")
+    sorted_subjects = gallery.subjects[order]
+    left = np.searchsorted(sorted_subjects, probes.subjects, side="left")
+    right = np.searchsorted(sorted_subjects, probes.subjects, side="right")
+    bad = np.flatnonzero(right - left != 1)
+    if bad.size:
+        i = int(bad[0])
+        count = int(right[i] - left[i])
+        raise FresnetError(
+            f"{probe_list.path}: line {probe_list.line_of(int(probes.templates[i]))}: probe template "
+            f"{probes.templates[i]} is subject {probes.subjects[i]}, which has {count} templates in the merged "
+            "gallery; InsightFace's 1:N protocol needs exactly one per probe subject"
+        )
+    return order[left]
+
+
+def open_set_tpir(
+    mated_best: np.ndarray, nonmated_best: np.ndarray, fpirs: Sequence[float] = FPIR_LABELS
+) -> dict[float, Optional[tuple[float, float]]]:
+    """The standard metric from per-probe scores for one gallery.
+
+    ``mated_best[i]``: probe i's best score over its mated templates in the gallery (-inf when its
+    subject is not enrolled, i.e. a non-mated probe); ``nonmated_best[i]``: its best score over the
+    gallery's other templates (-inf if none). Returns ``{fpir: (tpir, threshold)}``, ``None`` where
+    it is undefined (no mated or no non-mated probes).
+    """
+    mated = mated_best > -np.inf
+    top1_nonmated = np.sort(nonmated_best[~mated])[::-1]  # non-mated probes' top-1 scores, highest first
+    n = len(top1_nonmated)
+    out: dict[float, Optional[tuple[float, float]]] = {}
+    for f in fpirs:
+        if n == 0 or not mated.any():
+            out[f] = None
+            continue
+        # floor(f * n) with f * n rounded first, so that 0.29 * 100 = 28.999999999999996 counts as 29
+        k = math.floor(round(f * n, 9)) + 1
+        threshold = float(top1_nonmated[min(k, n) - 1])
+        hits = mated & (mated_best > nonmated_best) & (mated_best > threshold)
+        out[f] = (float(hits.sum() / mated.sum()), threshold)
+    return out
+
+
+def identify(
+    templates: np.ndarray,
+    template_ids: np.ndarray,
+    galleries: dict[str, TemplateList],
+    probe_list: TemplateList,
+    block_bytes: int = BLOCK_BYTES,
+) -> IdentificationNumbers:
+    """Both 1:N metrics. ``templates``: L2-normalised rows for the sorted ``template_ids``."""
+    gallery = Enrolment.of(list(galleries.values()))
+    probes = Enrolment.of([probe_list])
+    for enrolment, lists in ((gallery, list(galleries.values())), (probes, [probe_list])):
+        pos = np.minimum(np.searchsorted(template_ids, enrolment.templates), len(template_ids) - 1)
+        missing = np.flatnonzero(template_ids[pos] != enrolment.templates)
+        if missing.size:
+            t = int(enrolment.templates[missing[0]])
+            source = next(lst for lst in lists if (lst.templates == t).any())
+            raise FresnetError(
+                f"{source.path}: line {source.line_of(t)}: template {t} has no faces in the face list "
+                "(meta/*_face_tid_mid.txt); every 1:N template needs at least one face"
+            )
+    gallery_rows = templates[np.searchsorted(template_ids, gallery.templates)]
+    probe_rows = templates[np.searchsorted(template_ids, probes.templates)]
+    mates = insightface_mates(probes, gallery, probe_list)
+    q, g = len(probes.templates), len(gallery.templates)
+    in_gallery = {name: np.isin(gallery.templates, lst.templates) for name, lst in galleries.items()}
+
+    keep = max(math.ceil(q * f) for f in FPIR_LABELS)  # InsightFace's max(required_topk)
+    top_nonmated = np.zeros(0)
+    mated_scores = np.empty(q)
+    rank = np.empty(q, dtype=np.int64)
+    mated_best = {name: np.empty(q) for name in galleries}
+    nonmated_best = {name: np.empty(q) for name in galleries}
+    right = np.ascontiguousarray(gallery_rows.T)
+    step = max(1, block_bytes // (8 * g))
+    for start in range(0, q, step):
+        stop = min(q, start + step)
+        local = np.arange(stop - start)
+        sim = probe_rows[start:stop] @ right
+        mate = mates[start:stop]
+        mated = sim[local, mate]
+        mated_scores[start:stop] = mated
+        # rank of the mate in np.argsort(-sim): the count of higher scores, unless another template
+        # ties with the mate, where only numpy's sort knows the order
+        rank[start:stop] = np.count_nonzero(sim > mated[:, None], axis=1)
+        for i in np.flatnonzero(np.count_nonzero(sim == mated[:, None], axis=1) > 1):
+            rank[start + i] = int(np.flatnonzero(np.argsort(-sim[i]) == mate[i])[0])
+        nonmated = sim.copy()
+        nonmated[local, mate] = -np.inf
+        flat = nonmated.reshape(-1)
+        if flat.size > keep:
+            flat = np.partition(flat, flat.size - keep)[flat.size - keep:]
+        top_nonmated = np.concatenate([top_nonmated, flat])
+        if top_nonmated.size > keep:
+            top_nonmated = np.partition(top_nonmated, top_nonmated.size - keep)[top_nonmated.size - keep:]
+        same = probes.subjects[start:stop, None] == gallery.subjects[None, :]
+        for name, columns in in_gallery.items():
+            mated_best[name][start:stop] = np.where(same & columns, sim, -np.inf).max(axis=1, initial=-np.inf)
+            nonmated_best[name][start:stop] = np.where(~same & columns, sim, -np.inf).max(axis=1, initial=-np.inf)
+
+    top_k = {k: float(np.count_nonzero(rank < k) / q) for k in TOP_K}
+    negatives = np.sort(top_nonmated[top_nonmated > -np.inf])[::-1]
+    insightface: dict[float, Optional[tuple[float, float]]] = {}
+    for f in FPIR_LABELS:
+        position = math.ceil(q * f)
+        if position > len(negatives):  # a one-template gallery has no non-mated scores
+            insightface[f] = None
+            continue
+        threshold = float(negatives[position - 1])
+        insightface[f] = (float(np.sum(mated_scores > threshold) / q), threshold)
+    standard = {name: open_set_tpir(mated_best[name], nonmated_best[name]) for name in galleries}
+    mated_count = {name: int(np.count_nonzero(mated_best[name] > -np.inf)) for name in galleries}
+    return IdentificationNumbers(top_k, insightface, standard, q, g, mated_count)
