@@ -114,8 +114,15 @@ def identify(
     galleries: dict[str, TemplateList],
     probe_list: TemplateList,
     block_bytes: int = BLOCK_BYTES,
-) -> IdentificationNumbers:
-    """Both 1:N metrics. ``templates``: L2-normalised rows for the sorted ``template_ids``."""
+    pairs: Optional[tuple[np.ndarray, np.ndarray]] = None,
+) -> tuple[IdentificationNumbers, Optional[np.ndarray]]:
+    """Both 1:N metrics. ``templates``: L2-normalised rows for the sorted ``template_ids``.
+
+    ``pairs`` (template indices of the 1:1 pairs): IJB's pairs join gallery templates to probe
+    templates, so their scores are entries of this pass's probe x gallery blocks; when every pair
+    is such an entry, its score is read from there (one matrix product instead of two) and
+    returned, else ``None``.
+    """
     gallery = Enrolment.of(list(galleries.values()))
     probes = Enrolment.of([probe_list])
     for enrolment, lists in ((gallery, list(galleries.values())), (probes, [probe_list])):
@@ -142,10 +149,23 @@ def identify(
     nonmated_best = {name: np.empty(q) for name in galleries}
     right = np.ascontiguousarray(gallery_rows.T)
     step = max(1, block_bytes // (8 * g))
-    for start in range(0, q, step):
+    grid = scores = None
+    if pairs is not None:
+        from fresnet.eval.ijb.verification import PairGrid
+
+        count = len(template_ids)
+        probe_row = np.full(count, -1, dtype=np.int32)
+        probe_row[np.searchsorted(template_ids, probes.templates)] = np.arange(q, dtype=np.int32)
+        gallery_col = np.full(count, -1, dtype=np.int32)
+        gallery_col[np.searchsorted(template_ids, gallery.templates)] = np.arange(g, dtype=np.int32)
+        grid = PairGrid.locate(pairs[0], pairs[1], probe_row, gallery_col, q, step)
+        scores = None if grid is None else np.empty(len(pairs[0]), dtype=np.float64)
+    for block, start in enumerate(range(0, q, step)):
         stop = min(q, start + step)
         local = np.arange(stop - start)
         sim = probe_rows[start:stop] @ right
+        if grid is not None:
+            grid.fill(scores, block, sim)
         mate = mates[start:stop]
         mated = sim[local, mate]
         mated_scores[start:stop] = mated
@@ -154,18 +174,18 @@ def identify(
         rank[start:stop] = np.count_nonzero(sim > mated[:, None], axis=1)
         for i in np.flatnonzero(np.count_nonzero(sim == mated[:, None], axis=1) > 1):
             rank[start + i] = int(np.flatnonzero(np.argsort(-sim[i]) == mate[i])[0])
-        nonmated = sim.copy()
-        nonmated[local, mate] = -np.inf
-        flat = nonmated.reshape(-1)
+        same = probes.subjects[start:stop, None] == gallery.subjects[None, :]
+        for name, columns in in_gallery.items():
+            mated_best[name][start:stop] = np.where(same & columns, sim, -np.inf).max(axis=1, initial=-np.inf)
+            nonmated_best[name][start:stop] = np.where(~same & columns, sim, -np.inf).max(axis=1, initial=-np.inf)
+        # InsightFace's non-mated scores: everything but the mate; keep the highest `keep` so far
+        sim[local, mate] = -np.inf
+        flat = sim.reshape(-1)
         if flat.size > keep:
             flat = np.partition(flat, flat.size - keep)[flat.size - keep:]
         top_nonmated = np.concatenate([top_nonmated, flat])
         if top_nonmated.size > keep:
             top_nonmated = np.partition(top_nonmated, top_nonmated.size - keep)[top_nonmated.size - keep:]
-        same = probes.subjects[start:stop, None] == gallery.subjects[None, :]
-        for name, columns in in_gallery.items():
-            mated_best[name][start:stop] = np.where(same & columns, sim, -np.inf).max(axis=1, initial=-np.inf)
-            nonmated_best[name][start:stop] = np.where(~same & columns, sim, -np.inf).max(axis=1, initial=-np.inf)
 
     top_k = {k: float(np.count_nonzero(rank < k) / q) for k in TOP_K}
     negatives = np.sort(top_nonmated[top_nonmated > -np.inf])[::-1]
@@ -179,4 +199,4 @@ def identify(
         insightface[f] = (float(np.sum(mated_scores > threshold) / q), threshold)
     standard = {name: open_set_tpir(mated_best[name], nonmated_best[name]) for name in galleries}
     mated_count = {name: int(np.count_nonzero(mated_best[name] > -np.inf)) for name in galleries}
-    return IdentificationNumbers(top_k, insightface, standard, q, g, mated_count)
+    return IdentificationNumbers(top_k, insightface, standard, q, g, mated_count), scores

@@ -50,13 +50,14 @@ class Mode:
         if self.flip:
             x = rows[:, :half] + rows[:, half:]
         elif mirrored:
-            x = rows[:, :half]
+            x = np.array(rows[:, :half])
         else:
-            x = rows
+            x = np.array(rows)
+        # in place, the same float32 operations as InsightFace's x = x / ... and x = x * ...
         if not self.norm_score:
-            x = x / np.sqrt(np.sum(x ** 2, -1, keepdims=True))
+            x /= np.sqrt(np.sum(x ** 2, -1, keepdims=True))
         if self.detector_score:
-            x = x * faceness[:, np.newaxis]
+            x *= faceness[:, np.newaxis]
         return x
 
 
@@ -134,11 +135,7 @@ def pool_templates(
 
     def face_rows(positions: np.ndarray) -> np.ndarray:
         index = groups.face_order[positions]
-        # sorted reads are kinder to a memory-mapped file; the per-row arithmetic does not care
-        order = np.argsort(index, kind="stable")
-        rows = np.empty((len(index), dim), dtype=np.float32)
-        rows[order] = mode.face_features(features[index[order]], faceness[index[order]], mirrored)
-        return rows
+        return mode.face_features(features[index], faceness[index], mirrored)
 
     first = 0
     while first < len(groups.templates):

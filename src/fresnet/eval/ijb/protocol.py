@@ -133,15 +133,16 @@ def evaluate(
             f"{pairs.path}: line {line_of_row(pairs.path, row)}: template {template} is not in {faces.path} "
             "(no face belongs to it); are the pair list and the face list from the same release?"
         )
-    scores = pair_scores(templates, first, second)
-    clock["pair_scores"] = time.perf_counter()
+    ident: Optional[IdentificationNumbers] = None
+    scores = None
+    if meta.galleries is not None and meta.probes is not None:
+        ident, scores = identify(templates, groups.templates, meta.galleries, meta.probes, pairs=(first, second))
+        clock["identification"] = time.perf_counter()
+    if scores is None:
+        scores = pair_scores(templates, first, second)
+        clock["pair_scores"] = time.perf_counter()
     numbers = verification_numbers(scores, pairs.labels, str(pairs.path))
     clock["roc"] = time.perf_counter()
-
-    ident: Optional[IdentificationNumbers] = None
-    if meta.galleries is not None and meta.probes is not None:
-        ident = identify(templates, groups.templates, meta.galleries, meta.probes)
-        clock["identification"] = time.perf_counter()
 
     counts = {
         "faces": len(faces),
