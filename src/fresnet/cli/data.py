@@ -43,13 +43,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "synth",
-        help="write the synthetic-identity dataset: RecordIO training set + held-out verification .bin",
+        help="write a synthetic dataset: RecordIO training set + held-out .bin, or an IJB-format release (--ijb)",
         description=(
             "Render synthetic faces: IDENTITIES x IMAGES training images (train.rec, train.idx, property) and "
-            "PAIRS verification pairs over HOLDOUT further identities that never appear in training."
+            "PAIRS verification pairs over HOLDOUT further identities that never appear in training. "
+            "With --ijb OUT --faces N: an IJB-C (or --target IJBB) release instead, meta files and loose-crop "
+            "pictures, for `fresnet eval MODEL --ijb OUT` (N = 469375 gives IJB-C's real counts)."
         ),
     )
-    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="output folder (the RecordIO set)")
+    ijb = p.add_argument_group("IJB-format release")
+    ijb.add_argument("--ijb", metavar="OUT", help="write a synthetic IJB release to OUT instead")
+    ijb.add_argument("--faces", type=int, default=2000, help="faces in the release (default 2000; 469375 = IJB-C)")
+    ijb.add_argument("--target", choices=("IJBC", "IJBB"), default="IJBC", type=str.upper, help="file layout (default IJBC)")
+    ijb.add_argument("--no-pictures", action="store_true", help="meta files only (for scoring saved features)")
+    ijb.add_argument("--workers", type=int, default=1, help="processes rendering pictures (default 1)")
     p.add_argument("--identities", type=int, default=200, help="training identities (default: 200)")
     p.add_argument("--images-per-identity", type=int, default=20, help="images per training identity (default: 20)")
     p.add_argument("--holdout", type=int, default=100, help="held-out identities for the .bin (default: 100)")
@@ -61,19 +69,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 @contextlib.contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[[Iterable], Iterable]]:
-    """A rich progress bar as a wrapper for iterables (rich keeps it quiet when not on a terminal)."""
+def _counter(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar, advanced by calling the yielded function with a count (rich keeps it
+    quiet when not on a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
     ) as progress:
         task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+@contextlib.contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[Iterable], Iterable]]:
+    """A rich progress bar as a wrapper for iterables."""
+    with _counter(description, total) as advance:
 
         def track(iterable: Iterable) -> Iterator:
             for item in iterable:
                 yield item
-                progress.advance(task)
+                advance()
 
         yield track
 
@@ -109,6 +125,10 @@ def run_make_bin(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    if args.ijb:
+        return _run_synth_ijb(args)
+    if not args.out_dir:
+        raise FresnetError("give OUT_DIR (a RecordIO training set) or --ijb OUT (an IJB-format release)")
     from fresnet.data.synthetic import write_synthetic_dataset
 
     for name in ("identities", "images_per_identity", "holdout", "pairs"):
@@ -130,5 +150,23 @@ def run_synth(args: argparse.Namespace) -> int:
     print(
         f"wrote {total} training images of {args.identities} identities to {paths['rec']} and "
         f"{args.pairs} pairs of {args.holdout} held-out identities to {paths['bin']}"
+    )
+    return 0
+
+
+def _run_synth_ijb(args: argparse.Namespace) -> int:
+    from fresnet.eval.ijb.synthetic import write_synthetic_ijb
+
+    if args.workers < 1:
+        raise FresnetError(f"--workers must be >= 1, got {args.workers}")
+    with _counter("rendering loose crops", 0 if args.no_pictures else args.faces) as advance:
+        ijb = write_synthetic_ijb(args.ijb, args.faces, target=args.target, seed=args.seed,
+                                  pictures=not args.no_pictures, workers=args.workers, overwrite=args.overwrite,
+                                  progress=advance)
+    s = ijb.sizes
+    print(
+        f"wrote a synthetic {ijb.target} release to {args.ijb}: {s.faces} faces in {s.templates} templates of "
+        f"{s.subjects} subjects ({s.probes} probe templates), {s.pairs} pairs ({s.genuine} genuine)"
+        + ("" if args.no_pictures else f", pictures in {args.ijb}/loose_crop")
     )
     return 0

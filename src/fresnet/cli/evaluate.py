@@ -19,8 +19,11 @@ MODEL_HELP = (
 )
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+def _add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    if optional:
+        p.add_argument("model", metavar="MODEL", nargs="?", help=MODEL_HELP + " (not needed with --ijb ... --features)")
+    else:
+        p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a preset's config key, e.g. --set units=[1,1,1,1] (presets only; repeatable)",
@@ -45,16 +48,33 @@ def _add_flip(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="InsightFace verification protocol on .bin packs (accuracy, AUC, EER, TAR@FAR, ROC plot)",
+        "eval", help="InsightFace's verification protocol on .bin packs, and IJB-B/IJB-C (TAR@FAR, 1:N)",
         description="Embed each verification pack (lfw.bin, cfp_fp.bin, ...) and run InsightFace's 10-fold "
-        "protocol. Writes results.json and roc.png into --out.",
+        "protocol (results.json, roc.png), and/or evaluate an IJB-B/IJB-C release from its pictures or from "
+        "saved features (ijb.json, ijb_roc.png): InsightFace's TAR@FAR and 1:N numbers exactly, plus the "
+        "standard open-set TPIR@FPIR. Everything goes into --out.",
     )
-    _add_model_args(p)
-    p.add_argument("--bin", dest="bins", action="append", required=True, metavar="PACK.bin",
+    _add_model_args(p, optional=True)
+    p.add_argument("--bin", dest="bins", action="append", default=[], metavar="PACK.bin",
                    help="a verification pack (repeatable)")
     _add_flip(p)
     p.add_argument("--nfolds", type=int, default=10, help="folds of the protocol (default 10)")
-    p.add_argument("--out", default="eval_report", help="folder for results.json and roc.png (default eval_report)")
+    p.add_argument("--out", default="eval_report", help="folder for the reports and plots (default eval_report)")
+    ijb = p.add_argument_group("IJB-B / IJB-C (docs/evaluation.md)")
+    ijb.add_argument("--ijb", metavar="ROOT", help="an IJB release: ROOT/meta/*.txt|csv and ROOT/loose_crop/")
+    ijb.add_argument("--target", choices=("IJBC", "IJBB"), default="IJBC", type=str.upper,
+                     help="which release ROOT holds (default IJBC)")
+    ijb.add_argument("--features", metavar="F.npy",
+                     help="evaluate saved per-face features instead of extracting them (MODEL not needed)")
+    ijb.add_argument("--features-out", metavar="F.npy",
+                     help="where extraction writes the features (default OUT/ijb_features.npy); an interrupted "
+                     "extraction resumes from there")
+    ijb.add_argument("--workers", type=int, default=None,
+                     help="picture-decoding processes (default: 1 on CPU, all cores but one with --device cuda)")
+    ijb.add_argument("--norm-score", action=argparse.BooleanOptionalAction, default=True,
+                     help="InsightFace's N1: keep each face's embedding norm (--no-norm-score: N0)")
+    ijb.add_argument("--detector-score", action=argparse.BooleanOptionalAction, default=True,
+                     help="InsightFace's D1: weight each face by its faceness score (--no-detector-score: D0)")
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser(
@@ -132,17 +152,34 @@ def result_table(title: str, result, seconds: float | None = None):
 
 def run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
+
+    if not args.bins and not args.ijb:
+        raise FresnetError("nothing to evaluate: give --bin PACK.bin (repeatable) and/or --ijb ROOT")
+    if args.features and not args.ijb:
+        raise FresnetError("--features goes with --ijb ROOT (the features of that release's faces)")
+    if args.model is None and (args.bins or not args.features):
+        raise FresnetError("MODEL is missing; it may be left out only for --ijb ROOT --features F.npy")
+    for path in args.bins:
+        if not Path(path).is_file():
+            raise FresnetError(f"{path}: no such verification pack")
+    console = Console()
+    embedder = _embedder(args) if args.model is not None and (args.bins or not args.features) else None
+    if args.bins:
+        _run_bins(args, embedder, console)
+    if args.ijb:
+        from fresnet.cli.ijb import run_ijb
+
+        run_ijb(args, embedder, console)
+    return 0
+
+
+def _run_bins(args: argparse.Namespace, embedder, console) -> None:
     from rich.markup import escape
 
     from fresnet.eval.embed import evaluate_bin
     from fresnet.eval.plots import plot_roc
     from fresnet.ioutil import atomic_write_text
 
-    console = Console()
-    for path in args.bins:
-        if not Path(path).is_file():
-            raise FresnetError(f"{path}: no such verification pack")
-    embedder = _embedder(args)
     console.print(f"model: {escape(embedder.name)} ({embedder.kind}), input {embedder.input_size[0]}x{embedder.input_size[1]}, "
                   f"flip-sum {'on' if args.flip else 'off'}")
     evaluations = []
@@ -175,7 +212,6 @@ def run_eval(args: argparse.Namespace) -> int:
     atomic_write_text(out / "results.json", json.dumps(report, indent=1) + "\n")
     plot_roc({ev.name: ev.result for ev in evaluations}, out / "roc.png", title=f"ROC: {os.path.basename(args.model)}")
     console.print(f"wrote {out / 'results.json'} and {out / 'roc.png'}")
-    return 0
 
 
 def _load_landmarks(args, names):

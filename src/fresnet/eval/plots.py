@@ -84,3 +84,25 @@ def plot_distance_histograms(
         ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_ijb_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float, float]], path: str | os.PathLike,
+                 title: str = "IJB 1:1 verification") -> None:
+    """ROC curves of IJB evaluations on a log-FAR axis (1e-6 .. 1), InsightFace's picture.
+
+    ``curves`` maps a label to ``(fpr, tpr, auc, tar_at_1e-4)``.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for label, (fpr, tpr, auc, tar) in curves.items():
+        positive = fpr > 0
+        # the points are the ROC's corners (scikit-learn drops collinear ones): straight lines between them
+        ax.plot(fpr[positive], tpr[positive],
+                label=f"{label} (TAR@FAR=1e-4 {100 * tar:.2f}%, AUC {100 * auc:.2f}%)")
+    ax.set_xscale("log")
+    ax.set(xlim=(1e-6, 1), ylim=(0, 1.01), xlabel="false accept rate (log)", ylabel="true accept rate", title=title)
+    ax.set_xticks([10.0 ** -k for k in range(6, -1, -1)])
+    ax.grid(True, which="major", linestyle="--", alpha=0.4)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+    plt.close(fig)

@@ -1,0 +1,152 @@
+"""``fresnet eval ... --ijb ROOT``: extract (or load) per-face features, evaluate, report.
+
+Prints the 1:1 TAR@FAR table and the 1:N tables, writes ``ijb.json`` and ``ijb_roc.png`` into
+``--out`` (and the features to ``--features-out``, default ``OUT/ijb_features.npy``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from fresnet.errors import FresnetError
+
+
+def _extraction_progress():
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]} faces/s"), TextColumn("ETA"), TimeRemainingColumn(),
+                    TimeElapsedColumn(), transient=True)
+
+
+def _extract(args: argparse.Namespace, embedder, meta, console) -> tuple[np.ndarray, dict[str, Any]]:
+    from fresnet.eval.ijb.extract import extract_features
+
+    out = Path(args.features_out) if args.features_out else Path(args.out) / "ijb_features.npy"
+    faces = len(meta.faces)
+    info: dict[str, Any] = {"features": str(out)}
+    with _extraction_progress() as progress:
+        task = progress.add_task("extracting features", total=faces, rate="-")
+        state = {"start": time.perf_counter(), "first": 0, "done": 0}
+
+        def on_start(done: int) -> None:
+            state.update(first=done, done=done)
+            progress.update(task, completed=done)
+            if done:
+                progress.console.print(f"resuming {out}: {done} of {faces} faces already there")
+
+        def advance(n: int) -> None:
+            state["done"] += n
+            elapsed = time.perf_counter() - state["start"]
+            rate = (state["done"] - state["first"]) / elapsed if elapsed > 0 else 0.0
+            progress.update(task, advance=n, rate=f"{rate:,.0f}")
+
+        features = extract_features(embedder, meta.paths, meta.faces, out, model=args.model, flip=args.flip,
+                                    batch_size=args.batch_size, workers=args.workers, progress=advance,
+                                    on_start=on_start)
+    seconds = time.perf_counter() - state["start"]
+    new = state["done"] - state["first"]
+    info.update(extracted_faces=new, extract_seconds=seconds, faces_per_second=new / seconds if seconds > 0 and new else None)
+    if new:
+        console.print(f"extracted {new} faces in {seconds:.1f} s ({new / seconds:,.0f} faces/s) into {out}")
+    else:
+        console.print(f"{out} already holds every face's features")
+    return features, info
+
+
+def _features_file(args: argparse.Namespace) -> tuple[np.ndarray, Optional[bool]]:
+    """The saved features, and whether their rows hold the mirror's half (from the progress file
+    an extraction leaves next to them; ``None`` when there is none)."""
+    path = Path(args.features)
+    if not path.is_file():
+        raise FresnetError(f"{path}: no such features file (a .npy of shape (faces, 2*D))")
+    try:
+        features = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise FresnetError(f"{path}: not a .npy array ({exc})") from None
+    sidecar = path.with_name(path.name + ".progress.json")
+    mirrored = None
+    if sidecar.is_file():
+        state = json.loads(sidecar.read_text())
+        if not state.get("complete"):
+            raise FresnetError(
+                f"{path}: the extraction stopped at face {state.get('done')} of {state.get('faces')}; "
+                f"finish it with --features-out {path} (it resumes)"
+            )
+        mirrored = bool(state.get("flip"))
+    return features, mirrored
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _tables(result, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.target} 1:1 verification ({result.mode}): TAR (%) at FAR", header_style="bold")
+    for far in result.tar_at_far:
+        table.add_column(f"{far:.0e}", justify="right")
+    table.add_column("AUC", justify="right")
+    table.add_row(*[_pct(v) for v in result.tar_at_far.values()], _pct(result.auc))
+    console.print(table)
+    if result.top_k is None:
+        return
+    table = Table(title=f"{result.target} 1:N identification (%)", header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("threshold", justify="right")
+    for k, acc in result.top_k.items():
+        table.add_row(f"top-{k} accuracy (merged gallery)", _pct(acc), "")
+    for fpir, value in result.tpir_at_fpir_insightface.items():
+        table.add_row(f"InsightFace 'TPIR' @ 'FAR'={fpir:g} (ijb_1n.py)", *(("-", "-") if value is None else
+                      (_pct(value[0]), f"{value[1]:.4f}")))
+    for gallery, per in result.tpir_at_fpir.items():
+        for fpir, value in per.items():
+            table.add_row(f"TPIR @ FPIR={fpir:g}, gallery {gallery} (open-set)", *(("-", "-") if value is None else
+                          (_pct(value[0]), f"{value[1]:.4f}")))
+    console.print(table)
+
+
+def run_ijb(args: argparse.Namespace, embedder, console) -> None:
+    from fresnet.eval.ijb import evaluate
+    from fresnet.eval.ijb.layout import read_meta
+    from fresnet.eval.plots import plot_ijb_roc
+    from fresnet.ioutil import atomic_write_text
+
+    start = time.perf_counter()
+    meta = read_meta(args.ijb, args.target)
+    console.print(f"{args.target}: {len(meta.faces)} faces, {len(meta.pairs)} pairs "
+                  f"({time.perf_counter() - start:.1f} s to read {meta.paths.meta})")
+    report: dict[str, Any] = {"root": str(args.ijb), "model": args.model}
+    if args.features:
+        features, mirrored = _features_file(args)
+        report["features"] = str(args.features)
+    else:
+        features, info = _extract(args, embedder, meta, console)
+        mirrored = args.flip
+        report.update(info, model_kind=embedder.kind)
+    if args.flip and mirrored is False:
+        raise FresnetError(f"{args.features}: extracted without the mirror (--no-flip); evaluate it with --no-flip")
+    result = evaluate(meta, features, target=args.target, flip=args.flip, norm_score=args.norm_score,
+                      detector_score=args.detector_score, mirrored=mirrored)
+    _tables(result, console)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report.update(result.to_dict())
+    atomic_write_text(out / "ijb.json", json.dumps(report, indent=1) + "\n")
+    label = os.path.basename(str(args.model or args.features))
+    plot_ijb_roc({label: (*result.roc, result.auc, result.tar_at_far[1e-4])}, out / "ijb_roc.png",
+                 title=f"{result.target} 1:1 verification ROC ({result.mode})")
+    seconds = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    console.print(f"scored in {sum(result.seconds.values()):.1f} s ({seconds}); wrote {out / 'ijb.json'} and "
+                  f"{out / 'ijb_roc.png'}")
