@@ -117,3 +117,73 @@ def test_bad_landmark_files_name_the_line(tmp_path):
         estimate_norm(np.zeros((4, 2)))
     with pytest.raises(FresnetError, match="same point"):
         estimate_norm(np.ones((5, 2)))
+
+
+# ---- InsightFace's IJB alignment: float32 template, skimage's Umeyama, OpenCV's fixed-point warp ----
+
+from fresnet.eval.align import (  # noqa: E402
+    IJB_TEMPLATE,
+    align_ijb_face,
+    ijb_alignment_matrix,
+    landmarks_68_to_5,
+    pixel_batch,
+    warp_affine_opencv,
+    warp_affine_opencv_batch,
+)
+
+
+def test_ijb_template_is_built_in_float32_with_the_8_pixel_shift():
+    assert IJB_TEMPLATE.dtype == np.float32
+    np.testing.assert_array_equal(IJB_TEMPLATE[:, 0], np.float32([30.2946, 65.5318, 48.0252, 33.5493, 62.7299]) + np.float32(8))
+    assert IJB_TEMPLATE[4, 0] != np.float32(70.7299)  # the float32 sum is not the decimal 70.7299
+
+
+def test_ijb_alignment_inverts_a_hand_computed_similarity():
+    # landmarks = s R template + t, so the alignment must be x -> R^T (x - t) / s
+    s, theta, t = 1.7, np.deg2rad(12.0), np.array([31.0, -4.5])
+    R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    landmarks = (IJB_TEMPLATE.astype(np.float64) @ R.T) * s + t
+    expected = np.hstack([R.T / s, (-R.T @ t / s)[:, None]])
+    np.testing.assert_allclose(ijb_alignment_matrix(landmarks.astype(np.float32)), expected, atol=2e-5)
+    # and the estimate is computed in float32, like skimage given float32 points
+    exact = umeyama(landmarks, IJB_TEMPLATE.astype(np.float64))[:2]
+    assert not np.array_equal(ijb_alignment_matrix(landmarks.astype(np.float32)), exact)
+
+
+def test_68_landmarks_reduce_to_eye_centres_nose_and_mouth_corners():
+    points = np.arange(136, dtype=np.float32).reshape(68, 2)
+    five = landmarks_68_to_5(points)
+    np.testing.assert_array_equal(five[0], (points[36] + points[39]) / 2)
+    np.testing.assert_array_equal(five[1], (points[42] + points[45]) / 2)
+    np.testing.assert_array_equal(five[2:], points[[30, 48, 54]])
+    np.testing.assert_array_equal(ijb_alignment_matrix(points), ijb_alignment_matrix(five))
+
+
+def test_opencv_warp_is_fixed_point_like_opencv():
+    img = ((np.arange(16)[:, None] * 37 + np.arange(16)[None, :] * 11) % 256).astype(np.uint8)
+    out = warp_affine_opencv(img, [[0.83, -0.21, 3.4], [0.19, 0.91, -1.7]], (8, 9))
+    # cv2.warpAffine(img, M, (9, 8), borderValue=0) from OpenCV 4.11
+    assert out.tolist() == [
+        [0, 0, 0, 69, 73, 77, 81, 84, 88], [0, 0, 15, 110, 115, 118, 122, 126, 129],
+        [0, 0, 58, 153, 156, 159, 164, 167, 171], [0, 0, 121, 194, 197, 201, 205, 208, 213],
+        [0, 0, 145, 227, 239, 193, 159, 226, 85], [0, 1, 17, 21, 64, 68, 32, 35, 40],
+        [0, 18, 59, 62, 66, 70, 73, 78, 81], [0, 57, 100, 104, 107, 111, 115, 119, 122],
+    ]
+    # half a pixel: OpenCV rounds the two-tap mean half up (real-valued bilinear would give x.5)
+    half = warp_affine_opencv(img, [[1, 0, 0.5], [0, 1, 0]], (16, 16))
+    np.testing.assert_array_equal(half[:, 1:], (img[:, :-1].astype(int) + img[:, 1:] + 1) // 2)
+    np.testing.assert_array_equal(warp_affine_opencv(img, [[1, 0, 0], [0, 1, 0]], (16, 16)), img)
+
+
+def test_batched_warp_equals_one_image_at_a_time():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8) for h, w in ((50, 70), (90, 40), (64, 64))]
+    matrices = np.stack([ijb_alignment_matrix(IJB_TEMPLATE * s + 3) for s in (0.5, 0.8, 0.6)])
+    import torch
+
+    batch = warp_affine_opencv_batch(*pixel_batch(images), torch.from_numpy(matrices), (112, 112)).numpy()
+    for image, matrix, out in zip(images, matrices, batch):
+        np.testing.assert_array_equal(out, warp_affine_opencv(image, matrix, (112, 112)))
+    gray = images[0][..., 0]
+    assert warp_affine_opencv(gray, matrices[0], (112, 112)).shape == (112, 112)
+    assert align_ijb_face(images[2], IJB_TEMPLATE * 0.6 + 3).shape == (112, 112, 3)

@@ -126,8 +126,8 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) ->
 # InsightFace's IJB alignment (recognition/arcface_torch/eval_ijbc.py, _evaluation_/ijb/ijb_onnx.py)
 
 def _ijb_template() -> np.ndarray:
-    # the scripts build the template in float32 and add the 8-px shift in float32; the few ulps this
-    # costs (38.2946 is not 30.2946 + 8 in float32) move the transform, so they are kept
+    # the scripts build the template in float32 and add the 8-px shift in float32; the ulps this
+    # costs (62.7299 + 8 is not 70.7299 in float32) move the transform, so they are kept
     template = np.array(
         [[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655], [62.7299, 92.2041]],
         dtype=np.float32,
@@ -214,6 +214,14 @@ def warp_affine_opencv_batch(pixels, offsets, shapes, matrices, size: tuple[int,
     """
     import torch
 
+    if pixels.device.type == "cpu" and torch.get_num_threads() > 1:
+        # many small integer ops: on CPU, threads cost more than they give (5x slower with 2 threads)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return warp_affine_opencv_batch(pixels, offsets, shapes, matrices, size, channels)
+        finally:
+            torch.set_num_threads(threads)
     device = pixels.device
     h, w = size
     m = matrices.to(device=device, dtype=torch.float64).reshape(-1, 6)
@@ -227,27 +235,27 @@ def warp_affine_opencv_batch(pixels, offsets, shapes, matrices, size: tuple[int,
     xs = torch.arange(w, dtype=torch.float64, device=device)
     ys = torch.arange(h, dtype=torch.float64, device=device)
     # AB_BITS = 10 (coordinates times 1024), INTER_BITS = 5 (1/32 pixel), round_delta = 1024 / 32 / 2
-    x_step = torch.round(i0[:, None] * xs * 1024).long()
-    y_step = torch.round(i3[:, None] * xs * 1024).long()
-    x_row = torch.round((i1[:, None] * ys + b0[:, None]) * 1024).long() + 16
-    y_row = torch.round((i4[:, None] * ys + b1[:, None]) * 1024).long() + 16
+    x_step = torch.round(i0[:, None] * xs * 1024).int()
+    y_step = torch.round(i3[:, None] * xs * 1024).int()
+    x_row = torch.round((i1[:, None] * ys + b0[:, None]) * 1024).int() + 16
+    y_row = torch.round((i4[:, None] * ys + b1[:, None]) * 1024).int() + 16
     fx = (x_row[:, :, None] + x_step[:, None, :]) >> 5
     fy = (y_row[:, :, None] + y_step[:, None, :]) >> 5
-    sx, sy, ax, ay = fx >> 5, fy >> 5, (fx & 31).int(), (fy & 31).int()
-    H, W = shapes[:, 0, None, None], shapes[:, 1, None, None]
-    base = offsets[:, None, None]
+    sx, sy, ax, ay = fx >> 5, fy >> 5, fx & 31, fy & 31
+    H, W = shapes[:, 0, None, None].int(), shapes[:, 1, None, None].int()
+    base = offsets[:, None, None, None]
+    channel = torch.arange(channels, device=device)
     acc = torch.full((len(m), h, w, channels), 1 << 14, dtype=torch.int32, device=device)  # + half: rounds half up
     for dy, wy in ((0, 32 - ay), (1, ay)):
         yy = sy + dy
         y_in = (yy >= 0) & (yy < H)
-        row = torch.minimum(torch.clamp(yy, min=0), H - 1) * W
+        row = yy.clamp(min=0).minimum(H - 1) * W
         for dx, wx in ((0, 32 - ax), (1, ax)):
             xx = sx + dx
             # a neighbour outside the image is the border value 0: its weight is dropped
             weight = wx * wy * 32 * (y_in & (xx >= 0) & (xx < W))
-            index = base + (row + torch.minimum(torch.clamp(xx, min=0), W - 1)) * channels
-            for c in range(channels):
-                acc[..., c] += pixels[index + c].int() * weight
+            index = base + ((row + xx.clamp(min=0).minimum(W - 1)) * channels)[..., None].long() + channel
+            acc += pixels.take(index).int() * weight[..., None]
     return (acc >> 15).to(torch.uint8)
 
 
