@@ -64,6 +64,8 @@ class LooseCropBatches:
         return decode_image(data, where)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
+        import torch
+
         from fresnet.eval.align import IJB_CROP_SIZE, ijb_alignment_matrix, pixel_batch, warp_affine_opencv_batch
 
         start = self.first + k * self.batch_size
