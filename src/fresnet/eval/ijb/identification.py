@@ -139,7 +139,7 @@ def identify(
     probe_rows = templates[np.searchsorted(template_ids, probes.templates)]
     mates = insightface_mates(probes, gallery, probe_list)
     q, g = len(probes.templates), len(gallery.templates)
-    in_gallery = {name: np.isin(gallery.templates, lst.templates) for name, lst in galleries.items()}
+    gallery_columns = {name: np.flatnonzero(np.isin(gallery.templates, lst.templates)) for name, lst in galleries.items()}
 
     keep = max(math.ceil(q * f) for f in FPIR_LABELS)  # InsightFace's max(required_topk)
     top_nonmated = np.zeros(0)
@@ -158,7 +158,7 @@ def identify(
         probe_row[np.searchsorted(template_ids, probes.templates)] = np.arange(q, dtype=np.int32)
         gallery_col = np.full(count, -1, dtype=np.int32)
         gallery_col[np.searchsorted(template_ids, gallery.templates)] = np.arange(g, dtype=np.int32)
-        grid = PairGrid.locate(pairs[0], pairs[1], probe_row, gallery_col, q, step)
+        grid = PairGrid.locate(pairs[0], pairs[1], probe_row, gallery_col, q, g, step)
         scores = None if grid is None else np.empty(len(pairs[0]), dtype=np.float64)
     for block, start in enumerate(range(0, q, step)):
         stop = min(q, start + step)
@@ -175,9 +175,10 @@ def identify(
         for i in np.flatnonzero(np.count_nonzero(sim == mated[:, None], axis=1) > 1):
             rank[start + i] = int(np.flatnonzero(np.argsort(-sim[i]) == mate[i])[0])
         same = probes.subjects[start:stop, None] == gallery.subjects[None, :]
-        for name, columns in in_gallery.items():
-            mated_best[name][start:stop] = np.where(same & columns, sim, -np.inf).max(axis=1, initial=-np.inf)
-            nonmated_best[name][start:stop] = np.where(~same & columns, sim, -np.inf).max(axis=1, initial=-np.inf)
+        for name, columns in gallery_columns.items():
+            part, mated_part = sim[:, columns], same[:, columns]
+            mated_best[name][start:stop] = part.max(axis=1, where=mated_part, initial=-np.inf)
+            nonmated_best[name][start:stop] = part.max(axis=1, where=~mated_part, initial=-np.inf)
         # InsightFace's non-mated scores: everything but the mate; keep the highest `keep` so far
         sim[local, mate] = -np.inf
         flat = sim.reshape(-1)

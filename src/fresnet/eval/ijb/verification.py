@@ -47,16 +47,15 @@ def template_index(template_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.nda
 @dataclass(frozen=True)
 class PairGrid:
     """Pairs placed on a (rows x columns) score matrix that is computed a block of rows at a time:
-    each pair's row and column, and which pairs fall in each block."""
+    the pairs grouped by block, and each one's offset inside its block."""
 
-    row: np.ndarray
-    col: np.ndarray
-    order: np.ndarray  # pair indices grouped by block
+    order: np.ndarray  # pair indices, grouped by block
     bounds: np.ndarray  # block k's pairs are order[bounds[k]:bounds[k + 1]]
-    step: int  # rows per block
+    offsets: np.ndarray  # int32, in `order`'s order: (row - first row of the block) * columns + column
 
     @classmethod
-    def locate(cls, first: np.ndarray, second: np.ndarray, row_of: np.ndarray, col_of: np.ndarray, rows: int, step: int):
+    def locate(cls, first: np.ndarray, second: np.ndarray, row_of: np.ndarray, col_of: np.ndarray, rows: int,
+               columns: int, step: int):
         """``row_of``/``col_of`` map a template index to its row/column (-1: absent). A pair may sit
         either way round; ``None`` when some pair is not on the grid."""
         row, col = row_of[first], col_of[second]
@@ -65,17 +64,21 @@ class PairGrid:
             if (row < 0).any() or (col < 0).any():
                 return None
         blocks = -(-rows // step)
-        block_of = row // step
-        # uint16 block numbers sort by radix (linear time); 15.7 M pairs in a blink
-        block_of = block_of.astype(np.uint16 if blocks <= np.iinfo(np.uint16).max else np.uint32)
-        order = np.argsort(block_of, kind="stable")
-        bounds = np.searchsorted(block_of[order], np.arange(blocks + 1))
-        return cls(row, col, order, bounds, step)
+        within = np.arange(rows, dtype=np.int64)
+        # per row: its block, and where the row starts inside it (tables: gathers beat divisions)
+        block_of_row = (within // step).astype(np.uint16 if blocks <= np.iinfo(np.uint16).max else np.uint32)
+        start_of_row = ((within % step) * columns).astype(np.int32)  # < step * columns <= 2**31
+        block_of = block_of_row[row]
+        order = np.argsort(block_of, kind="stable")  # uint16 keys sort by radix, in linear time
+        bounds = np.r_[0, np.cumsum(np.bincount(block_of, minlength=blocks))]
+        local = start_of_row[row]
+        local += col
+        return cls(order, bounds, local[order])
 
     def fill(self, scores: np.ndarray, block: int, matrix: np.ndarray) -> None:
-        """Copy the scores of block ``block`` (its rows ``block*step ...``) out of ``matrix``."""
-        chosen = self.order[self.bounds[block]:self.bounds[block + 1]]
-        scores[chosen] = matrix[self.row[chosen] - block * self.step, self.col[chosen]]
+        """Copy the scores of block ``block`` out of its ``matrix`` (C-contiguous)."""
+        lo, hi = self.bounds[block], self.bounds[block + 1]
+        scores[self.order[lo:hi]] = matrix.reshape(-1)[self.offsets[lo:hi]]
 
 
 def _positions(members: np.ndarray, count: int) -> np.ndarray:
@@ -98,7 +101,7 @@ def pair_scores(templates: np.ndarray, first: np.ndarray, second: np.ndarray, bl
             scores[start:start + step] = np.einsum("ij,ij->i", a, b)
         return scores
     step = max(1, block_bytes // (8 * len(cols)))
-    grid = PairGrid.locate(first, second, _positions(rows, count), _positions(cols, count), len(rows), step)
+    grid = PairGrid.locate(first, second, _positions(rows, count), _positions(cols, count), len(rows), len(cols), step)
     right = np.ascontiguousarray(templates[cols].T)
     for block, start in enumerate(range(0, len(rows), step)):
         grid.fill(scores, block, templates[rows[start:start + step]] @ right)
