@@ -108,6 +108,89 @@ def open_set_tpir(
     return out
 
 
+class InsightFaceTally:
+    """``ijb_1n.py``'s numbers, gathered a block of probes at a time: each probe's mated score and
+    the rank of its mate, and the highest non-mated scores seen so far (as many as its largest
+    threshold position needs)."""
+
+    def __init__(self, num_probes: int):
+        self.num_probes = num_probes
+        self.keep = max(math.ceil(num_probes * f) for f in FPIR_LABELS)  # its max(required_topk)
+        self.mated = np.empty(num_probes)
+        self.rank = np.empty(num_probes, dtype=np.int64)
+        self.top_nonmated = np.zeros(0)
+
+    def add(self, start: int, sim: np.ndarray, mate: np.ndarray) -> None:
+        """Probes ``start ...`` with scores ``sim`` (overwritten: the mates' entries become -inf)."""
+        local = np.arange(len(sim))
+        mated = sim[local, mate]
+        self.mated[start:start + len(sim)] = mated
+        # the mate's rank in np.argsort(-sim): the count of higher scores, unless another template
+        # ties with the mate, where only numpy's sort knows the order
+        self.rank[start:start + len(sim)] = np.count_nonzero(sim > mated[:, None], axis=1)
+        for i in np.flatnonzero(np.count_nonzero(sim == mated[:, None], axis=1) > 1):
+            self.rank[start + i] = int(np.flatnonzero(np.argsort(-sim[i]) == mate[i])[0])
+        sim[local, mate] = -np.inf
+        self.top_nonmated = self._highest(np.concatenate([self.top_nonmated, self._highest(sim.reshape(-1))]))
+
+    def _highest(self, values: np.ndarray) -> np.ndarray:
+        if values.size <= self.keep:
+            return values
+        return np.partition(values, values.size - self.keep)[values.size - self.keep:]
+
+    def numbers(self) -> tuple[dict[int, float], dict[float, Optional[tuple[float, float]]]]:
+        q = self.num_probes
+        top_k = {k: float(np.count_nonzero(self.rank < k) / q) for k in TOP_K}
+        negatives = np.sort(self.top_nonmated[self.top_nonmated > -np.inf])[::-1]
+        rates: dict[float, Optional[tuple[float, float]]] = {}
+        for f in FPIR_LABELS:
+            position = math.ceil(q * f)
+            if position > len(negatives):  # a one-template gallery has no non-mated scores
+                rates[f] = None
+                continue
+            threshold = float(negatives[position - 1])
+            rates[f] = (float(np.sum(self.mated > threshold) / q), threshold)
+        return top_k, rates
+
+
+class OpenSetTally:
+    """The standard metric's inputs per gallery: each probe's best mated and best non-mated score."""
+
+    def __init__(self, num_probes: int, columns: dict[str, np.ndarray]):
+        self.columns = columns  # gallery name -> its columns of the merged gallery
+        self.mated_best = {name: np.empty(num_probes) for name in columns}
+        self.nonmated_best = {name: np.empty(num_probes) for name in columns}
+
+    def add(self, start: int, sim: np.ndarray, same_subject: np.ndarray) -> None:
+        stop = start + len(sim)
+        for name, columns in self.columns.items():
+            part, mated = sim[:, columns], same_subject[:, columns]
+            self.mated_best[name][start:stop] = part.max(axis=1, where=mated, initial=-np.inf)
+            self.nonmated_best[name][start:stop] = part.max(axis=1, where=~mated, initial=-np.inf)
+
+    def numbers(self) -> dict[str, dict[float, Optional[tuple[float, float]]]]:
+        return {name: open_set_tpir(self.mated_best[name], self.nonmated_best[name]) for name in self.columns}
+
+
+def _check_has_faces(enrolment: Enrolment, lists: Sequence[TemplateList], template_ids: np.ndarray) -> None:
+    pos = np.minimum(np.searchsorted(template_ids, enrolment.templates), len(template_ids) - 1)
+    missing = np.flatnonzero(template_ids[pos] != enrolment.templates)
+    if missing.size:
+        t = int(enrolment.templates[missing[0]])
+        source = next(lst for lst in lists if (lst.templates == t).any())
+        raise FresnetError(
+            f"{source.path}: line {source.line_of(t)}: template {t} has no faces in the face list "
+            "(meta/*_face_tid_mid.txt); every 1:N template needs at least one face"
+        )
+
+
+def _rows_of(template_ids: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """For every template index: its row among ``members`` (-1: not a member)."""
+    table = np.full(len(template_ids), -1, dtype=np.int32)
+    table[np.searchsorted(template_ids, members)] = np.arange(len(members), dtype=np.int32)
+    return table
+
+
 def identify(
     templates: np.ndarray,
     template_ids: np.ndarray,
@@ -125,79 +208,31 @@ def identify(
     """
     gallery = Enrolment.of(list(galleries.values()))
     probes = Enrolment.of([probe_list])
-    for enrolment, lists in ((gallery, list(galleries.values())), (probes, [probe_list])):
-        pos = np.minimum(np.searchsorted(template_ids, enrolment.templates), len(template_ids) - 1)
-        missing = np.flatnonzero(template_ids[pos] != enrolment.templates)
-        if missing.size:
-            t = int(enrolment.templates[missing[0]])
-            source = next(lst for lst in lists if (lst.templates == t).any())
-            raise FresnetError(
-                f"{source.path}: line {source.line_of(t)}: template {t} has no faces in the face list "
-                "(meta/*_face_tid_mid.txt); every 1:N template needs at least one face"
-            )
-    gallery_rows = templates[np.searchsorted(template_ids, gallery.templates)]
-    probe_rows = templates[np.searchsorted(template_ids, probes.templates)]
+    _check_has_faces(gallery, list(galleries.values()), template_ids)
+    _check_has_faces(probes, [probe_list], template_ids)
     mates = insightface_mates(probes, gallery, probe_list)
     q, g = len(probes.templates), len(gallery.templates)
-    gallery_columns = {name: np.flatnonzero(np.isin(gallery.templates, lst.templates)) for name, lst in galleries.items()}
+    probe_rows = templates[np.searchsorted(template_ids, probes.templates)]
+    gallery_t = np.ascontiguousarray(templates[np.searchsorted(template_ids, gallery.templates)].T)
+    step = max(1, block_bytes // (8 * g))  # probes per block of the score matrix
 
-    keep = max(math.ceil(q * f) for f in FPIR_LABELS)  # InsightFace's max(required_topk)
-    top_nonmated = np.zeros(0)
-    mated_scores = np.empty(q)
-    rank = np.empty(q, dtype=np.int64)
-    mated_best = {name: np.empty(q) for name in galleries}
-    nonmated_best = {name: np.empty(q) for name in galleries}
-    right = np.ascontiguousarray(gallery_rows.T)
-    step = max(1, block_bytes // (8 * g))
     grid = scores = None
     if pairs is not None:
         from fresnet.eval.ijb.verification import PairGrid
 
-        count = len(template_ids)
-        probe_row = np.full(count, -1, dtype=np.int32)
-        probe_row[np.searchsorted(template_ids, probes.templates)] = np.arange(q, dtype=np.int32)
-        gallery_col = np.full(count, -1, dtype=np.int32)
-        gallery_col[np.searchsorted(template_ids, gallery.templates)] = np.arange(g, dtype=np.int32)
-        grid = PairGrid.locate(pairs[0], pairs[1], probe_row, gallery_col, q, g, step)
+        grid = PairGrid.locate(pairs[0], pairs[1], _rows_of(template_ids, probes.templates),
+                               _rows_of(template_ids, gallery.templates), q, g, step)
         scores = None if grid is None else np.empty(len(pairs[0]), dtype=np.float64)
+    insightface = InsightFaceTally(q)
+    open_set = OpenSetTally(q, {name: np.flatnonzero(np.isin(gallery.templates, lst.templates))
+                                for name, lst in galleries.items()})
     for block, start in enumerate(range(0, q, step)):
         stop = min(q, start + step)
-        local = np.arange(stop - start)
-        sim = probe_rows[start:stop] @ right
+        sim = probe_rows[start:stop] @ gallery_t
         if grid is not None:
             grid.fill(scores, block, sim)
-        mate = mates[start:stop]
-        mated = sim[local, mate]
-        mated_scores[start:stop] = mated
-        # rank of the mate in np.argsort(-sim): the count of higher scores, unless another template
-        # ties with the mate, where only numpy's sort knows the order
-        rank[start:stop] = np.count_nonzero(sim > mated[:, None], axis=1)
-        for i in np.flatnonzero(np.count_nonzero(sim == mated[:, None], axis=1) > 1):
-            rank[start + i] = int(np.flatnonzero(np.argsort(-sim[i]) == mate[i])[0])
-        same = probes.subjects[start:stop, None] == gallery.subjects[None, :]
-        for name, columns in gallery_columns.items():
-            part, mated_part = sim[:, columns], same[:, columns]
-            mated_best[name][start:stop] = part.max(axis=1, where=mated_part, initial=-np.inf)
-            nonmated_best[name][start:stop] = part.max(axis=1, where=~mated_part, initial=-np.inf)
-        # InsightFace's non-mated scores: everything but the mate; keep the highest `keep` so far
-        sim[local, mate] = -np.inf
-        flat = sim.reshape(-1)
-        if flat.size > keep:
-            flat = np.partition(flat, flat.size - keep)[flat.size - keep:]
-        top_nonmated = np.concatenate([top_nonmated, flat])
-        if top_nonmated.size > keep:
-            top_nonmated = np.partition(top_nonmated, top_nonmated.size - keep)[top_nonmated.size - keep:]
-
-    top_k = {k: float(np.count_nonzero(rank < k) / q) for k in TOP_K}
-    negatives = np.sort(top_nonmated[top_nonmated > -np.inf])[::-1]
-    insightface: dict[float, Optional[tuple[float, float]]] = {}
-    for f in FPIR_LABELS:
-        position = math.ceil(q * f)
-        if position > len(negatives):  # a one-template gallery has no non-mated scores
-            insightface[f] = None
-            continue
-        threshold = float(negatives[position - 1])
-        insightface[f] = (float(np.sum(mated_scores > threshold) / q), threshold)
-    standard = {name: open_set_tpir(mated_best[name], nonmated_best[name]) for name in galleries}
-    mated_count = {name: int(np.count_nonzero(mated_best[name] > -np.inf)) for name in galleries}
-    return IdentificationNumbers(top_k, insightface, standard, q, g, mated_count), scores
+        open_set.add(start, sim, probes.subjects[start:stop, None] == gallery.subjects[None, :])
+        insightface.add(start, sim, mates[start:stop])  # last: it overwrites the mates' scores
+    top_k, rates = insightface.numbers()
+    mated_count = {name: int(np.count_nonzero(open_set.mated_best[name] > -np.inf)) for name in galleries}
+    return IdentificationNumbers(top_k, rates, open_set.numbers(), q, g, mated_count), scores

@@ -252,11 +252,7 @@ def read_pairs(paths: IJBPaths) -> PairTable:
     if table is None or (table.size and table.shape[1] != 3):
         rows, lines = _rows(_read_text(path, "the 1:1 template pairs"))
         for i, row in enumerate(rows):
-            try:
-                ok = len(row) == 3 and [int(v) for v in row] is not None
-            except ValueError:
-                ok = False
-            if not ok:
+            if len(row) != 3 or not all(_is_int(v) for v in row):
                 raise FresnetError(
                     f"{path}: line {lines[i]}: expected 'template1 template2 label' (three integers), "
                     f"got {' '.join(row)!r}"
@@ -271,6 +267,14 @@ def read_pairs(paths: IJBPaths) -> PairTable:
             f"{path}: line {line_of_row(path, int(bad[0]))}: label {labels[bad[0]]}; labels are 1 (same subject) or 0"
         )
     return PairTable(path, table[:, 0].copy(), table[:, 1].copy(), labels.astype(np.int8))
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def line_of_row(path: Path, row: int) -> int:
