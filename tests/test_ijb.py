@@ -285,6 +285,10 @@ def test_missing_and_malformed_meta_files_are_named(small_set):
     with pytest.raises(FresnetError, match="ijbc_face_tid_mid.txt: line 7: expected 'image template_id media_id'"):
         evaluate(root, features)
     lines[6] = lines[6].rsplit(" ", 1)[0]
+    name, template, media = lines[6].split()
+    faces.write_text("\n".join(lines[:6] + [f"{name} x{template} {media}"] + lines[7:]) + "\n")
+    with pytest.raises(FresnetError, match=f"face_tid_mid.txt: line 7: 'x{template}' is not an integer"):
+        evaluate(root, features)
     faces.write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(FresnetError, match="5pts_score.txt lists 60 faces but .*face_tid_mid.txt lists 59"):
         evaluate(root, features)

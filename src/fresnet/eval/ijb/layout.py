@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -156,29 +157,39 @@ def _rows(text: str) -> tuple[list[list[str]], np.ndarray]:
     return [rows[i] for i in keep], np.array(keep, dtype=np.int64) + 1
 
 
+def _numbers(values: list[str], dtype) -> Optional[np.ndarray]:
+    """``values`` parsed in C (``np.fromstring``; a float the way Python's ``float()`` reads it), or
+    ``None`` when one of them is not a number of that type (the caller then finds which)."""
+    if not values:
+        return np.zeros(0, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "could not be read to its end"
+        try:
+            parsed = np.fromstring(" ".join(values), dtype=dtype, sep=" ")
+        except ValueError:
+            return None
+    return parsed if len(parsed) == len(values) else None
+
+
 def _int_column(rows: list[list[str]], column: int, path: Path, lines: np.ndarray, expected: str) -> np.ndarray:
     values = [row[column] for row in rows]
-    try:
-        return np.array(values, dtype=np.int64) if values else np.zeros(0, dtype=np.int64)
-    except (ValueError, OverflowError):
-        for i, value in enumerate(values):
-            try:
-                int(value)
-            except ValueError:
-                raise FresnetError(
-                    f"{path}: line {lines[i]}: {value!r} is not an integer; expected {expected}"
-                ) from None
-        raise
+    parsed = _numbers(values, np.int64)
+    if parsed is not None:
+        return parsed
+    for i, value in enumerate(values):
+        if not _is_int(value):
+            raise FresnetError(f"{path}: line {lines[i]}: {value!r} is not an integer; expected {expected}")
+    raise FresnetError(f"{path}: cannot parse column {column + 1} as integers")
 
 
 def read_faces(paths: IJBPaths) -> FaceTable:
     """The face -> template/media file and the landmarks file, checked against each other."""
     rows, lines = _rows(_read_text(paths.faces, "the face -> template, media list"))
-    for i, row in enumerate(rows):
-        if len(row) != 3:
-            raise FresnetError(
-                f"{paths.faces}: line {lines[i]}: expected 'image template_id media_id', got {' '.join(row)!r}"
-            )
+    bad = next((i for i, row in enumerate(rows) if len(row) != 3), None)
+    if bad is not None:
+        raise FresnetError(
+            f"{paths.faces}: line {lines[bad]}: expected 'image template_id media_id', got {' '.join(rows[bad])!r}"
+        )
     expected = "'image template_id media_id'"
     templates = _int_column(rows, 1, paths.faces, lines, expected)
     medias = _int_column(rows, 2, paths.faces, lines, expected)
@@ -190,37 +201,36 @@ def read_faces(paths: IJBPaths) -> FaceTable:
             f"{paths.landmarks} lists {len(rows)} faces but {paths.faces} lists {len(tid_names)}; "
             "the two files describe the same faces line by line (are they from the same release?)"
         )
-    names, numbers, faceness = [], [], []
-    for i, row in enumerate(rows):
-        if len(row) not in (12, 138):
-            raise FresnetError(
-                f"{paths.landmarks}: line {pts_lines[i]}: expected 'image x1 y1 ... x5 y5 faceness' "
-                f"(12 fields, or 138 with 68 points), got {len(row)} fields"
-            )
-        if row[0] != tid_names[i]:
-            raise FresnetError(
-                f"{paths.landmarks}: line {pts_lines[i]}: image {row[0]!r}, but line {lines[i]} of "
-                f"{paths.faces} is {tid_names[i]!r}; the two files must list the same faces in the same order"
-            )
-        names.append(row[0])
-        numbers.append(row[1:-1])
-        faceness.append(row[-1])
+    bad = next((i for i, row in enumerate(rows) if len(row) not in (12, 138)), None)
+    if bad is not None:
+        raise FresnetError(
+            f"{paths.landmarks}: line {pts_lines[bad]}: expected 'image x1 y1 ... x5 y5 faceness' "
+            f"(12 fields, or 138 with 68 points), got {len(rows[bad])} fields"
+        )
+    names = [row[0] for row in rows]
+    bad = next((i for i, (a, b) in enumerate(zip(names, tid_names)) if a != b), None)
+    if bad is not None:
+        raise FresnetError(
+            f"{paths.landmarks}: line {pts_lines[bad]}: image {names[bad]!r}, but line {lines[bad]} of "
+            f"{paths.faces} is {tid_names[bad]!r}; the two files must list the same faces in the same order"
+        )
     landmarks = np.zeros((len(rows), 5, 2), dtype=np.float32)
     for count in (10, 136):
-        chosen = [i for i, values in enumerate(numbers) if len(values) == count]
+        chosen = [i for i, row in enumerate(rows) if len(row) == count + 2]
         if not chosen:
             continue
-        try:
-            # float() of each string, then float32: InsightFace's np.array([float(x) ...], dtype=np.float32)
-            points = np.array([numbers[i] for i in chosen], dtype=np.float64).astype(np.float32)
-        except ValueError:
-            _raise_first_bad_number(paths.landmarks, pts_lines, numbers, chosen)
+        # float() of each string, then float32: InsightFace's np.array([float(x) ...], dtype=np.float32)
+        points = _numbers([v for i in chosen for v in rows[i][1:-1]], np.float64)
+        if points is None:
+            _raise_first_bad_number(paths.landmarks, pts_lines, [rows[i][1:-1] for i in chosen], chosen)
+        points = points.astype(np.float32).reshape(len(chosen), count // 2, 2)
         if count == 10:
-            landmarks[chosen] = points.reshape(-1, 5, 2)
+            landmarks[chosen] = points
         else:
             from fresnet.eval.align import landmarks_68_to_5
 
-            landmarks[chosen] = np.stack([landmarks_68_to_5(p.reshape(68, 2)) for p in points])
+            landmarks[chosen] = np.stack([landmarks_68_to_5(p) for p in points])
+    faceness = [row[-1] for row in rows]
     try:
         # the faceness column parsed as InsightFace does: np.array(strings).astype(np.float32)
         scores = np.array(faceness).astype(np.float32)
@@ -230,8 +240,8 @@ def read_faces(paths: IJBPaths) -> FaceTable:
 
 
 def _raise_first_bad_number(path: Path, lines: np.ndarray, numbers, chosen) -> None:
-    for i in chosen:
-        for value in numbers[i]:
+    for values, i in zip(numbers, chosen):
+        for value in values:
             try:
                 float(value)
             except ValueError:
@@ -293,26 +303,21 @@ def read_template_list(path: Path) -> TemplateList:
     """A 1:N CSV: a header line, then ``TEMPLATE_ID,SUBJECT_ID[,...]`` rows."""
     text = _read_text(path, "a 1:N template list")
     lines = text.splitlines()
-    templates, subjects, numbers = [], [], []
-    for number, line in enumerate(lines[1:], 2):
-        if not line.strip():
-            continue
-        cells = line.split(",")
-        try:
-            if len(cells) < 2:
-                raise ValueError
-            templates.append(int(cells[0]))
-            subjects.append(int(cells[1]))
-        except ValueError:
-            raise FresnetError(
-                f"{path}: line {number}: expected 'TEMPLATE_ID,SUBJECT_ID,...' (two integers first), got {line!r}"
-            ) from None
-        numbers.append(number)
-    if not templates:
+    numbers = [n for n, line in enumerate(lines[1:], 2) if line.strip()]
+    cells = [lines[n - 1].split(",", 2) for n in numbers]
+    templates = _numbers([c[0] for c in cells], np.int64) if all(len(c) >= 2 for c in cells) else None
+    subjects = _numbers([c[1] for c in cells], np.int64) if templates is not None else None
+    if subjects is None:
+        for n, c in zip(numbers, cells):
+            if len(c) < 2 or not _is_int(c[0]) or not _is_int(c[1]):
+                raise FresnetError(
+                    f"{path}: line {n}: expected 'TEMPLATE_ID,SUBJECT_ID,...' (two integers first), "
+                    f"got {lines[n - 1]!r}"
+                )
+        raise FresnetError(f"{path}: cannot parse the template and subject ids")
+    if not numbers:
         raise FresnetError(f"{path}: no rows after the header; a 1:N list has one 'TEMPLATE_ID,SUBJECT_ID' row per image")
-    return TemplateList(
-        path, np.array(templates, dtype=np.int64), np.array(subjects, dtype=np.int64), np.array(numbers, dtype=np.int64)
-    )
+    return TemplateList(path, templates, subjects, np.array(numbers, dtype=np.int64))
 
 
 def read_meta(root: PathLike, target: str = "IJBC", identification: bool = True) -> IJBMeta:
