@@ -28,7 +28,7 @@ def _add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a preset's config key, e.g. --set units=[1,1,1,1] (presets only; repeatable)",
     )
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: cuda when available, else cpu)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--fast", action="store_true",
                    help="run a PyTorch model through fresnet.optimize_for_inference: BN folded, channels_last, "
@@ -108,7 +108,12 @@ def _embedder(args: argparse.Namespace):
     from fresnet.network.config import parse_assignments
     from fresnet.eval.model_loader import load_any
 
-    return load_any(args.model, overrides=parse_assignments(args.overrides), device=args.device,
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_any(args.model, overrides=parse_assignments(args.overrides), device=device,
                     onnx_input=args.onnx_input, fast=args.fast)
 
 
