@@ -6,13 +6,16 @@
 #
 #   check.log         environment, every step's command, exit code, time and output tail, summary
 #   tests.txt         pytest -m cuda (tests/test_cuda.py, the CUDA tests of tests/test_fast.py)
-#   bench_train.txt   both training benchmarks' output (r50 variants + convergence; r100 + largest batch)
+#   bench_train.txt   the benchmarks' output: training (r50 variants + convergence; r100 + largest batch),
+#                     IJB feature extraction (r100, decode + align + embed), inference
 #   bench_train.json  r50: samples/s per variant, ratio to arcface_torch, GPU memory, loss curves
 #   bench_r100.json   r100: arcface_torch vs fresnet, largest batch
 #   curves.png        the per-step loss of arcface_torch and fresnet from the same start
 #   e2e.txt           `fresnet train` from the pack: bf16 (compiled) then fp16, with their samples/s; the
 #                     training loader alone: worker decode vs GPU decode (bench_data.py --training-loader)
 #   inference.json    optimize_for_inference on CUDA (r50, batch 1 and 256)
+#
+# Worst case (every step at its limit) about 8.5 minutes; the limits are caps, not the expected times.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh            # on a CUDA machine (needs torch; no pip, no network)
 #   DRY_RUN=1 OUT=/tmp/dry bash benchmarks/gpu_check.sh  # the same steps on the CPU at tiny sizes (logic check)
@@ -54,19 +57,21 @@ if [ -n "${DRY_RUN:-}" ]; then
   R100=(--model r18 --tiny --batch 8 --classes 40 --input-size 32 --steps 2 --warmup 1 --variants arcface_torch,fresnet-eager)
   INF=(--models r18 --batches 1,2 --input-size 32 --rounds 2 --matmul-size 256 --paths eager,auto,fp32 --no-onnx)
   LOADER=(--batch-size 16 --steps 5 --workers 0 2)
+  IJB=(--model r18 --faces 64 --distinct 16 --batch-size 16 --workers 2)
   FP16_E2E=(amp=bf16 compile=none)
 else
   DEV=cuda
   TESTS=(tests/test_cuda.py tests/test_fast.py -m cuda)
   SYNTH=(--identities 2000 --images-per-identity 2 --holdout 50 --pairs 200 --size 112)
   NET='{input_size: [112, 112]}'
-  E2E=(max_steps=200 batch_size=128 log_every=25)
+  E2E=(max_steps=150 batch_size=128 log_every=25)
   BENCH=(--model r50 --batch 128 --classes 2000 --steps 12 --warmup 3
          --variants arcface_torch,fresnet-eager,fresnet-amp,fresnet-compiled,fresnet-cudagraphs
          --convergence-steps 300 --identities 200)
   R100=(--model r100 --batch 128 --classes 2000 --steps 6 --warmup 2 --variants arcface_torch,fresnet-amp --max-batch r100)
-  INF=(--models r50 --batches 1,256 --paths eager,auto,fp16 --rounds 5 --no-onnx)
+  INF=(--models r50 --batches 1,256 --paths eager,auto --rounds 5 --no-onnx)
   LOADER=(--batch-size 128 --steps 60 --workers 4 8 12)
+  IJB=(--model r100 --fast --faces 20000 --distinct 1500 --batch-size 512)
   FP16_E2E=(amp=fp16 compile=none)
 fi
 
@@ -94,23 +99,24 @@ echo "=== synth (background): fresnet synth $WORK/data ${SYNTH[*]}" | tee -a "$L
 "$PY" -m fresnet synth "$WORK/data" "${SYNTH[@]}" >"$WORK/synth.txt" 2>&1 &
 SYNTH_PID=$!
 
-step tests tests.txt 140 "$PY" -m pytest -q -p no:cacheprovider -rs "${TESTS[@]}"
-step bench_r50 bench_train.txt 160 "$PY" benchmarks/bench_train.py --device $DEV "${BENCH[@]}" \
+step tests tests.txt 120 "$PY" -m pytest -q -p no:cacheprovider -rs "${TESTS[@]}"
+step bench_r50 bench_train.txt 150 "$PY" benchmarks/bench_train.py --device $DEV "${BENCH[@]}" \
   --json "$OUT/bench_train.json" --plot "$OUT/curves.png"
 
 wait $SYNTH_PID; echo "=== synth: rc=$? $(tail -n 1 "$WORK/synth.txt")" | tee -a "$LOG"
 COMMON=(--no-progress r50-arcface dataset="$WORK/data" "net=$NET" val_targets=[] checkpoint_every=0 overwrite=true)
-step e2e_bf16 e2e.txt 55 "$PY" -m fresnet train "${COMMON[@]}" output="$WORK/e2e_bf16" amp=bf16 "${E2E[@]}"
-step e2e_fp16 e2e.txt 40 "$PY" -m fresnet train "${COMMON[@]}" output="$WORK/e2e_fp16" "${FP16_E2E[@]}" "${E2E[@]}"
+step e2e_bf16 e2e.txt 45 "$PY" -m fresnet train "${COMMON[@]}" output="$WORK/e2e_bf16" amp=bf16 "${E2E[@]}"
+step e2e_fp16 e2e.txt 35 "$PY" -m fresnet train "${COMMON[@]}" output="$WORK/e2e_fp16" "${FP16_E2E[@]}" "${E2E[@]}"
 step loader e2e.txt 25 "$PY" benchmarks/bench_data.py --training-loader --rec "$WORK/data" --device $DEV "${LOADER[@]}"
-step bench_r100 bench_train.txt 45 "$PY" benchmarks/bench_train.py --device $DEV "${R100[@]}" --json "$OUT/bench_r100.json"
-step inference "$WORK/inference.txt" 35 "$PY" benchmarks/bench_inference.py --device $DEV "${INF[@]}" --json "$OUT/inference.json"
+step bench_r100 bench_train.txt 40 "$PY" benchmarks/bench_train.py --device $DEV "${R100[@]}" --json "$OUT/bench_r100.json"
+step ijb_extract bench_train.txt 45 "$PY" benchmarks/bench_ijb.py --extract --device $DEV "${IJB[@]}"
+step inference bench_train.txt 25 "$PY" benchmarks/bench_inference.py --device $DEV "${INF[@]}" --json "$OUT/inference.json"
 
 {
   echo "=== summary (t=$((SECONDS - START))s)"
   grep -h -E "passed|failed" "$OUT/tests.txt" | tail -n 1
   grep -h -E "^(arcface_torch|fresnet-[a-z0-9]+) +[0-9]" "$OUT/bench_train.txt"
-  grep -h -E "^best:|mean over the last|batch [0-9]+: (fits|out of memory)" "$OUT/bench_train.txt"
+  grep -h -E "^best:|mean over the last|batch [0-9]+: (fits|out of memory)|faces/s" "$OUT/bench_train.txt"
   grep -h -E "^training on|^throughput:|^  decode=" "$OUT/e2e.txt"
   ls -la "$OUT"
 } 2>&1 | tee -a "$LOG"
