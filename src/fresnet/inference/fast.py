@@ -15,31 +15,37 @@ What it does to a copy of the network (the original is never modified):
 The batch is never split, padded or reordered, so GNAP's coupling of the samples of one batch
 (its mean of L2 norms over the whole batch) is exactly that of the original.
 
-**Defaults** (``dtype='auto'``, ``compile='auto'``) follow a decision table, checked by a one-time
-calibration on the first batch. Candidates are (convolution dtype, residual stream dtype), plus
-float32 for the first residual unit on the third rung, fastest first:
+**Defaults** (``dtype='auto'``, ``compile='auto'``): on the first call the fast model *times* the
+paths that apply on that batch, interleaved, against plain eager (the model exactly as given), and
+keeps the fastest; eager itself is a candidate, so the result is never slower than the model you
+passed, on the CPU it runs on. The paths:
 
-=================================  ======================================  ==========================
-device                             candidates, in the order tried          compile
-=================================  ======================================  ==========================
-CPU with native bf16 (AVX512-BF16  (bf16, bf16), (bf16, fp32),            no (on 2 cores it is not
-or AMX, as oneDNN reports)         (bf16, fp32) + 1 float32 unit, fp32     faster than the pre-packed
-                                                                           oneDNN path, and its first
-                                                                           call takes ~1 min)
-CPU without                        fp32                                    no
-CUDA                               (fp16, fp16), (fp16, fp32),             'reduce-overhead' if
-                                   (fp16, fp32) + 1 float32 unit, fp32     Triton works
-=================================  ======================================  ==========================
+=====================  =====================================================  ======================
+path                   when it is a candidate                                  accuracy gate
+=====================  =====================================================  ======================
+eager                  always (a copy of the model as given)                   -- (it is the reference)
+float32                always: BN folded, channels_last and pre-packed, and    finite output
+                       the same in NCHW
+bf16 / fp16            CPU with native bf16 (AVX512-BF16 or AMX, as oneDNN     min cosine >=
+                       reports), CUDA (fp16): the first rung of the ladder     :data:`CALIBRATION_COSINE`
+                       (bf16, bf16) -> (bf16, fp32) -> (bf16, fp32) + 1
+                       float32 unit that passes its gate
+int8                   CPU, only when ``calibration=`` is given                min cosine >=
+                       (:mod:`fresnet.inference.int8`)                         :data:`INT8_CALIBRATION_COSINE`
+=====================  =====================================================  ======================
 
-On the first call the fast model runs the first candidate *and* the float32 network on that batch
-and keeps the candidate only if every embedding's cosine similarity to the float32 one is at least
-:data:`CALIBRATION_COSINE` and all outputs are finite; otherwise it tries the next candidate.
-:data:`CALIBRATION_COSINE` (0.9997) is stricter than the promised 0.9995 on purpose: the check
-sees one batch, and across batches the worst cosine of one path varies by ~1e-4 (measured on r50
-and r100), so the margin keeps the promise for inputs the calibration did not see. Pass
-``dtype='float32'`` when the bound must hold for every input with certainty. Float32 paths are the
-same function as the eager model to float rounding (max abs diff well under 1e-4).
-``fast.choice`` says what was picked and why.
+The low-precision ladder is the accuracy calibration it always was: a rung is kept only if every
+embedding's cosine similarity to float32 is at least :data:`CALIBRATION_COSINE` on that batch and
+all outputs are finite, else the next rung is tried. :data:`CALIBRATION_COSINE` (0.9997) is stricter
+than the promised 0.9995 on purpose: the check sees one batch, and across batches the worst cosine
+of one path varies by ~1e-4 (measured on r50 and r100), so the margin keeps the promise for inputs
+the calibration did not see. Pass ``dtype='float32'`` when the bound must hold for every input with
+certainty. Float32 paths are the same function as the eager model to float rounding (max abs diff
+well under 1e-4). ``fast.choice.describe()`` says what was picked and why, with the times measured.
+
+Why time at all: the fast float32 path is not faster than eager everywhere (on a 2-core AVX2 EPYC,
+r50 at batch 1 it measured 0.87x eager once), and int8 is worth it or not depending on VNNI, the
+batch and the compiler. Timing costs the first call about three passes of each candidate.
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ import contextlib
 import copy
 import os
 import shutil
+import time
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence, Union
@@ -59,6 +66,10 @@ from fresnet.inference.mixed_precision import MixedPrecisionNet, dtype_name, one
 
 PROMISED_COSINE = 0.9995
 CALIBRATION_COSINE = 0.9997  # checked on the first batch, with a margin for unseen inputs (module docs)
+# int8 is not bf16: measured worst cosines are ~0.99 (random r50) and higher on trained networks;
+# below this something is wrong (a calibration set unlike the inputs, a saturating kernel)
+INT8_CALIBRATION_COSINE = 0.98
+TIMED_ROUNDS = 2  # interleaved rounds per candidate on the first batch, after one untimed warm call
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = {
     "float32": torch.float32,
@@ -68,12 +79,14 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
     "half": torch.float16,
+    "int8": torch.int8,
 }
 
 
 @dataclass(frozen=True)
 class FastChoice:
-    """One concrete way to run the network (and, after calibration, why it was chosen)."""
+    """One concrete way to run the network (and, after the first call with ``dtype='auto'``, why it
+    was chosen)."""
 
     device: str
     dtype: torch.dtype
@@ -84,32 +97,50 @@ class FastChoice:
     float32_units: int = 0  # leading residual units kept entirely in float32
     reason: str = ""
     cosine: Optional[float] = None  # min cosine to float32 on the calibration batch
+    eager: bool = False  # the model exactly as given (a copy), no fast-path change at all
+    calibration_images: int = 0  # int8: how many images the activation ranges come from
 
     @property
     def name(self) -> str:
-        """Short name: 'float32'; 'bfloat16' (float32 residual stream); 'bfloat16/bfloat16' (bf16
-        stream); 'bfloat16+1' (float32 stream and first unit)."""
+        """Short name: 'eager'; 'float32' ('float32/nchw' without channels_last); 'int8';
+        'bfloat16' (float32 residual stream); 'bfloat16/bfloat16' (bf16 stream); 'bfloat16+1'
+        (float32 stream and first unit)."""
+        if self.eager:
+            return "eager"
         name = dtype_name(self.dtype)
-        if self.dtype == torch.float32:
-            return name
+        if self.dtype in (torch.float32, torch.int8):
+            return name + ("" if self.channels_last or self.dtype == torch.int8 else "/nchw")
         if self.residual_dtype != torch.float32:
             name += "/" + dtype_name(self.residual_dtype)
         return name + (f"+{self.float32_units}" if self.float32_units else "")
 
     def describe(self) -> str:
+        """What runs, and -- once chosen -- why (the reason, with the times measured)."""
+        if self.eager:
+            text = f"{self.device}, eager (the model as given)"
+        else:
+            text = ", ".join(self._parts())
+        return text + (f"; {self.reason}" if self.reason else "")
+
+    def _parts(self) -> list[str]:
         if self.dtype == torch.float32:
             precision = "float32"
+        elif self.dtype == torch.int8:
+            precision = (f"int8 convolutions and FC (PT2E, calibrated on {self.calibration_images} images), "
+                         "float32 stem, first unit and residual stream")
         else:
             kept = "stem, first unit" if self.float32_units == 1 else (
                 f"stem, first {self.float32_units} units" if self.float32_units else "stem")
             precision = (f"{dtype_name(self.dtype)} convolutions, "
                          f"{dtype_name(self.residual_dtype)} residual stream, float32 {kept} and head")
-        parts = [self.device, precision, "channels_last" if self.channels_last else "NCHW"]
+        parts = [self.device, precision]
+        if self.dtype != torch.int8:
+            parts.append("channels_last" if self.channels_last else "NCHW")
         if self.fold_bn:
             parts.append("BN folded")
         if self.compile:
             parts.append(f"compiled({self.compile})" if isinstance(self.compile, str) else "compiled")
-        return ", ".join(parts)
+        return parts
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -164,21 +195,34 @@ def _is_fresnet(model: nn.Module) -> bool:
     return all(hasattr(model, name) for name in ("stem", "stage_names", "reduce", "head"))
 
 
-def build_path(model: nn.Module, choice: FastChoice) -> nn.Module:
-    """The network for one :class:`FastChoice` (not compiled), on its device, in eval mode."""
+def build_path(model: nn.Module, choice: FastChoice, calibration: Optional[Sequence[torch.Tensor]] = None) -> nn.Module:
+    """The network for one :class:`FastChoice` (not compiled), on its device, in eval mode.
+    ``calibration``: the float batches an int8 path takes its activation ranges from."""
     from fresnet.inference.fuse import fold_batchnorm
 
-    source = fold_batchnorm(model) if choice.fold_bn else copy.deepcopy(model).eval()
-    # inductor packs weights itself (freezing); pre-packed oneDNN tensors are opaque to it
-    net = MixedPrecisionNet(source.float(), choice.dtype, choice.residual_dtype, channels_last=choice.channels_last,
-                            pack=not choice.compile, float32_units=choice.float32_units)
-    net = net.to(choice.device).eval()
+    if choice.eager:
+        net = copy.deepcopy(model).to(choice.device).eval()
+    elif choice.dtype == torch.int8:
+        from fresnet.inference.int8 import Int8Net, quantize_int8
+
+        if not calibration:
+            raise FresnetError("an int8 path needs calibration images (calibration=...)")
+        source = fold_batchnorm(model) if choice.fold_bn else copy.deepcopy(model).eval()
+        net = Int8Net(quantize_int8(source.float().cpu(), calibration), sum(int(b.shape[0]) for b in calibration))
+    else:
+        source = fold_batchnorm(model) if choice.fold_bn else copy.deepcopy(model).eval()
+        # inductor packs weights itself (freezing); pre-packed oneDNN tensors are opaque to it
+        net = MixedPrecisionNet(source.float(), choice.dtype, choice.residual_dtype, channels_last=choice.channels_last,
+                                pack=not choice.compile, float32_units=choice.float32_units)
+        net = net.to(choice.device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net
 
 
 def _compile(net: nn.Module, choice: FastChoice) -> nn.Module:
+    if choice.dtype == torch.int8:
+        return FrozenCompiled(net)
     mode = None if choice.compile in (True, "default") else choice.compile
     options = None
     if torch.device(choice.device).type == "cpu":
@@ -186,6 +230,22 @@ def _compile(net: nn.Module, choice: FastChoice) -> nn.Module:
         options = {"freezing": True}
         mode = None  # modes are CUDA-graph / autotune knobs; options and mode are exclusive
     return torch.compile(net, mode=mode, options=options, dynamic=False)
+
+
+class FrozenCompiled:
+    """``torch.compile(net)`` called with inductor's ``freezing`` on. The int8 lowering (torchao's
+    weight-prepack pass) reads the global setting, not ``torch.compile(options=...)``: with options
+    the quantised graph fails to compile (``UnsupportedOperatorException: onednn.qconv_prepack``).
+    Every call sets it, because a new batch size compiles again."""
+
+    def __init__(self, net: nn.Module):
+        self.compiled = torch.compile(net, dynamic=False)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,20 +257,22 @@ class FastModel(nn.Module):
     any device), float32 output on the fast path's device. Gradients are never recorded.
 
     Attributes:
-        choice: the :class:`FastChoice` in use (after the first call when calibrating).
+        choice: the :class:`FastChoice` in use (after the first call when choosing).
         config: the wrapped network's :class:`NetConfig`.
     """
 
-    def __init__(self, model: nn.Module, candidates: Sequence[FastChoice], calibrate: bool):
+    def __init__(self, model: nn.Module, candidates: Sequence[FastChoice], calibrate: bool,
+                 extras: Sequence[FastChoice] = (), calibration: Optional[Sequence[torch.Tensor]] = None):
         super().__init__()
         self.config = getattr(model, "config", None)
-        self._candidates = list(candidates)
-        self._calibrate = calibrate and len(self._candidates) > 1
+        self._candidates = list(candidates)  # the precision ladder, float32 last
+        self._extras = list(extras) if calibrate else []  # timed besides the ladder: eager, NCHW, int8
+        self._calibrate = calibrate and (len(self._candidates) > 1 or bool(self._extras))
         self.choice = self._candidates[0]
         # a closure, not an attribute: the caller's model must not become a submodule of this one
-        # (``fast.train()`` or ``fast.to()`` would reach it); dropped after calibration
-        self._build = (lambda choice: build_path(model, choice)) if self._calibrate else None
-        self.net = build_path(model, self.choice)
+        # (``fast.train()`` or ``fast.to()`` would reach it); dropped once the path is chosen
+        self._build = (lambda choice: build_path(model, choice, calibration)) if self._calibrate else None
+        self.net = build_path(model, self.choice, calibration)
         self._set_runner(self.net, compiled=False)
 
     def _set_runner(self, runner: nn.Module, compiled: bool) -> None:
@@ -221,25 +283,18 @@ class FastModel(nn.Module):
     # -- running ----------------------------------------------------------------------------
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.choice.compile and not self._compiled:
-            try:
-                runner = _compile(self.net, self.choice)
-                out = runner(x)
+            runner, out = _compiled_or_none(self.net, self.choice, x)
+            if runner is not None:
                 self._set_runner(runner, compiled=True)
                 return _own(out, self.choice)
-            except Exception as error:  # a missing compiler or an unsupported op: stay eager
-                warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
-                              "running the fast path uncompiled", RuntimeWarning, stacklevel=3)
-                self.choice = replace(self.choice, compile=False)
-                self._set_runner(self.net, compiled=False)
+            self.choice = replace(self.choice, compile=False)
         return _own(self._runner(x), self.choice)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.choice.device)
         if self._calibrate:
-            out = self._calibrate_on(x)
-            if out is not None:
-                return out
+            return self._choose_on(x)
         with _exact_float32(self.choice):
             return self._run(x)
 
@@ -247,37 +302,102 @@ class FastModel(nn.Module):
         # inference only: BN must keep its (folded) moving statistics and dropout stays off
         return super().train(False)
 
-    def _calibrate_on(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """Pick the first candidate that meets :data:`CALIBRATION_COSINE` on ``x``; returns its
-        output on ``x`` when it is already computed (uncompiled paths), else None."""
-        fp32 = replace(self.choice, dtype=torch.float32, residual_dtype=torch.float32, float32_units=0, compile=False)
-        reference_net = self._build(fp32)
-        with _exact_float32(fp32):
-            reference = reference_net(x)
-        rejected: list[str] = []
+    # -- choosing on the first batch ----------------------------------------------------------
+    def _choose_on(self, x: torch.Tensor) -> torch.Tensor:
+        """Run every candidate on ``x``, drop those that miss their accuracy gate, time the rest
+        against eager and keep the fastest; returns the kept path's output on ``x``."""
+        eager = replace(self.choice, dtype=torch.float32, residual_dtype=torch.float32, float32_units=0,
+                        compile=False, fold_bn=False, channels_last=False, eager=True, reason="")
+        paths: dict[str, tuple[FastChoice, nn.Module, Any]] = {}  # name -> (choice, net, runner)
+        outputs: dict[str, torch.Tensor] = {}
+        net = self._build(eager)
+        with _exact_float32(replace(eager, eager=False)):
+            reference = net(x)
+        paths["eager"], outputs["eager"] = (eager, net, net), reference
+        notes: list[str] = []
+        low_kept = False
         for index, choice in enumerate(self._candidates):
-            if choice.dtype == torch.float32:
-                # the reference *is* this path (same folding and layout), uncompiled
-                net, out, cosine = reference_net, reference, 1.0
-                reason = "float32" + (f" ({'; '.join(rejected)})" if rejected else f": {choice.reason}")
-                break
-            net = self.net if index == 0 else self._build(choice)
-            out = net(x)  # checked uncompiled: compiling a candidate that is then rejected wastes time
-            cosine = _min_cosine(out, reference)
-            finite = bool(torch.isfinite(out).all())
-            if finite and cosine >= CALIBRATION_COSINE:
-                reason = f"calibrated on the first batch: min cosine {cosine:.6f} >= {CALIBRATION_COSINE}"
-                break
-            why = "non-finite output" if not finite else f"min cosine {cosine:.6f} < {CALIBRATION_COSINE}"
-            rejected.append(f"{choice.name} rejected: {why}")
+            if choice.dtype != torch.float32 and low_kept:
+                continue  # the ladder: only the first rung that passes is timed
+            built = self.net if index == 0 else self._build(choice)
+            if self._try(choice, built, x, reference, paths, outputs, notes):
+                low_kept = low_kept or choice.dtype != torch.float32
+        for choice in self._extras:
+            self._try(choice, self._build(choice), x, reference, paths, outputs, notes)
+        seconds = _time_paths({name: runner for name, (_, _, runner) in paths.items()}, x, self.choice.device)
+        best = min(seconds, key=lambda name: (seconds[name], name != "eager"))
+        timed = ", ".join(f"{name} {1e3 * t:.1f} ms" for name, t in sorted(seconds.items(), key=lambda kv: kv[1]))
+        reason = (f"fastest on the first batch ({x.shape[0]} images), timed against eager: {timed}"
+                  + (f" ({'; '.join(notes)})" if notes else ""))
+        choice, net, runner = paths[best]
+        cosine = _min_cosine(outputs[best], reference) if choice.dtype not in (torch.float32,) else None
         self.choice = replace(choice, reason=reason, cosine=cosine)
         self.net = net
-        self._set_runner(net, compiled=False)
-        self._calibrate, self._build, self._candidates = False, None, [self.choice]
-        return None if self.choice.compile else out
+        self._set_runner(runner, compiled=runner is not net)
+        self._calibrate, self._build, self._candidates, self._extras = False, None, [self.choice], []
+        return _own(outputs[best], self.choice)
+
+    def _try(self, choice: FastChoice, net: nn.Module, x: torch.Tensor, reference: torch.Tensor,
+             paths: dict, outputs: dict, notes: list[str]) -> bool:
+        """Run one candidate (compiled first if it is compiled: int8's kernels need inductor) and
+        keep it for timing when it passes its accuracy gate."""
+        runner = net
+        with _exact_float32(choice):
+            # int8 is timed compiled (its int8 kernels come from inductor); the others are timed as
+            # before, uncompiled, and the chosen one is compiled at the next call if asked
+            if choice.compile and choice.dtype == torch.int8:
+                compiled, out = _compiled_or_none(net, choice, x)
+                if compiled is None:
+                    choice = replace(choice, compile=False)
+                    out = net(x)
+                else:
+                    runner = compiled
+            else:
+                out = net(x)
+        finite = bool(torch.isfinite(out).all())
+        bound = {torch.float32: None, torch.int8: INT8_CALIBRATION_COSINE}.get(choice.dtype, CALIBRATION_COSINE)
+        cosine = _min_cosine(out, reference) if bound is not None else 1.0
+        if not finite or (bound is not None and cosine < bound):
+            why = "non-finite output" if not finite else f"min cosine {cosine:.6f} < {bound}"
+            notes.append(f"{choice.name} rejected: {why}")
+            return False
+        if bound is not None:
+            notes.append(f"{choice.name} min cosine {cosine:.6f}")
+        paths[choice.name], outputs[choice.name] = (choice, net, runner), out
+        return True
 
     def extra_repr(self) -> str:
-        return self.choice.describe() + (" (calibrates on first call)" if self._calibrate else "")
+        return self.choice.describe() + (" (calibrates on first call: times the candidates against eager)"
+                                         if self._calibrate else "")
+
+
+def _compiled_or_none(net: nn.Module, choice: FastChoice, x: torch.Tensor):
+    """(compiled runner, its output on x), or (None, None) with a warning when compiling fails."""
+    try:
+        runner = _compile(net, choice)
+        return runner, runner(x)
+    except Exception as error:  # a missing compiler or an unsupported op: stay eager
+        warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
+                      f"running the {choice.name} path uncompiled", RuntimeWarning, stacklevel=4)
+        return None, None
+
+
+def _time_paths(runners: dict[str, Any], x: torch.Tensor, device: str, rounds: int = TIMED_ROUNDS) -> dict[str, float]:
+    """Best seconds per call of each runner on ``x``, timed interleaved (round-robin, the order
+    rotated each round) so that load from elsewhere hits every candidate alike."""
+    names = list(runners)
+    best = dict.fromkeys(names, float("inf"))
+    cuda = torch.device(device).type == "cuda"
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            runners[name](x)
+            if cuda:
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 @contextlib.contextmanager
@@ -311,12 +431,12 @@ def _min_cosine(out: torch.Tensor, reference: torch.Tensor) -> float:
 def _parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
-            raise FresnetError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16 (or 'auto')")
+            raise FresnetError(f"dtype {dtype} is not supported; use float32, bfloat16, float16 or int8 (or 'auto')")
         return dtype
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
-        raise FresnetError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'") from None
+        raise FresnetError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16', 'float16' or 'int8'") from None
 
 
 def optimize_for_inference(
@@ -330,27 +450,34 @@ def optimize_for_inference(
     calibrate: Optional[bool] = None,
     residual_dtype: Union[str, torch.dtype, None] = None,
     float32_units: Optional[int] = None,
+    calibration: Any = None,
 ) -> FastModel:
     """A fast inference module computing the same embeddings as ``model`` (which is not modified).
 
     Args:
         model: a fresnet network (:func:`fresnet.create_model`, :func:`fresnet.load`, ...).
         device: where to run; default: the model's device.
-        dtype: 'auto' (decision table + calibration, see the module docs), or 'float32',
-            'bfloat16' (CPU with native bf16, or CUDA), 'float16' (CUDA).
+        dtype: 'auto' (time the candidates against eager on the first batch, see the module docs),
+            or 'float32', 'bfloat16' (CPU with native bf16, or CUDA), 'float16' (CUDA), 'int8' (CPU).
         channels_last: store activations NHWC.
         compile: 'auto', False, True/'default', or a ``torch.compile`` mode ('reduce-overhead' uses
             CUDA graphs, 'max-autotune'). Falls back to eager, with a warning, if compiling fails.
+            int8 is always compiled when a compiler is there (its int8 kernels come from inductor).
         fold_bn: fold BatchNorm into neighbouring conv/FC layers where exact.
-        calibrate: check the low-precision candidates against float32 on the first batch and fall
-            back when they miss :data:`CALIBRATION_COSINE`. Default: on when ``dtype='auto'``.
+        calibrate: with ``dtype='auto'``, choose on the first batch (accuracy gates, then timing
+            against eager). Default: on when ``dtype='auto'``; off keeps the first candidate untried.
         residual_dtype: dtype of the residual stream between units when ``dtype`` is low precision:
             'float32' (the default for an explicit ``dtype``: more accurate, ~8% slower on CPU) or
             the same as ``dtype`` (fastest). With ``dtype='auto'`` both are candidates unless this
             is given.
         float32_units: how many residual units, from the input side, run entirely in float32 when
-            ``dtype`` is low precision (default 0 for an explicit ``dtype``; 1 makes deep networks
-            such as r100 meet the bound). With ``dtype='auto'`` 0 and 1 are candidates unless given.
+            ``dtype`` is bfloat16/float16 (default 0 for an explicit ``dtype``; 1 makes deep
+            networks such as r100 meet the bound). With ``dtype='auto'`` 0 and 1 are candidates.
+        calibration: images for int8's activation ranges: a float tensor (N, 3, H, W) of 0..255 RGB
+            faces, an iterable of such tensors, or a path to a verification ``.bin``, a RecordIO
+            dataset or an image folder (:mod:`fresnet.inference.calibration`). With ``dtype='auto'``
+            int8 is a candidate only when this is given; ``dtype='int8'`` without it calibrates on
+            synthetic faces (with a warning: fine for speed tests, not for a trained network).
 
     Returns:
         A :class:`FastModel`; ``fast(x)`` takes the same input as ``model(x)``.
@@ -367,6 +494,7 @@ def optimize_for_inference(
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FresnetError("device 'cuda' was asked for but CUDA is not available; use device='cpu'")
+    int8_asked = dtype != "auto" and _parse_dtype(dtype) == torch.int8
     if dtype == "auto":
         ladder = default_candidates(device)
         reason = "decision table"
@@ -376,9 +504,14 @@ def optimize_for_inference(
         reason = "requested"
         if low == torch.float16 and device.type == "cpu":
             raise FresnetError("float16 is a GPU path; on CPU use dtype='bfloat16' or 'float32'")
+        if low == torch.int8 and device.type != "cpu":
+            raise FresnetError("int8 is a CPU path (x86 oneDNN kernels); on a GPU use dtype='float16' or 'auto'")
+        if low == torch.int8 and (residual_dtype is not None or float32_units is not None):
+            raise FresnetError("residual_dtype and float32_units apply to bfloat16/float16; int8 keeps the residual "
+                               "stream, the stem and the first unit in float32 by design")
     if residual_dtype is not None:
         stream = _parse_dtype(residual_dtype)
-        if stream not in (torch.float32, ladder[0][0]):
+        if stream not in (torch.float32, ladder[0][0]) or stream == torch.int8:
             raise FresnetError(f"residual_dtype {dtype_name(stream)} must be float32 or the same as dtype "
                                f"({dtype}): the stream is never less precise than the convolutions")
         ladder = [(low, stream if low != torch.float32 else low, units) for low, _, units in ladder]
@@ -400,4 +533,40 @@ def optimize_for_inference(
                              float32_units=units, reason=reason) for low, stream, units in ladder]
     if calibrate is None:
         calibrate = dtype == "auto"
-    return FastModel(model, candidates, calibrate=bool(calibrate))
+    batches = None
+    extras: list[FastChoice] = []
+    if dtype == "auto":
+        extras.append(replace(candidates[-1], dtype=torch.float32, channels_last=not channels_last,
+                              residual_dtype=torch.float32, float32_units=0))
+        if calibration is not None and device.type == "cpu":
+            batches = _int8_calibration(model, calibration)
+            extras.append(_int8_choice(device, fold_bn, batches, reason))
+    elif int8_asked:
+        if calibration is None:
+            warnings.warn("dtype='int8' without calibration=: calibrating on synthetic faces, which is fine for a "
+                          "speed test but not for a trained network; pass real face crops (a tensor, or a .bin, "
+                          "RecordIO or image folder path)", UserWarning, stacklevel=2)
+        batches = _int8_calibration(model, calibration)
+        candidates = [_int8_choice(device, fold_bn, batches, reason)]
+    return FastModel(model, candidates, calibrate=bool(calibrate), extras=extras, calibration=batches)
+
+
+def _int8_calibration(model: nn.Module, calibration: Any) -> list[torch.Tensor]:
+    from fresnet.inference.calibration import calibration_batches
+    from fresnet.inference.int8 import int8_unavailable
+
+    missing = int8_unavailable()
+    if missing is not None:
+        raise FresnetError(missing)
+    size = model.config.input_size if getattr(model, "config", None) is not None else (112, 112)
+    return calibration_batches(calibration, size)
+
+
+def _int8_choice(device: torch.device, fold_bn: bool, batches: Sequence[torch.Tensor], reason: str) -> FastChoice:
+    compiled = compiler_available(device)
+    if not compiled:
+        warnings.warn("int8 without a C++ compiler runs PyTorch's reference quantised kernels, slower than "
+                      "float32; install g++ (inductor builds the int8 kernels) or export an int8 ONNX model "
+                      "(fresnet export --int8) for onnxruntime", RuntimeWarning, stacklevel=3)
+    images = sum(int(b.shape[0]) for b in batches)
+    return FastChoice(str(device), torch.int8, False, compiled, fold_bn, reason=reason, calibration_images=images)
