@@ -127,21 +127,53 @@ def test_gnap_batch_coupling_is_preserved():
     assert min_cosine(bf16(x[:1]), expected_alone) >= COSINE_BOUND
 
 
-def test_auto_without_native_bf16_is_float32_without_calibration(monkeypatch):
-    """An AVX2-only CPU has no native bf16: auto goes straight to float32 (nothing to calibrate)."""
+def fixed_times(monkeypatch, **ms):
+    """Make auto's timing return these milliseconds per path name (anything else: 1 s), so the
+    choice it makes from them is tested without timing anything."""
+    def fake(runners, x, device, rounds=fast_module.TIMED_ROUNDS):
+        for runner in runners.values():
+            runner(x)  # each candidate still runs
+        return {name: ms.get(name.replace("/", "_"), 1000.0) / 1e3 for name in runners}
+
+    monkeypatch.setattr(fast_module, "_time_paths", fake)
+
+
+def test_auto_without_native_bf16_times_eager_and_float32(monkeypatch):
+    """An AVX2-only CPU has no native bf16: auto's candidates are eager and the two float32 layouts,
+    and the fastest one on the first batch wins."""
     monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
     assert fast_module.default_candidates(torch.device("cpu")) == [(torch.float32, torch.float32, 0)]
+    fixed_times(monkeypatch, eager=30.0, float32=20.0, float32_nchw=25.0)
     model = tiny()
     x = images(2, seed=5)
     fast = optimize_for_inference(model, compile=False)
-    assert "calibrates on first call" not in repr(fast)
-    assert fast.choice.dtype == torch.float32
+    assert "calibrates on first call" in repr(fast)
+    out = fast(x)
+    assert fast.choice.name == "float32" and fast.choice.channels_last
+    assert "float32 20.0 ms" in fast.choice.describe() and "eager 30.0 ms" in fast.choice.describe()
+    assert (out - model(x).detach()).abs().max().item() <= FP32_BOUND
     assert (fast(x) - model(x).detach()).abs().max().item() <= FP32_BOUND
+
+
+def test_auto_never_returns_something_slower_than_eager(monkeypatch):
+    """When eager is fastest on the first batch (it was once on a 2-core AVX2 EPYC at batch 1), auto
+    keeps the model as given: same numbers, bit for bit."""
+    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
+    fixed_times(monkeypatch, eager=10.0, float32=11.5, float32_nchw=12.0)
+    model = tiny()
+    x = images(3, seed=5)
+    fast = optimize_for_inference(model, compile=False)
+    out = fast(x)
+    assert fast.choice.eager and fast.choice.name == "eager"
+    assert "eager (the model as given)" in fast.choice.describe()
+    assert torch.equal(out, model(x).detach()) and torch.equal(fast(x), model(x).detach())
 
 
 def test_auto_calibrates_on_first_call(monkeypatch):
     # forced, so this branch runs on every CPU: bf16 is emulated (slow, same numbers) without AVX512-BF16
     monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: True)
+    first = fast_module.default_candidates(torch.device("cpu"))[0]
+    fixed_times(monkeypatch, **{"bfloat16_bfloat16": 5.0, "eager": 10.0, "float32": 8.0})
     model = tiny()
     x = images(3, seed=5)
     with torch.no_grad():
@@ -149,7 +181,6 @@ def test_auto_calibrates_on_first_call(monkeypatch):
     fast = optimize_for_inference(model, compile=False)
     assert "calibrates on first call" in repr(fast)
     out = fast(x)
-    first = fast_module.default_candidates(torch.device("cpu"))[0]
     assert (fast.choice.dtype, fast.choice.residual_dtype, fast.choice.float32_units) == first  # a tiny settled network passes the check
     assert fast.choice.cosine is not None and fast.choice.cosine >= fast_module.CALIBRATION_COSINE
     assert min_cosine(out, expected) >= COSINE_BOUND
@@ -162,6 +193,7 @@ def test_auto_falls_back_to_float32_when_low_precision_misses(monkeypatch):
     monkeypatch.setattr(fast_module, "default_candidates", lambda device: [
         (torch.bfloat16, torch.bfloat16, 0), (torch.bfloat16, torch.float32, 0), (torch.bfloat16, torch.float32, 1),
         (torch.float32, torch.float32, 0)])
+    fixed_times(monkeypatch, eager=30.0, float32=20.0)
     model = tiny()
     x = images(2, seed=7)
     fast = optimize_for_inference(model, compile=False)
@@ -189,7 +221,9 @@ def test_public_name_and_errors():
     assert fresnet.optimize_for_inference is optimize_for_inference
     model = tiny()
     with pytest.raises(FresnetError, match="dtype"):
-        optimize_for_inference(model, dtype="int8")
+        optimize_for_inference(model, dtype="int4")
+    with pytest.raises(FresnetError, match="int8 is a CPU path"):
+        optimize_for_inference(model, dtype="int8", device="cuda" if torch.cuda.is_available() else "meta")
     with pytest.raises(FresnetError, match="GPU path"):
         optimize_for_inference(model, dtype="float16", device="cpu")
     with pytest.raises(FresnetError, match="compile"):

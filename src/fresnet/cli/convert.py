@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Export to ONNX. SRC is a model file (" + FORMATS_HELP + ") or a preset name such as "
         "r50 (random weights, for speed tests; use --set to change it).",
         epilog="examples:\n  fresnet export model.safetensors\n  fresnet export backbone.pth r100.onnx --fold-bn\n"
-        "  fresnet export r50 r50-gdc.onnx --set net_output=GDC --static-batch\n",
+        "  fresnet export r50 r50-gdc.onnx --set net_output=GDC --static-batch\n"
+        "  fresnet export model.safetensors model-int8.onnx --int8 --calibration train_dir\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="model file, or a preset name (see `fresnet list`)")
@@ -51,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="config override when SRC is a preset name, e.g. --set net_output=GDC (repeatable)",
     )
     _add_onnx_args(p)
+    g = p.add_argument_group("int8 (static quantisation, onnxruntime QDQ)")
+    g.add_argument("--int8", action="store_true",
+                   help="write an int8 model: per-channel int8 weights, uint8 activations calibrated on --calibration; "
+                        "stem, first unit and residual stream stay float32 (docs/performance.md)")
+    g.add_argument("--calibration", metavar="DATA", default=None,
+                   help="face images for the int8 ranges: a verification .bin, a RecordIO dataset or an image folder "
+                        "(a few hundred images are used; default: synthetic faces, for speed tests only)")
     p.set_defaults(func=run_export)
 
 
@@ -160,7 +168,42 @@ def run_export(args: argparse.Namespace) -> int:
         if args.overrides:
             raise FresnetError("--set only applies when SRC is a preset name; a file carries its own config")
         model = _read(args)
+    if args.int8:
+        return _write_int8(model, destination.path, args)
+    if args.calibration is not None:
+        raise FresnetError("--calibration is for --int8 exports; add --int8 (or drop --calibration)")
     return _write(model, destination, args)
+
+
+def _write_int8(model, path: str, args: argparse.Namespace) -> int:
+    import warnings
+
+    from rich.console import Console
+
+    from fresnet.inference.calibration import CalibrationWarning
+    from fresnet.interop.onnx_int8 import export_onnx_int8, verify_onnx_int8
+
+    print(f"destination: ONNX int8 (QDQ) {path}")
+    print(f"calibration: {args.calibration or 'synthetic faces (pass --calibration DATA for a trained model)'}")
+    console = Console(stderr=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        with console.status("calibrating and quantising (a minute or more for r50) ..."):
+            export_onnx_int8(model.eval(), path, args.calibration, dynamic_batch=not args.static_batch, opset=args.opset)
+    for warning in caught:
+        if issubclass(warning.category, CalibrationWarning):
+            print(f"warning:     {warning.message}")
+    print(f"wrote        {path}")
+    if not args.verify:
+        return 0
+    with console.status("checking the int8 file in onnxruntime against PyTorch float32 ..."):
+        worst, mean = verify_onnx_int8(model, path, batch=1 if args.static_batch else 8)
+    from fresnet.inference.fast import INT8_CALIBRATION_COSINE
+
+    verdict = "ok" if worst >= INT8_CALIBRATION_COSINE else "FAILED"
+    print(f"onnxruntime: cosine to PyTorch float32 min {worst:.5f}, mean {mean:.5f} on synthetic faces "
+          f"({verdict}, bound {INT8_CALIBRATION_COSINE})")
+    return 0 if verdict == "ok" else 1
 
 
 def _is_preset(name: str) -> bool:

@@ -84,9 +84,9 @@ def calibration_batches(
 def check_calibration(batches: Sequence[torch.Tensor], where: str = "calibration data") -> None:
     """Refuse a calibration set whose ranges would be wrong for real faces; warn about a weak one.
 
-    Errors: no images, fewer than :data:`MIN_IMAGES`, every image blank (all-black, all-white or any
-    one colour), or all images the same. Warnings: fewer than :data:`RECOMMENDED_IMAGES`, more than
-    a quarter of them blank, or values that look like 0..1 rather than 0..255.
+    Errors: no images, fewer than :data:`MIN_IMAGES`, values in 0..1 rather than 0..255, every image
+    blank (all-black, all-white or any one colour), or all images the same. Warnings: fewer than
+    :data:`RECOMMENDED_IMAGES`, or more than a quarter of them blank.
     """
     count = sum(int(b.shape[0]) for b in batches)
     if count == 0:
@@ -94,6 +94,10 @@ def check_calibration(batches: Sequence[torch.Tensor], where: str = "calibration
     if count < MIN_IMAGES:
         raise FresnetError(f"{where}: {count} image(s) are too few to calibrate int8 (at least {MIN_IMAGES}, "
                            f"a few hundred recommended); the activation ranges of so few faces do not hold for others")
+    peak = max(float(b.detach().float().abs().max()) for b in batches)
+    if 0 < peak <= 1.0:
+        raise FresnetError(f"{where}: pixel values are at most {peak:.3g}; fresnet networks take 0..255 RGB, not "
+                           "0..1: multiply the images by 255")
     spread = torch.cat([b.detach().float().flatten(1).std(dim=1) for b in batches])
     blank = int((spread < BLANK_STD).sum())
     if blank == count:
@@ -102,10 +106,6 @@ def check_calibration(batches: Sequence[torch.Tensor], where: str = "calibration
     first = batches[0][:1].detach().float()
     if all(bool((b.detach().float() - first).abs().max() < 0.5) for b in batches):
         raise FresnetError(f"{where}: all {count} images are the same image; int8 calibration needs varied faces")
-    peak = max(float(b.detach().float().abs().max()) for b in batches)
-    if peak <= 1.0:
-        warnings.warn(f"{where}: pixel values are at most {peak:.3g}; fresnet networks take 0..255 RGB, not 0..1 "
-                      "(multiply by 255), or the int8 ranges will be wrong", CalibrationWarning, stacklevel=3)
     if blank > count // 4:
         warnings.warn(f"{where}: {blank} of {count} images are blank; their ranges dilute the faces' ones",
                       CalibrationWarning, stacklevel=3)
@@ -190,11 +190,16 @@ def _is_recordio(path: Path) -> bool:
 
 
 def _synthetic(count: int, height: int, width: int, seed: int, batch_size: int) -> list[torch.Tensor]:
+    return list(synthetic_faces(count, (height, width), seed=10_000 + seed).split(batch_size))
+
+
+def synthetic_faces(count: int, size: Sequence[int], seed: int = 0) -> torch.Tensor:
+    """``count`` synthetic faces (:class:`fresnet.data.SyntheticFaces`) as float (N, 3, H, W) in 0..255."""
     from fresnet.data.synthetic import SyntheticFaces
 
+    height, width = int(size[0]), int(size[1])
     if height != width:
-        raise FresnetError(f"synthetic calibration faces are square; this network takes {height}x{width}: "
-                           "pass calibration= images")
-    faces = SyntheticFaces(num_identities=max(1, count // 2), images_per_identity=2, seed=10_000 + seed, size=height)
+        raise FresnetError(f"synthetic faces are square; this network takes {height}x{width}: pass calibration= images")
+    faces = SyntheticFaces(num_identities=max(1, (count + 1) // 2), images_per_identity=2, seed=seed, size=height)
     pixels = faces.render(list(range(count)))  # uint8 (N, H, W, 3)
-    return list(torch.from_numpy(pixels).permute(0, 3, 1, 2).float().split(batch_size))
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().contiguous()
