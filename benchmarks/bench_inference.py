@@ -39,6 +39,7 @@ from common import (  # noqa: E402
 )
 
 COSINE_BOUND = 0.9995
+INT8_BOUND = 0.98  # fresnet.inference.fast.INT8_CALIBRATION_COSINE
 FP32_BOUND = 1e-4
 R50_SPEEDUP_TARGET = 2.0
 PEAK_FRACTION_TARGET = 0.5
@@ -54,12 +55,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=0, help="timed rounds per path (default: 7 at batch 1, 4 above)")
     p.add_argument("--paths", default="",
                    help="comma-separated subset of: eager, auto, fp32, bf16, bf16-all, bf16+1, fp16, fp16-all, "
-                        "fp16+1, and any of these with -compiled, onnxruntime (default: all that apply to the "
-                        "device). bf16/fp16: low-precision convolutions, float32 residual stream; -all: the "
-                        "stream in low precision too; +N: the first N residual units in float32; auto: "
-                        "optimize_for_inference's defaults (calibrated on the first batch)")
+                        "fp16+1, and any of these with -compiled, onnxruntime, int8 (PT2E, compiled), "
+                        "auto-int8 (auto with calibration), onnxruntime-int8 (QDQ), arcface (arcface_torch's "
+                        "eager iresnet, same weights; tests/arcface_iresnet_ref.py) (default: all that apply "
+                        "to the device). bf16/fp16: low-precision convolutions, float32 residual stream; -all: "
+                        "the stream in low precision too; +N: the first N residual units in float32; auto: "
+                        "optimize_for_inference's defaults (timed against eager on the first batch)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile paths (they take minutes)")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
+    p.add_argument("--calibration", default=None, metavar="DATA",
+                   help="int8 calibration images (.bin, RecordIO, image folder); default: synthetic faces")
     p.add_argument("--input-size", type=int, default=112, help="square input size (default: 112)")
     p.add_argument("--matmul-size", type=int, default=4096, help="n of the n^3 peak matmul (default: 4096)")
     p.add_argument("--json", type=Path, help="write all results to this JSON file")
@@ -70,17 +75,41 @@ def parse_args(argv=None) -> argparse.Namespace:
 def default_paths(device: torch.device) -> list[str]:
     low = ["fp16", "fp16-all", "bf16"] if device.type == "cuda" else ["bf16", "bf16-all"]
     precise = ["fp16+1"] if device.type == "cuda" else ["bf16+1"]
-    return (["eager", "auto", "fp32"] + low + precise + ["fp32-compiled"] + [f"{d}-compiled" for d in low]
-            + ["onnxruntime"])
+    int8 = [] if device.type == "cuda" else ["int8", "auto-int8", "onnxruntime-int8"]
+    return (["eager", "arcface", "auto", "fp32"] + low + precise + ["fp32-compiled"] + [f"{d}-compiled" for d in low]
+            + ["onnxruntime"] + int8)
 
 
-def build_fast(model, name: str, device: torch.device):
+def build_arcface(model, x: torch.Tensor) -> Optional[Callable]:
+    """arcface_torch's eager iresnet (the reference copy in tests/) with the same weights, fed as
+    arcface_torch feeds it ((x/255 - 0.5)/0.5): the baseline users compare against."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    try:
+        from arcface_iresnet_ref import ARCFACE_LAYERS, IResNet, preprocess
+    except ImportError:
+        return None
+    from fresnet.interop.arcface_torch import check_exportable, export_arcface_torch
+
+    check_exportable(model.config)
+    units = tuple(model.config.units)
+    depth = next((d for d, layers in ARCFACE_LAYERS.items() if tuple(layers) == units), None)
+    ref = IResNet(units, num_features=model.config.emb_size, input_size=tuple(model.config.input_size)).eval()
+    ref.load_state_dict(export_arcface_torch(model.cpu()))
+    ref = ref.to(x.device)
+    xp = preprocess(x)
+    return (lambda: ref(xp)) if depth is not None or units else None
+
+
+def build_fast(model, name: str, device: torch.device, calibration=None):
     """One fast path. 'auto' is the library default (decision table + calibration on the first
     batch); every other path is explicitly configured, and the benchmark checks its accuracy itself."""
     from fresnet.inference.fast import optimize_for_inference
 
     if name == "auto":
         return optimize_for_inference(model, device=device)
+    if name in ("int8", "auto-int8"):
+        return optimize_for_inference(model, device=device, dtype="int8" if name == "int8" else "auto",
+                                      calibration=calibration)
     tokens = name.split("-")
     base, _, units = tokens[0].partition("+")
     dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[base]
@@ -125,10 +154,39 @@ def build_onnxruntime(model, x: torch.Tensor, device: torch.device, threads: int
     return lambda: torch.from_numpy(session.run(None, {name: array})[0])
 
 
+def build_onnxruntime_int8(model, x: torch.Tensor, args, workdir: str) -> Optional[Callable]:
+    """The int8 ONNX export (onnxruntime static QDQ, same recipe as the PyTorch int8 path) run by
+    onnxruntime with non-spinning threads."""
+    try:
+        from fresnet.interop.onnx_int8 import export_onnx_int8, onnx_session
+    except ImportError:
+        return None
+    path = os.path.join(workdir, "model-int8.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx_int8(model.cpu(), path, args.calibration_batches)
+    session = onnx_session(path, threads=args.threads)
+    array = x.detach().cpu().numpy()
+    return lambda: torch.from_numpy(session.run(None, {"input": array})[0])
+
+
+def mean_cosine(out: torch.Tensor, reference: torch.Tensor) -> float:
+    out, reference = out.detach().float().cpu().flatten(1), reference.detach().float().cpu().flatten(1)
+    return torch.nn.functional.cosine_similarity(out, reference, dim=1).mean().item()
+
+
 def run_case(model_name: str, batch: int, args, device: torch.device, peaks: dict[str, float], log) -> list[dict]:
     import fresnet
 
     model = realistic_model(model_name, input_size=(args.input_size, args.input_size)).to(device)
+    calibration = None
+    if any("int8" in p for p in args.path_list):
+        from fresnet.inference.calibration import calibration_batches
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            calibration = calibration_batches(args.calibration, model.config.input_size)
+        args.calibration_batches = calibration
     gflop_per_image = fresnet.summarize(model.config).flops / 1e9
     x = face_images(batch, (args.input_size, args.input_size), seed=batch).to(device)
     with torch.no_grad():
@@ -142,29 +200,37 @@ def run_case(model_name: str, batch: int, args, device: torch.device, peaks: dic
             try:
                 if path == "eager":
                     runner = lambda: model(x)  # noqa: E731
+                elif path == "arcface":
+                    runner = build_arcface(model, x)
+                elif path == "onnxruntime-int8":
+                    runner = build_onnxruntime_int8(model, x, args, workdir)
                 elif path == "onnxruntime":
                     runner = build_onnxruntime(model, x, device, args.threads, workdir)
                     if runner is None:
                         log(f"  {path}: not available on {device.type}, skipped")
                         continue
                 else:
-                    fast = build_fast(model, path, device)
+                    fast = build_fast(model, path, device, calibration)
                     runner = (lambda f: (lambda: f(x)))(fast)
                 with torch.no_grad():
                     out = runner()  # first call: compile / calibrate / warm up
-                if path == "auto":
-                    log(f"  auto picked: {fast.choice.describe()} ({fast.choice.reason})")
+                if path in ("auto", "auto-int8"):
+                    log(f"  {path} picked: {fast.choice.describe()}")
             except Exception as error:  # one broken path must not lose the whole run
                 log(f"  {path}: FAILED ({type(error).__name__}: {str(error)[:300]})")
                 continue
             setup = time.perf_counter() - start
             cosine, maxdiff = cosine_and_maxdiff(out, reference)
             low_precision = path[:4] in ("bf16", "fp16") or (
-                path == "auto" and fast.choice.dtype != torch.float32)
-            ok = cosine >= COSINE_BOUND if low_precision else maxdiff <= FP32_BOUND
-            info[path] = dict(setup_s=round(setup, 2), cosine=cosine, max_abs_diff=maxdiff, accurate=ok)
-            if path == "auto":
-                info[path]["choice"] = f"{fast.choice.describe()} ({fast.choice.reason})"
+                path.startswith("auto") and fast.choice.dtype != torch.float32)
+            int8 = "int8" in path and (path != "auto-int8" or fast.choice.dtype == torch.int8)
+            ok = (cosine >= INT8_BOUND if int8 else cosine >= COSINE_BOUND if low_precision
+                  else maxdiff <= FP32_BOUND * max(1.0, float(reference.abs().max())) if path == "arcface"
+                  else maxdiff <= FP32_BOUND)
+            info_extra = dict(mean_cosine=mean_cosine(out, reference))
+            info[path] = dict(setup_s=round(setup, 2), cosine=cosine, max_abs_diff=maxdiff, accurate=ok, **info_extra)
+            if path in ("auto", "auto-int8"):
+                info[path]["choice"] = fast.choice.describe()
             runners[path] = runner
             log(f"  {path}: ready in {setup:.1f} s, min cosine {cosine:.6f}, max abs diff {maxdiff:.2e}"
                 + ("" if ok else "  ** misses the accuracy bound **"))
@@ -188,6 +254,8 @@ def run_case(model_name: str, batch: int, args, device: torch.device, peaks: dic
             fraction_bf16_peak=gflops / case_peaks["bf16"] if "bf16" in case_peaks else None,
             fraction_fp16_peak=gflops / case_peaks["fp16"] if "fp16" in case_peaks else None,
             fraction_bf16_best_peak=gflops / peaks["bf16"] if "bf16" in peaks else None,
+            fraction_int8_peak=gflops / case_peaks["int8"] if "int8" in case_peaks else None,
+            speedup_vs_arcface=(timings["arcface"].median / seconds) if "arcface" in timings else None,
             rounds=rounds, samples_s=[round(s, 5) for s in timing.seconds], **info[path],
         ))
     log("  matmul peak in the same rounds: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in case_peaks.items()))
@@ -196,18 +264,55 @@ def run_case(model_name: str, batch: int, args, device: torch.device, peaks: dic
 
 def peak_dtypes(device: torch.device) -> list[tuple[str, torch.dtype]]:
     names = [("fp32", torch.float32), ("bf16", torch.bfloat16)]
-    return names + ([("fp16", torch.float16)] if device.type == "cuda" else [])
+    return names + ([("fp16", torch.float16)] if device.type == "cuda" else [("int8", torch.int8)])
 
 
 def matmul_runner(dtype: torch.dtype, n: int, device: torch.device) -> Callable:
+    if dtype == torch.int8:
+        return int8_gemm_runner(n)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     return lambda: a @ b
 
 
+def int8_gemm_runner(n: int) -> Callable:
+    """The machine's int8 GEMM peak as the int8 network's kernels reach it: oneDNN's u8s8 int8
+    linear (``onednn.qlinear_pointwise``, what inductor lowers a quantised FC to) on n x n, int32
+    accumulation, uint8 output. Falls back to ``torch._int_mm`` where that op is missing."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 255, (n, n), dtype=torch.uint8, generator=gen)
+    w = torch.randint(-127, 127, (n, n), dtype=torch.int8, generator=gen)
+    try:
+        scales = torch.full((n,), 0.01)
+        zeros = torch.zeros(n, dtype=torch.int64)
+        packed = torch.ops.onednn.qlinear_prepack(w, [n, n])
+        def run():
+            return torch.ops.onednn.qlinear_pointwise(a, 0.02, 128, packed, scales, zeros, None, 1.0, 0,
+                                                      torch.uint8, "none", [], "")
+        run()
+        return run
+    except (AttributeError, RuntimeError, TypeError):
+        a8 = (a.to(torch.int16) - 128).to(torch.int8)
+        return lambda: torch._int_mm(a8, w)
+
+
 def targets(rows: list[dict]) -> list[str]:
-    """The issue's targets for r50, judged on this run's numbers."""
+    """The issues' targets, judged on this run's numbers: r50's best path vs eager, and every
+    network's best accurate int8 path vs arcface_torch's eager iresnet (>= 2x)."""
     lines = []
+    for model_name in dict.fromkeys(r["model"] for r in rows):
+        for batch in sorted({r["batch"] for r in rows if r["model"] == model_name}):
+            int8 = [r for r in rows if r["model"] == model_name and r["batch"] == batch and "int8" in r["path"]
+                    and r["accurate"] and r.get("speedup_vs_arcface")]
+            if not int8:
+                continue
+            best = max(int8, key=lambda r: r["images_per_s"])
+            ok = best["speedup_vs_arcface"] >= R50_SPEEDUP_TARGET
+            frac = best.get("fraction_int8_peak")
+            lines.append(f"{model_name} batch {batch}: best int8 path {best['path']} {best['images_per_s']:.1f} img/s = "
+                         f"{best['speedup_vs_arcface']:.2f}x arcface_torch eager (target 2.0x: {'met' if ok else 'NOT met'})"
+                         + (f", {frac:.0%} of the int8 GEMM peak" if frac is not None else "")
+                         + f", cosine min {best['cosine']:.4f} mean {best.get('mean_cosine', 1):.4f}")
     for batch in sorted({r["batch"] for r in rows if r["model"] == "r50"}):
         candidates = [r for r in rows if r["model"] == "r50" and r["batch"] == batch and r["path"] != "eager"
                       and r["accurate"] and r["speedup"]]
@@ -227,20 +332,35 @@ def targets(rows: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict], peaks: dict[str, float], meta: dict) -> str:
     head = (f"Measured {meta['date']} on {meta.get('gpu') or meta['cpu']} ({meta['threads']} threads, torch "
-            f"{meta['torch']}; load average at start {meta.get('load_average_start')}, at end {meta.get('load_average_end')}).\n"
+            f"{meta['torch']}; CPU flags {', '.join(meta.get('cpu_isa') or []) or '-'}, torch capability "
+            f"{meta.get('torch_cpu_capability')}; load average at start {meta.get('load_average_start')}, at end "
+            f"{meta.get('load_average_end')}).\n"
             f"Matmul peak ({meta['matmul_size']}^3) at the start of the run: "
             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
             + "; the '% peak' columns use the peak timed in the same interleaved rounds as each row.\n\n")
-    cols = ("| model | batch | path | img/s | x eager | GFLOP/s | fp32 / bf16 peak (same rounds) | % fp32 peak | "
-            "% bf16 peak | min cosine | max abs diff |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    cols = ("| model | batch | path | img/s | x eager | x arcface | GFLOP/s | fp32 / bf16 / int8 peak (same rounds) | "
+            "% fp32 peak | % bf16 peak | % int8 peak | min cosine | mean cosine | max abs diff |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = ""
+
+    def pct(value):
+        return f"{value:.0%}" if value is not None else "-"
+
     for r in rows:
-        bf = f"{r['fraction_bf16_peak']:.0%}" if r["fraction_bf16_peak"] is not None else "-"
         pk = r["peaks_same_rounds"]
+        peaks_text = " / ".join(f"{pk[k]:.0f}" if k in pk else "-" for k in ("fp32", "bf16", "int8"))
+        arc = f"{r['speedup_vs_arcface']:.2f}" if r.get("speedup_vs_arcface") else "-"
         body += (f"| {r['model']} | {r['batch']} | {r['path']} | {r['images_per_s']:.3g} | "
-                 f"{r['speedup']:.2f} | {r['gflops']:.0f} | {pk['fp32']:.0f} / {pk['bf16']:.0f} | "
-                 f"{r['fraction_fp32_peak']:.0%} | {bf} | {r['cosine']:.6f} | {r['max_abs_diff']:.1e} |\n")
+                 f"{r['speedup']:.2f} | {arc} | {r['gflops']:.0f} | {peaks_text} | "
+                 f"{pct(r['fraction_fp32_peak'])} | {pct(r['fraction_bf16_peak'])} | {pct(r.get('fraction_int8_peak'))} | "
+                 f"{r['cosine']:.6f} | {r.get('mean_cosine', 1.0):.6f} | {r['max_abs_diff']:.1e} |\n")
     return head + cols + body
+
+
+def _seconds(run: Callable) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def main(argv=None) -> int:
@@ -269,6 +389,10 @@ def main(argv=None) -> int:
     peaks["bf16"] = matmul_gflops(torch.bfloat16, args.matmul_size, device)
     if device.type == "cuda":
         peaks["fp16"] = matmul_gflops(torch.float16, args.matmul_size, device)
+    else:
+        run = int8_gemm_runner(args.matmul_size)
+        best = min(_seconds(run) for _ in range(3))
+        peaks["int8"] = 2.0 * args.matmul_size ** 3 / best / 1e9
     log("matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
 
     rows: list[dict] = []
@@ -279,9 +403,11 @@ def main(argv=None) -> int:
             rows.extend(case)
             if args.json:  # after every case, so a run cut short still leaves its results
                 write_json(args.json, dict(meta=meta, peaks=peaks, rows=rows, partial=True))
-            print_table(f"{model_name}, batch {batch}", ["path", "img/s", "x eager", "GFLOP/s", "% bf16 peak", "cosine", "max diff"],
-                        [[r["path"], r["images_per_s"], r["speedup"], r["gflops"],
-                          100 * (r["fraction_bf16_peak"] or 0), r["cosine"], r["max_abs_diff"]] for r in case])
+            print_table(f"{model_name}, batch {batch}", ["path", "img/s", "x eager", "x arcface", "GFLOP/s", "% bf16 peak",
+                                                         "% int8 peak", "cosine", "mean cos", "max diff"],
+                        [[r["path"], r["images_per_s"], r["speedup"], r.get("speedup_vs_arcface") or 0, r["gflops"],
+                          100 * (r["fraction_bf16_peak"] or 0), 100 * (r.get("fraction_int8_peak") or 0), r["cosine"],
+                          r.get("mean_cosine", 1.0), r["max_abs_diff"]] for r in case])
     # the peak again at the end: load from elsewhere moves it, the higher one is the fairer ceiling
     end_peaks = {"fp32": matmul_gflops(torch.float32, args.matmul_size, device),
                  "bf16": matmul_gflops(torch.bfloat16, args.matmul_size, device)}

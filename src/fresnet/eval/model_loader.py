@@ -81,7 +81,7 @@ class TorchEmbedder:
     def fast_choice(self) -> Optional[str]:
         """What the fast path runs (after the first batch, when it calibrates); None without --fast."""
         choice = getattr(self.model, "choice", None)
-        return None if choice is None else f"{choice.describe()} ({choice.reason})"
+        return None if choice is None else choice.describe()  # the path, and why it was chosen
 
 
 class OnnxEmbedder:
