@@ -261,16 +261,17 @@ def test_compile_failure_at_first_call_falls_back(monkeypatch):
 
 
 @pytest.mark.skipif(not compiler_available(torch.device("cpu")), reason="inductor needs a C++ compiler")
-def test_compiled_cpu_paths(monkeypatch):
+def test_compiled_cpu_paths():
     """torch.compile (inductor, weight freezing) keeps both bounds. One tiny net, both dtypes."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "compile_threads", 1)  # no worker pool: ~10 s of CPU, not a minute
     model = tiny(filter_list=[4, 4, 8, 8, 16], emb_size=16)
     x = images(2, seed=11)
     with torch.no_grad():
         expected = model(x)
-    with warnings.catch_warnings():
+    # no worker pool: ~10 s of CPU, not a minute. config.patch, not monkeypatch: monkeypatch's undo
+    # deletes the setting from inductor's config module, and later tests can no longer set it
+    with warnings.catch_warnings(), inductor_config.patch(compile_threads=1):
         warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to eager would hide a failure
         fp32 = optimize_for_inference(model, dtype="float32", compile=True)
         assert (fp32(x) - expected).abs().max().item() <= FP32_BOUND

@@ -160,8 +160,7 @@ def test_compiled_int8():
     import torch._inductor.config as inductor_config
 
     model = tiny(**WIDE)
-    # no worker pool (as test_fast does); config.patch, not monkeypatch: the latter's undo deletes
-    # the setting once inductor has compiled, and the next test cannot set it any more
+    # no worker pool, as test_fast's compiled test (config.patch: see there)
     with warnings.catch_warnings(), inductor_config.patch(compile_threads=1):
         warnings.simplefilter("ignore", CalibrationWarning)
         warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to the reference kernels would hide a failure
