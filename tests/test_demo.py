@@ -10,7 +10,7 @@ from fresnet.cli import main
 
 
 def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
-    # pretend graphviz's `dot` is missing: the graph step must write a .dot and say so, not fail
+    # pretend graphviz's `dot` is missing: the graph is still drawn (matplotlib) and in the report
     import fresnet.inspection.viz
 
     monkeypatch.setattr(fresnet.inspection.viz.shutil, "which", lambda name: None)
@@ -26,11 +26,13 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
     assert results["trained"]["num_pairs"] == 40 and results["untrained"]["num_pairs"] == 40
     assert results["onnx"]["max_abs_diff"] < 1e-2 and results["onnx"]["accuracy_matches"]
     for name in ("data/train.rec", "data/train.idx", "data/property", "data/holdout.bin", "train/model.safetensors",
-                 "model.onnx", "roc.png", "distances.png", "training.png", "samples.png", "network.dot",
+                 "model.onnx", "roc.png", "distances.png", "training.png", "samples.png", "network.svg",
                  "report.md", "report.html"):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
-    assert "dot -Tsvg" in report and "![ROC" in report and "## 5. ONNX export" in report
+    assert "![the network graph" in report and "drawn with matplotlib" in report
+    assert "<svg" in (out / "network.svg").read_text() and not (out / "network.dot").exists()
+    assert "![ROC" in report and "## 5. ONNX export" in report
     assert "<img src=\"roc.png\"" in (out / "report.html").read_text()
 
     # a second run into the same report folder replaces it; a foreign non-empty folder is refused

@@ -1,6 +1,7 @@
 """``fresnet plot``: the drawn graph follows the real dataflow, and works with or without ``dot``."""
 from __future__ import annotations
 
+import html
 import re
 import shutil
 
@@ -9,6 +10,7 @@ import pytest
 import fresnet.inspection.viz as viz
 from fresnet.errors import FresnetError
 from fresnet.network.model import create_model
+from fresnet.inspection.layout import layout
 from fresnet.inspection.viz import build_graph, plot_network, trace_layers
 
 TINY = dict(units=[1, 2, 1, 1], input_size=32, emb_size=32)
@@ -58,17 +60,78 @@ def test_dot_source_always_and_a_picture_when_dot_is_installed(tmp_path, monkeyp
     assert "style=bold" in source  # the identity shortcut of stage2.unit2
 
     monkeypatch.setattr(viz.shutil, "which", lambda name: None)
-    missing = plot_network(model, tmp_path / "a.svg")
-    assert missing.path == tmp_path / "a.dot" and not missing.rendered
-    assert not (tmp_path / "a.svg").exists() and (tmp_path / "a.dot").read_text() == source
+    drawn = plot_network(model, tmp_path / "a.svg")  # no `dot`: matplotlib draws it, no .dot left behind
+    assert drawn.path == tmp_path / "a.svg" and drawn.rendered and drawn.renderer == "matplotlib"
+    assert not (tmp_path / "a.dot").exists()
     monkeypatch.undo()
 
     if shutil.which("dot"):
         picture = plot_network(model, tmp_path / "b.svg")
-        assert picture.rendered and "<svg" in (tmp_path / "b.svg").read_text()
+        assert picture.rendered and picture.renderer == "dot" and "<svg" in (tmp_path / "b.svg").read_text()
 
     with pytest.raises(FresnetError, match="suffix|format"):
         plot_network(model, tmp_path / "net.jpg")
+
+
+def test_without_dot_the_picture_is_drawn_by_matplotlib_from_the_real_dataflow(tmp_path, monkeypatch):
+    monkeypatch.setattr(viz.shutil, "which", lambda name: None)  # no graphviz `dot` program on PATH
+    model = create_model(**TINY, net_se=1)
+    result = plot_network(model, tmp_path / "net.svg", title="tiny")
+    assert result.rendered and result.renderer == "matplotlib" and result.path == tmp_path / "net.svg"
+    svg = (tmp_path / "net.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    # the text is kept as text: every layer of the traced graph is in the picture, with its shapes
+    for text in ("tiny", "stage2.unit2", "conv0", "Convolution 3x3/1, 64", "64x32x32", "conv1sc",
+                 "Pooling global avg", "broadcast_mul", "elemwise add", "FullyConnected 32", "output"):
+        assert text in svg, text
+    assert svg.count(">conv2<") == len(list(model.iter_units()))  # one per unit (tspan lines)
+    assert viz.COLORS["conv"] in svg and viz.COLORS["bn"] in svg and viz.COLORS["add"] in svg
+
+    png = plot_network(model, tmp_path / "net.png")
+    data = (tmp_path / "net.png").read_bytes()
+    assert png.renderer == "matplotlib" and data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert height > 4 * width > 1000  # a tall chain: one row per layer
+    assert plot_network(model, tmp_path / "net.pdf").path.read_bytes()[:5] == b"%PDF-"
+
+    units = plot_network(create_model(**TINY), tmp_path / "units.svg", collapse=True)
+    text = html.unescape((tmp_path / "units.svg").read_text())
+    assert units.collapsed and "stage2.unit1: UnitV3 64->128 /2, projection shortcut" in text
+    assert "stage2 (2 units)" in text
+
+
+def test_pictures_need_neither_dot_nor_the_graphviz_package(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "graphviz", None)  # `import graphviz` raises ImportError
+    monkeypatch.setattr(viz.shutil, "which", lambda name: "/usr/bin/" + name)  # even with a `dot`
+    model = create_model(**TINY)
+    assert plot_network(model, tmp_path / "a.svg").renderer == "matplotlib"
+    with pytest.raises(FresnetError, match="pip install graphviz"):
+        plot_network(model, tmp_path / "a.dot")
+    with pytest.raises(FresnetError, match="renderer='matplotlib'"):
+        plot_network(model, tmp_path / "b.svg", renderer="dot")
+
+
+def test_layout_keeps_the_chain_straight_and_branches_beside_it():
+    diagram = viz.build_diagram(create_model(**TINY, net_se=1))
+    where = layout(diagram)
+    ids = {node.label.split("\n")[0] if node.cluster is None else f"{node.cluster}.{node.label.split(chr(10))[0]}": node.id
+           for node in diagram.nodes}
+    rank, column = where.rank, where.column
+    assert all(rank[e.source] < rank[e.target] for e in diagram.edges)  # every arrow points down
+    assert len({(rank[i], column[i]) for i in rank}) == len(rank)  # no two boxes in one place
+    # the body of a projection unit is the chain; its shortcut conv + BN sit beside the body's end
+    conv, sc, add = (ids[f"stage1_unit1.{n}"] for n in ("conv1sc", "sc", "elemwise add"))
+    assert column[ids["stage1_unit1.conv1"]] == column[add] == 0 and column[conv] == column[sc] == 1
+    assert (rank[conv], rank[sc]) == (rank[add] - 2, rank[add] - 1)
+    # an identity unit with SE: the gate's ungated input (bn3) runs in lane 1, the shortcut outside it
+    mul, unit_add = ids["stage2_unit2.broadcast_mul"], ids["stage2_unit2.elemwise add"]
+    gate = next(e for e in diagram.edges if e.target == mul and e.source == ids["stage2_unit2.bn3"])
+    shortcut = next(e for e in diagram.edges if e.target == unit_add and e.bold)
+    assert where.detours[(gate.source, gate.target)] == 1
+    assert where.detours[(shortcut.source, shortcut.target)] == 2
+    assert column[shortcut.source] == 0 and column[mul] == 0
 
 
 def test_deep_networks_collapse_to_one_node_per_unit(tmp_path):
@@ -91,3 +154,14 @@ def test_plot_command(tmp_path, capsys):
     assert code == 0 and out.exists()
     assert "wrote" in capsys.readouterr().out
     assert "stage4_unit1" in out.read_text()
+
+
+def test_plot_command_draws_a_picture_without_dot(tmp_path, capsys, monkeypatch):
+    from fresnet.cli import main
+
+    monkeypatch.setattr(viz.shutil, "which", lambda name: None)
+    out = tmp_path / "r18.svg"
+    assert main(["plot", "r18", "--set", "units=[1,1,1,1]", "--set", "input_size=32", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "matplotlib" in printed
+    assert "stage4.unit1" in out.read_text()

@@ -9,10 +9,10 @@ from fresnet.cli.common import add_model_args, model_from_args
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
-        help="draw the network as a graph (.svg/.png/.pdf through graphviz's dot, or the .dot source)",
+        help="draw the network as a graph (.svg/.png/.pdf, or the graphviz .dot source)",
         description="Draw the network's real dataflow: one node per layer (op type, kernel/stride, filters), "
         "edges labelled with tensor shapes, each residual unit boxed; or one node per unit (--collapse). "
-        "Without graphviz's `dot` binary the .dot source is written instead.",
+        "Pictures are drawn by graphviz's `dot` program when it is installed, else by matplotlib.",
     )
     add_model_args(p)
     p.add_argument("-o", "--output", default=None, metavar="FILE",
@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     view.add_argument("--expand", dest="collapse", action="store_false",
                       help="one node per layer, whatever the depth")
     p.add_argument("--title", default=None, help="caption drawn above the graph (default: NAME)")
+    p.add_argument("--renderer", choices=("auto", "dot", "matplotlib"), default="auto",
+                   help="who draws a picture: graphviz's dot, matplotlib, or auto (default: dot when installed)")
     p.set_defaults(func=run_plot)
 
 
@@ -31,16 +33,12 @@ def run_plot(args: argparse.Namespace) -> int:
 
     model = model_from_args(args)
     output = args.output or f"{args.name}.svg"
-    result = plot_network(model, output, collapse=args.collapse, title=args.title or args.name)
+    result = plot_network(model, output, collapse=args.collapse, title=args.title or args.name, renderer=args.renderer)
     view = "one node per unit" if result.collapsed else "one node per layer"
-    if result.rendered:
-        print(f"wrote {result.path} ({view})")
-    elif str(result.path) == str(output):
+    if not result.rendered:
         print(f"wrote {result.path} ({view}); render it with: dot -Tsvg {result.path} -o {args.name}.svg")
+    elif result.renderer == "matplotlib" and args.renderer == "auto":
+        print(f"wrote {result.path} ({view}; drawn with matplotlib, as graphviz's `dot` program is not installed)")
     else:
-        print(
-            f"graphviz's `dot` program is not installed, so wrote the graph source {result.path} ({view}) "
-            f"instead of {output}.\nInstall it (`apt-get install graphviz`, or `brew install graphviz`) and render: "
-            f"dot -T{output.rsplit('.', 1)[-1]} {result.path} -o {output}"
-        )
+        print(f"wrote {result.path} ({view}; drawn with {result.renderer})")
     return 0

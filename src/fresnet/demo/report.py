@@ -147,10 +147,9 @@ def write_report(state: DemoState, total: Optional[float] = None, failed: Option
             ["output", f"{model['output_shape']}"],
         ])
         if "network" in state.doc_parts:
-            doc.img(state.doc_parts["network"], "the network graph (fresnet.inspection.viz.plot_network)")
-        elif "network_dot" in state.doc_parts:
-            doc.p(f"graphviz's `dot` is not installed, so the graph was written as `{state.doc_parts['network_dot']}` "
-                  "(render it with `dot -Tsvg`).")
+            renderer = state.doc_parts.get("network_renderer", "")
+            doc.img(state.doc_parts["network"], "the network graph (fresnet.inspection.viz.plot_network"
+                    + (", drawn with graphviz's dot)" if renderer == "dot" else ", drawn with matplotlib)"))
 
     train = state.results.get("train")
     if train:

@@ -112,18 +112,14 @@ def summary(state: DemoState) -> str:
     return f"{s.trainable_params / 1e6:.2f} M parameters, {s.macs / 1e6:.1f} M MACs per image"
 
 
-def network_plot(state: DemoState) -> Optional[str]:
+def network_plot(state: DemoState) -> str:
     from fresnet.inspection.viz import plot_network
     from fresnet.network.model import FResNet
 
     result = plot_network(FResNet(state.net_config).eval(), state.out / "network.svg", title=state.cfg.network)
-    if not result.rendered:
-        (state.out / "network.svg").unlink(missing_ok=True)
-        state.doc_parts["network_dot"] = result.path.name
-        return (f"graphviz 'dot' not found: wrote {result.path.name} (render with "
-                f"`dot -Tsvg {result.path.name} -o network.svg`)")
     state.doc_parts["network"] = result.path.name
-    return None
+    state.doc_parts["network_renderer"] = result.renderer
+    return f"{result.path.name}, drawn with {result.renderer}"
 
 
 def eval_untrained(state: DemoState) -> str:

@@ -1,5 +1,6 @@
 """Looking at a network without training it: ``summary`` (layers, shapes, true parameter counts,
-MACs/FLOPs) and ``viz`` (the graph, drawn with graphviz)."""
+MACs/FLOPs) and ``viz`` (the graph: drawn by graphviz's ``dot`` where it is installed, else by
+matplotlib through ``layout`` and ``drawing``)."""
 from __future__ import annotations
 
 from fresnet.lazy_exports import lazy_exports

@@ -8,7 +8,10 @@ shapes from one real forward pass of a single image. Two views:
   ``plot_network``, each unit boxed;
 * units (``collapse=True``): one node per residual unit, for deep networks.
 
-Rendering goes through the ``dot`` binary when it is installed; without it a ``.dot`` file is written.
+Pictures are drawn by graphviz's ``dot`` program when it is installed, and otherwise by matplotlib
+(:mod:`fresnet.inspection.layout` places the nodes, :mod:`fresnet.inspection.drawing` draws them),
+so ``fresnet plot`` and the demo's report need no system package. Both draw the same
+:class:`~fresnet.inspection.layout.Diagram`; ``.dot``/``.gv`` output is the graphviz source.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch.fx as fx
 from torch import nn
 
 from fresnet.errors import FresnetError
+from fresnet.inspection.layout import Diagram, DiagramEdge, DiagramNode
 from fresnet.network.layers import InputNorm, MXBatchNorm
 
 # above this many residual units the default view is one node per unit (r34 has 16, r50 24)
@@ -202,85 +206,113 @@ def _out_channels(members: list[Layer]) -> int:
     return last[0] if last else 0
 
 
-def build_graph(model: nn.Module, *, collapse: Optional[bool] = None, input_size=None, title: Optional[str] = None):
-    """A ``graphviz.Digraph`` of the model. ``collapse`` None picks the unit view for networks with
-    more than :data:`COLLAPSE_ABOVE_UNITS` units."""
-    import graphviz
-
+def build_diagram(model: nn.Module, *, collapse: Optional[bool] = None, input_size=None,
+                  title: Optional[str] = None) -> Diagram:
+    """The model's graph as a :class:`~fresnet.inspection.layout.Diagram` (what both renderers
+    draw). ``collapse`` None picks the unit view for networks with more than
+    :data:`COLLAPSE_ABOVE_UNITS` units."""
     layers = trace_layers(model, input_size)
     unit_count = len({layer.group for layer in layers if layer.group.startswith("stage")})
     if collapse is None:
         collapse = unit_count > COLLAPSE_ABOVE_UNITS
+    diagram = Diagram(title=title or "")
+    by_id = {layer.id: layer for layer in layers}
+    if collapse:
+        _unit_diagram(diagram, model, layers, by_id)
+    else:
+        _layer_diagram(diagram, layers, by_id)
+    return diagram
+
+
+def build_graph(model: nn.Module, *, collapse: Optional[bool] = None, input_size=None, title: Optional[str] = None):
+    """A ``graphviz.Digraph`` of the model (needs the ``graphviz`` Python package, not ``dot``)."""
+    return to_graphviz(build_diagram(model, collapse=collapse, input_size=input_size, title=title))
+
+
+def to_graphviz(diagram: Diagram):
+    """The diagram as a ``graphviz.Digraph``: nodes outside any group, then each group as a dashed
+    cluster, then the edges."""
+    try:
+        import graphviz
+    except ImportError:
+        raise FresnetError("writing graphviz DOT source needs the graphviz Python package: pip install graphviz "
+                           "(pictures (.svg, .png, .pdf) do not)") from None
+
     graph = graphviz.Digraph(name="fresnet", graph_attr={
         "rankdir": "TB", "fontname": "Helvetica", "fontsize": "12", "nodesep": "0.25", "ranksep": "0.3",
-        "label": title or "", "labelloc": "t",
+        "label": diagram.title, "labelloc": "t",
     }, node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica", "fontsize": "10",
                   "margin": "0.12,0.04", "height": "0.3"},
         edge_attr={"fontname": "Helvetica", "fontsize": "8", "color": "#555555", "arrowsize": "0.6"})
-    by_id = {layer.id: layer for layer in layers}
-    if collapse:
-        _draw_units(graph, model, layers, by_id)
-    else:
-        _draw_layers(graph, layers, by_id)
+    grouped: dict[str, list[DiagramNode]] = {}
+    for node in diagram.nodes:
+        if node.cluster is None:
+            _dot_node(graph, node)
+        else:
+            grouped.setdefault(node.cluster, []).append(node)
+    for cluster, members in grouped.items():
+        with graph.subgraph(name="cluster_" + cluster) as sub:
+            sub.attr(label=diagram.clusters.get(cluster, cluster), style="rounded,dashed", color="#888888",
+                     fontsize="10", labeljust="l")
+            for node in members:
+                _dot_node(sub, node)
+    for edge in diagram.edges:
+        attrs = {"label": " " + edge.label} if edge.label else {}
+        if edge.bold:
+            attrs["style"] = "bold"
+        graph.edge(edge.source, edge.target, **attrs)
     return graph
 
 
-def _draw_layers(graph, layers: list[Layer], by_id: dict[str, Layer]) -> None:
-    clusters: dict[str, list[Layer]] = {}  # unit -> its layers, drawn inside the unit's dashed box
+def _dot_node(graph, node: DiagramNode) -> None:
+    attrs = {"label": node.label, "fillcolor": node.fill}
+    if node.shape != "box":
+        attrs["shape"] = node.shape
+    graph.node(node.id, **attrs)
+
+
+def _layer_diagram(diagram: Diagram, layers: list[Layer], by_id: dict[str, Layer]) -> None:
     for layer in layers:
-        if layer.group.startswith("stage"):
-            clusters.setdefault(layer.group, []).append(layer)
-        else:
-            _layer_node(graph, layer)
-    for group, members in clusters.items():
-        with graph.subgraph(name="cluster_" + group.replace(".", "_")) as sub:
-            sub.attr(label=group, style="rounded,dashed", color="#888888", fontsize="10", labeljust="l")
-            for layer in members:
-                _layer_node(sub, layer)
+        cluster = layer.group.replace(".", "_") if layer.group.startswith("stage") else None
+        if cluster is not None:  # the unit's dashed box
+            diagram.clusters.setdefault(cluster, layer.group)
+        name = layer.name
+        if cluster is not None:  # the unit's box already says stageN_unitM
+            name = name[len(layer.group) + 1:]
+        label = f"{name}\n{layer.label}" if layer.named and layer.kind != "data" else layer.label
+        diagram.nodes.append(DiagramNode(layer.id, label, COLORS[layer.kind],
+                                         "ellipse" if layer.kind == "data" else "box", cluster))
     for layer in layers:
         for source in dict.fromkeys(layer.inputs):
             src = by_id[source]
-            attrs = {"label": " " + _shape_text(src.shape)}
             # the identity shortcut: drawn bold so the residual path stands out
-            if layer.kind == "add" and len(layer.inputs) == 2 and src.kind == "add":
-                attrs["style"] = "bold"
-            graph.edge(source, layer.id, **attrs)
+            bold = layer.kind == "add" and len(layer.inputs) == 2 and src.kind == "add"
+            diagram.edges.append(DiagramEdge(source, layer.id, _shape_text(src.shape), bold))
 
 
-def _layer_node(graph, layer: Layer) -> None:
-    name = layer.name
-    if layer.group.startswith("stage"):  # the unit's box already says stageN_unitM
-        name = name[len(layer.group) + 1:]
-    label = f"{name}\n{layer.label}" if layer.named and layer.kind != "data" else layer.label
-    graph.node(layer.id, label=label, fillcolor=COLORS[layer.kind],
-               shape="ellipse" if layer.kind == "data" else "box")
-
-
-def _draw_units(graph, model: nn.Module, layers: list[Layer], by_id: dict[str, Layer]) -> None:
+def _unit_diagram(diagram: Diagram, model: nn.Module, layers: list[Layer], by_id: dict[str, Layer]) -> None:
     summaries = _unit_summaries(model, layers)
     order: list[str] = []
     for layer in layers:
         if layer.group not in order:
             order.append(layer.group)
-    stages: dict[str, list[str]] = {}
+    stages: dict[str, int] = {}
+    for group in order:
+        if group.startswith("stage"):
+            stage = group.split(".")[0]
+            stages[stage] = stages.get(stage, 0) + 1
     for group in order:
         node_id = group.replace(".", "_")
         if group == "data":
-            graph.node(node_id, label=by_id[layers[0].id].label, fillcolor=COLORS["data"], shape="ellipse")
+            diagram.nodes.append(DiagramNode(node_id, by_id[layers[0].id].label, COLORS["data"], "ellipse"))
         elif group == "output":
-            graph.node(node_id, label="output", fillcolor=COLORS["data"], shape="ellipse")
-        elif group.startswith("stage"):
-            stages.setdefault(group.split(".")[0], []).append(group)
+            diagram.nodes.append(DiagramNode(node_id, "output", COLORS["data"], "ellipse"))
         else:
             text, colour = summaries[group]
-            graph.node(node_id, label=text, fillcolor=UNIT_COLORS[colour])
-    for stage, groups in stages.items():
-        with graph.subgraph(name="cluster_" + stage) as sub:
-            sub.attr(label=f"{stage} ({len(groups)} units)", style="rounded,dashed", color="#888888",
-                     fontsize="10", labeljust="l")
-            for group in groups:
-                text, colour = summaries[group]
-                sub.node(group.replace(".", "_"), label=text, fillcolor=UNIT_COLORS[colour])
+            stage = group.split(".")[0] if group.startswith("stage") else None
+            if stage is not None:
+                diagram.clusters.setdefault(stage, f"{stage} ({stages[stage]} units)")
+            diagram.nodes.append(DiagramNode(node_id, text, UNIT_COLORS[colour], "box", stage))
     seen = set()
     for layer in layers:
         for source in layer.inputs:
@@ -288,27 +320,31 @@ def _draw_units(graph, model: nn.Module, layers: list[Layer], by_id: dict[str, L
             if src.group == layer.group or (src.group, layer.group) in seen:
                 continue
             seen.add((src.group, layer.group))
-            graph.edge(src.group.replace(".", "_"), layer.group.replace(".", "_"), label=" " + _shape_text(src.shape))
+            diagram.edges.append(DiagramEdge(src.group.replace(".", "_"), layer.group.replace(".", "_"),
+                                             _shape_text(src.shape)))
 
 
 @dataclass(frozen=True)
 class PlotResult:
-    """What :func:`plot_network` wrote: ``path`` (the picture, or the .dot file when ``dot`` is
-    missing), ``dot_path`` (the graph source, when it was written), ``rendered``."""
+    """What :func:`plot_network` wrote: ``path`` (the picture or the DOT source), ``dot_path`` (the
+    DOT source, when that is what was asked for), ``rendered`` (a picture was drawn), ``collapsed``
+    (one node per unit) and ``renderer``: 'dot' (graphviz), 'matplotlib' (no ``dot`` program) or
+    '' (DOT source only)."""
 
     path: Path
     dot_path: Optional[Path]
     rendered: bool
     collapsed: bool
+    renderer: str = ""
 
 
 def plot_network(model: nn.Module, path: Union[str, Path], *, collapse: Optional[bool] = None,
-                 input_size=None, title: Optional[str] = None) -> PlotResult:
+                 input_size=None, title: Optional[str] = None, renderer: str = "auto") -> PlotResult:
     """Write the model's graph to ``path``; the suffix picks the format (.svg, .png, .pdf, .dot, .gv).
 
-    A picture needs graphviz's ``dot`` binary. Without it, the graph source is written next to
-    ``path`` with a .dot suffix and ``rendered`` is False (render it later with
-    ``dot -Tsvg net.dot -o net.svg`` after ``apt-get install graphviz``).
+    Pictures are drawn by graphviz's ``dot`` program when it is installed (and the ``graphviz``
+    Python package is), otherwise by matplotlib (:mod:`fresnet.inspection.drawing`), so a picture
+    never needs a system package. ``renderer`` forces one: 'dot' or 'matplotlib'.
     """
     from fresnet.ioutil import atomic_write_bytes, atomic_write_text
 
@@ -319,21 +355,40 @@ def plot_network(model: nn.Module, path: Union[str, Path], *, collapse: Optional
             f"cannot tell the picture format from {str(path)!r}; end the name in one of "
             f"{', '.join('.' + f for f in RENDER_FORMATS + DOT_FORMATS)}"
         )
+    if renderer not in ("auto", "dot", "matplotlib"):
+        raise FresnetError(f"unknown renderer {renderer!r}; choose auto, dot or matplotlib")
     units = len(list(model.iter_units())) if hasattr(model, "iter_units") else 0
     collapsed = collapse if collapse is not None else units > COLLAPSE_ABOVE_UNITS
-    graph = build_graph(model, collapse=collapsed, input_size=input_size, title=title)
+    diagram = build_diagram(model, collapse=collapsed, input_size=input_size, title=title)
     if fmt in DOT_FORMATS:
-        atomic_write_text(path, graph.source)
+        atomic_write_text(path, to_graphviz(diagram).source)
         return PlotResult(path, path, False, collapsed)
-    if shutil.which("dot") is None:
-        dot_path = path.with_suffix(".dot")
-        atomic_write_text(dot_path, graph.source)
-        return PlotResult(dot_path, dot_path, False, collapsed)
+    if renderer == "auto":
+        renderer = "dot" if dot_available() else "matplotlib"
+    if renderer == "matplotlib":
+        from fresnet.inspection.drawing import render
+
+        atomic_write_bytes(path, render(diagram, fmt))
+        return PlotResult(path, None, True, collapsed, "matplotlib")
+    if not dot_available():
+        raise FresnetError("renderer='dot' needs graphviz's `dot` program on PATH (apt-get install graphviz) and the "
+                           "graphviz Python package; renderer='matplotlib' needs neither")
     import graphviz
 
     try:
-        picture = graph.pipe(format=fmt)
+        picture = to_graphviz(diagram).pipe(format=fmt)
     except (graphviz.ExecutableNotFound, graphviz.CalledProcessError) as exc:
         raise FresnetError(f"graphviz 'dot' failed to render {path}: {exc}") from exc
     atomic_write_bytes(path, picture)
-    return PlotResult(path, None, True, collapsed)
+    return PlotResult(path, None, True, collapsed, "dot")
+
+
+def dot_available() -> bool:
+    """Whether graphviz can draw here: the ``dot`` program on PATH and the graphviz Python package."""
+    if shutil.which("dot") is None:
+        return False
+    try:
+        import graphviz  # noqa: F401
+    except ImportError:
+        return False
+    return True
