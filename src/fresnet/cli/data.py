@@ -70,28 +70,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @contextlib.contextmanager
 def _counter(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar, advanced by calling the yielded function with a count (rich keeps it
-    quiet when not on a terminal)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """Progress advanced by calling the yielded function with a count of images: a bar on a
+    terminal, plain lines in a log (:mod:`fresnet.progress`)."""
+    from fresnet.progress import Progress
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    ) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+    with Progress(description, total, unit="images", transient=True) as progress:
+        yield progress.advance
 
 
 @contextlib.contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[[Iterable], Iterable]]:
-    """A rich progress bar as a wrapper for iterables."""
-    with _counter(description, total) as advance:
+def _progress(description: str, total: int, per_item: int = 1) -> Iterator[Callable[[Iterable], Iterable]]:
+    """A wrapper for iterables whose items are ``per_item`` images each, showing progress: a bar on
+    a terminal, plain lines in a log."""
+    from fresnet.progress import Progress
 
-        def track(iterable: Iterable) -> Iterator:
-            for item in iterable:
-                yield item
-                advance()
-
-        yield track
+    with Progress(description, total, unit="images", transient=True) as progress:
+        yield lambda iterable: progress.track(iterable, per_item)
 
 
 def run_pack(args: argparse.Namespace) -> int:
@@ -135,7 +129,7 @@ def run_synth(args: argparse.Namespace) -> int:
         if getattr(args, name) < (2 if name in ("holdout", "pairs") else 1):
             raise FresnetError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
     total = args.identities * args.images_per_identity
-    with _progress("rendering", (total + 255) // 256) as track:
+    with _progress("rendering", total, per_item=256) as track:  # the renderer works in chunks of 256
         paths = write_synthetic_dataset(
             args.out_dir,
             num_identities=args.identities,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -125,11 +126,11 @@ def _report_fast_path(embedder, console) -> Optional[str]:
     return choice
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _progress(description: str, total: Optional[int], stream=None):
+    """A bar on a terminal, plain lines with images/s and ETA in a log (:mod:`fresnet.progress`)."""
+    from fresnet.progress import Progress
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True)
+    return Progress(description, total, unit="images", stream=stream, transient=True)
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -189,14 +190,9 @@ def _run_bins(args: argparse.Namespace, embedder, console) -> None:
                   f"flip-sum {'on' if args.flip else 'off'}")
     evaluations = []
     for path in args.bins:
-        with _progress() as progress:
-            task = progress.add_task(f"embedding {Path(path).name}", total=None)
-
-            def advance(n: int, task=task) -> None:
-                progress.advance(task, n * (2 if args.flip else 1))
-
+        with _progress(f"embedding {Path(path).name}", None) as progress:
             ev = evaluate_bin(embedder, path, batch_size=args.batch_size, flip=args.flip, nfolds=args.nfolds,
-                              progress=advance)
+                              progress=progress.advance)
         evaluations.append(ev)
         console.print(result_table(f"{ev.name}  ({path})", ev.result, ev.embed_seconds))
         for note in ev.result.notes:
@@ -241,10 +237,9 @@ def run_embed(args: argparse.Namespace) -> int:
     names = [item.name for item in inputs]
     landmarks = _load_landmarks(args, names)
     embedder = _embedder(args)
-    with _progress() as progress:
-        task = progress.add_task("embedding", total=len(inputs))
+    with _progress("embedding", len(inputs), stream=sys.stderr) as progress:
         emb = embed_inputs(embedder, inputs, landmarks=landmarks, batch_size=args.batch_size, flip=args.flip,
-                           progress=lambda n: progress.advance(task, n))
+                           progress=progress.advance)
     _report_fast_path(embedder, console)
     output = Path(args.output)
     if output.suffix != ".npy":

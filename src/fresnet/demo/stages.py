@@ -42,6 +42,22 @@ def train_config(state: DemoState):
     return load_config(o.config, overrides)
 
 
+def progress(state: DemoState, description: str, total: int, unit: str):
+    """A bar on a terminal, plain lines in a log; nothing with ``--no-progress``."""
+    from fresnet.progress import Progress
+
+    return Progress(description, total, unit=unit, enabled=state.options.progress, transient=True)
+
+
+def evaluate(state: DemoState, embedder, description: str):
+    """The held-out pairs' verification with ``embedder`` (flip-sum, InsightFace's 10 folds)."""
+    from fresnet.eval.embed import evaluate_bin
+
+    with progress(state, description, 2 * state.pairs, "images") as shown:
+        return evaluate_bin(embedder, state.data_paths["bin"], batch_size=state.options.batch_size,
+                            progress=shown.advance)
+
+
 def configure(state: DemoState) -> str:
     cfg = train_config(state)
     net = cfg.net_config()
@@ -62,13 +78,14 @@ def make_data(state: DemoState) -> str:
         size = 112  # non-square networks: render 112, the training loader resizes
     # the folder must exist first: the RecordIO writer takes a missing path as a file prefix
     (state.out / DATA_DIR).mkdir(parents=True, exist_ok=True)
-    paths = write_synthetic_dataset(
-        state.out / DATA_DIR, num_identities=syn["num_identities"], images_per_identity=syn["images_per_identity"],
-        holdout_identities=syn["holdout_identities"], pairs=state.pairs, seed=syn["seed"], size=size,
-        overwrite=True, bin_name=BIN_NAME,
-    )
-    state.data_paths = paths
     n_train = syn["num_identities"] * syn["images_per_identity"]
+    with progress(state, "rendering", n_train, "images") as shown:
+        paths = write_synthetic_dataset(
+            state.out / DATA_DIR, num_identities=syn["num_identities"], images_per_identity=syn["images_per_identity"],
+            holdout_identities=syn["holdout_identities"], pairs=state.pairs, seed=syn["seed"], size=size,
+            overwrite=True, bin_name=BIN_NAME, progress=lambda chunks: shown.track(chunks, 256),
+        )
+    state.data_paths = paths
     state.results["data"] = {
         "train_images": n_train, "train_identities": syn["num_identities"],
         "holdout_identities": syn["holdout_identities"], "pairs": state.pairs, "image_size": size,
@@ -125,14 +142,13 @@ def network_plot(state: DemoState) -> str:
 def eval_untrained(state: DemoState) -> str:
     import torch
 
-    from fresnet.eval.embed import evaluate_bin
     from fresnet.eval.model_loader import load_any
     from fresnet.network.model import FResNet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(state.cfg.seed)
         model = FResNet(state.net_config)
-    ev = evaluate_bin(load_any(model), state.data_paths["bin"], batch_size=state.options.batch_size)
+    ev = evaluate(state, load_any(model), "embedding (untrained)")
     state.untrained = ev
     state.results["untrained"] = ev.result.to_dict()
     return f"accuracy {ev.result.accuracy:.4f} (chance is 0.5)"
@@ -179,12 +195,11 @@ def training_plot(state: DemoState) -> None:
 
 
 def eval_trained(state: DemoState) -> str:
-    from fresnet.eval.embed import evaluate_bin
     from fresnet.eval.model_loader import load_any
 
     embedder = load_any(state.train_result.model_path)  # read back from disk: the saved file is what counts
     state.trained_embedder = embedder
-    ev = evaluate_bin(embedder, state.data_paths["bin"], batch_size=state.options.batch_size)
+    ev = evaluate(state, embedder, "embedding (trained)")
     state.trained = ev
     state.results["trained"] = ev.result.to_dict()
     return (f"accuracy {ev.result.accuracy:.4f} ± {ev.result.accuracy_std:.4f}, "
@@ -206,7 +221,6 @@ def roc_plots(state: DemoState) -> None:
 
 
 def export(state: DemoState) -> str:
-    from fresnet.eval.embed import evaluate_bin
     from fresnet.eval.model_loader import load_any
     from fresnet.interop.onnx_export import export_onnx, verify_onnx
 
@@ -214,7 +228,7 @@ def export(state: DemoState) -> str:
     path = state.out / "model.onnx"
     export_onnx(model, path)
     max_diff = verify_onnx(model, path)
-    ev = evaluate_bin(load_any(str(path)), state.data_paths["bin"], batch_size=state.options.batch_size)
+    ev = evaluate(state, load_any(str(path)), "embedding (ONNX)")
     state.results["onnx"] = {
         "path": str(path), "bytes": path.stat().st_size, "max_abs_diff": max_diff,
         "accuracy": ev.result.accuracy, "accuracy_matches": ev.result.accuracy == state.trained.result.accuracy,

@@ -1,4 +1,4 @@
-"""Run logging: a rich progress bar (samples/s, loss, lr, ETA), ``log.csv``, optional TensorBoard."""
+"""Run logging: progress (a bar on a terminal, plain lines in a log), ``log.csv``, optional TensorBoard."""
 from __future__ import annotations
 
 import csv
@@ -59,32 +59,22 @@ class TensorBoard:
 
 
 class Progress:
-    """The bar; a no-op when disabled (other ranks, tests, ``progress=false``)."""
+    """The run's progress (steps, samples/s, loss, lr, ETA): a rich bar on a terminal, a plain line
+    every tenth of the run or 30 s in a log (:class:`fresnet.progress.Progress`); nothing when
+    disabled (other ranks, tests, ``progress=false``), though messages still print."""
 
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.bar = None
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    def __init__(self, total: int, start: int, enabled: bool, stream=None, clock=None):
+        from fresnet.progress import Progress as _Progress
 
-        self.bar = RichProgress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[speed]:>8.1f} samples/s  loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        )
-        self.task = self.bar.add_task("train", total=total, completed=start, speed=0.0, loss=float("nan"), lr=0.0)
-        self.bar.start()
+        options = {"clock": clock} if clock is not None else {}
+        self.inner = _Progress("train", total, unit="steps", start=start, rate_unit="samples", enabled=enabled,
+                               stream=stream, **options)
 
     def update(self, step: int, speed: float, loss: float, lr: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, speed=speed, loss=loss, lr=lr)
+        self.inner.update(step, note=f"loss {loss:.4f}  lr {lr:.2e}", rate=speed)
 
     def print(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.console.print(message)
-        else:
-            print(message, flush=True)
+        self.inner.print(message)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.inner.close()
