@@ -15,9 +15,13 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(fresnet.inspection.viz.shutil, "which", lambda name: None)
     out = tmp_path / "report"
-    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"accuracy: [01]\.\d{4}", printed[-1])
+    # stdout is captured, not a terminal: the long steps print plain progress lines for a log
+    assert "rendering: 96/96 images (100%)" in "\n".join(printed)
+    assert any(re.match(r"train: 8/8 steps \(100%\), [\d,.]+ samples/s, loss \d+\.\d{4}  lr ", line) for line in printed)
+    assert any(line.startswith("embedding (trained): 80/80 images (100%)") for line in printed)
 
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "ok"
@@ -30,6 +34,8 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
                  "report.md", "report.html"):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
+    assert "| CPU time |" in report and "Load average (1 min) at the start / end" in report
+    assert results["machine"]["cpus"] >= 1 and all(step["cpu_seconds"] >= 0 for step in results["steps"])
     assert "![the network graph" in report and "drawn with matplotlib" in report
     assert "<svg" in (out / "network.svg").read_text() and not (out / "network.dot").exists()
     assert "![ROC" in report and "## 5. ONNX export" in report
@@ -67,3 +73,19 @@ def test_required_step_failure_fails_the_demo_optional_one_does_not(tmp_path, ca
     assert status["train"] == ("failed", "RuntimeError: simulated training crash")
     assert status["data: picture of sample identities"] == ("skipped", "OSError: no fonts here")
     assert "The demo failed" in (out / "report.md").read_text()
+
+
+def test_the_command_line_lets_waiting_threads_sleep(tmp_path):
+    """Spinning OpenMP threads slow a shared machine several-fold; the CLI sets OMP_WAIT_POLICY=PASSIVE
+    before torch loads, unless the user set it."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os; from fresnet.cli import main; main(['list']); print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.splitlines()[-1] == "PASSIVE"
+    run = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.splitlines()[-1] == "ACTIVE"

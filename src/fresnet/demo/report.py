@@ -95,6 +95,22 @@ def format_metric(value: Optional[float], digits: int = 4) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def machine_text(machine: dict[str, Any]) -> str:
+    isa = machine.get("isa") or []
+    vector = ", ".join(isa) if isa else "no AVX2"
+    if "avx512f" not in isa:
+        vector += ", no AVX-512"
+    load = [machine.get("load_average_start"), machine.get("load_average_end")]
+    load_text = " / ".join("?" if v is None else f"{v:.2f}" for v in load)
+    busy = ""
+    if machine.get("cpus") and any(v is not None and v > machine["cpus"] for v in load):
+        busy = " The machine was busy (load above its CPU count): wall times are longer than on a quiet one."
+    return (f"Machine: {machine.get('cpu')} ({machine.get('cpus')} CPUs; {vector}); torch {machine.get('torch')} "
+            f"with {machine.get('threads')} threads, {machine.get('torch_cpu_capability')} kernels"
+            + (f", OMP_WAIT_POLICY={machine['omp_wait_policy']}" if machine.get("omp_wait_policy") else "")
+            + f". Load average (1 min) at the start / end: {load_text}.{busy}")
+
+
 def write_report(state: DemoState, total: Optional[float] = None, failed: Optional[str] = None) -> Path:
     """Write ``report.md``, ``report.html`` and ``results.json`` for what has run so far."""
     doc = Doc()
@@ -115,9 +131,18 @@ def write_report(state: DemoState, total: Optional[float] = None, failed: Option
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}" + (f", total {total:.1f} s." if total is not None else ".")
         + (" Quick mode: tiny settings, the numbers are not meaningful." if state.options.quick else "")
     )
+    machine = state.results.get("machine")
+    if machine:
+        doc.p(machine_text(machine))
     doc.h(2, "Steps")
-    doc.table(["#", "step", "status", "time", "note"],
-              [[i + 1, r.title, r.status, f"{r.seconds:.1f} s", r.note] for i, r in enumerate(state.records)])
+    doc.table(["#", "step", "status", "time", "CPU time", "note"],
+              [[i + 1, r.title, r.status, f"{r.seconds:.1f} s", f"{r.cpu_seconds:.1f} s", r.note]
+               for i, r in enumerate(state.records)])
+    if state.records:
+        wall, cpu = sum(r.seconds for r in state.records), sum(r.cpu_seconds for r in state.records)
+        doc.p(f"Wall time {wall:.1f} s, CPU time {cpu:.1f} s (all threads). CPU time is the work done; on a busy "
+              "machine the wall time grows and the CPU time does not, so the two together say whether a slow "
+              "run was slow work or a shared machine.")
     if failed:
         doc.h(2, "Error")
         doc.pre(failed)

@@ -10,7 +10,7 @@ import time
 import traceback
 from typing import Callable, Optional
 
-from fresnet.demo import stages
+from fresnet.demo import machine, stages
 from fresnet.demo.report import write_report
 from fresnet.demo.state import (
     DATA_DIR,
@@ -29,8 +29,10 @@ def run_demo(options: DemoOptions, console=None) -> DemoResult:
     """Run the demo; raises :class:`DemoFailed` when a required step fails (a partial report is written)."""
     from rich.console import Console
 
-    state = DemoState(options, console or Console(), time.perf_counter())
+    # soft_wrap: in a log (no terminal, rich assumes 80 columns) a long line stays one line
+    state = DemoState(options, console or Console(soft_wrap=True), time.perf_counter())
     prepare_folder(state)
+    state.results["machine"] = machine.describe()
     write_report(state)  # marks the folder as a demo report at once, so an interrupted run can be redone
     o = state.options
     state.console.print(f"fresnet demo -> {state.out}/ (config {o.config}{', quick' if o.quick else ''})")
@@ -51,6 +53,7 @@ def run_demo(options: DemoOptions, console=None) -> DemoResult:
     for title, stage, optional in steps:
         run_step(state, title, stage, optional)
     total = time.perf_counter() - state.start
+    state.results["machine"]["load_average_end"] = machine.load_average()
     report = write_report(state, total=total)
     return DemoResult(state.out, state.results["trained"]["accuracy"], state.results["untrained"]["accuracy"],
                       state.records, total, report)
@@ -74,20 +77,20 @@ def run_step(state: DemoState, title: str, stage: Callable[[DemoState], Optional
     """Run one stage, timed, and record it; a failure of a required stage ends the demo."""
     index = len(state.records) + 1
     state.console.print(f"[bold cyan][{index}] {title}[/]")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         note = stage(state) or ""
     except Exception as exc:  # noqa: BLE001 -- every failure is recorded, required ones re-raised
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         if optional:
-            state.records.append(StepRecord(title, "skipped", seconds, reason))
+            state.records.append(StepRecord(title, "skipped", seconds, reason, cpu))
             state.console.print(f"    [yellow]skipped[/] after {seconds:.1f} s: {reason}")
             return
-        state.records.append(StepRecord(title, "failed", seconds, reason))
+        state.records.append(StepRecord(title, "failed", seconds, reason, cpu))
         state.console.print(f"    [red]failed[/] after {seconds:.1f} s: {reason}")
         write_report(state, failed=traceback.format_exc())
         raise DemoFailed(f"demo step '{title}' failed: {reason} (partial report in {state.out})") from exc
-    seconds = time.perf_counter() - t0
-    state.records.append(StepRecord(title, "ok", seconds, note))
-    state.console.print(f"    done in {seconds:.1f} s" + (f" ({note})" if note else ""))
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    state.records.append(StepRecord(title, "ok", seconds, note, cpu))
+    state.console.print(f"    done in {seconds:.1f} s (CPU {cpu:.1f} s)" + (f": {note}" if note else ""))

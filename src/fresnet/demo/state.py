@@ -45,8 +45,9 @@ class DemoOptions:
 class StepRecord:
     title: str
     status: str  # ok | skipped | failed
-    seconds: float
+    seconds: float  # wall time
     note: str = ""
+    cpu_seconds: float = 0.0  # CPU time of the process, all threads: the work, whatever else runs
 
 
 @dataclass
