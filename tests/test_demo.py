@@ -26,6 +26,8 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "ok"
     assert all(step["status"] == "ok" for step in results["steps"])
+    notes = {step["title"]: step["note"] for step in results["steps"]}
+    assert notes["training length for this machine"] == "8 steps, fixed by --quick"
     assert float(printed[-1].split()[-1]) == pytest.approx(results["trained"]["accuracy"], abs=5e-5)
     assert results["trained"]["num_pairs"] == 40 and results["untrained"]["num_pairs"] == 40
     assert results["onnx"]["max_abs_diff"] < 1e-2 and results["onnx"]["accuracy_matches"]
@@ -89,3 +91,46 @@ def test_the_command_line_lets_waiting_threads_sleep(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True)
     assert run.stdout.splitlines()[-1] == "ACTIVE"
+
+
+def test_the_training_length_fits_a_time_budget_between_the_quality_floor_and_the_config():
+    from fresnet.demo.budget import LOOP_OVERHEAD, plan_steps
+
+    fast = plan_steps(50.0, 100.0, least=1000, most=1500)
+    assert fast.steps == 1500 and fast.reason == "the config's 1500 steps fit the budget"
+    slow = plan_steps(2.0, 100.0, least=1000, most=1500)  # a busy machine: slower, not worse
+    assert slow.steps == 1000 and slow.reason == "173 steps fit the budget; raised to the quality floor of 1000"
+    middle = plan_steps(13.8, 100.0, least=1000, most=1500)
+    assert middle.steps == int(100 * 13.8 / LOOP_OVERHEAD) == 1200 and middle.reason == "1200 steps fit the budget"
+    assert plan_steps(1.0, 100.0, least=1000, most=300).steps == 300  # a config shorter than the floor
+
+
+def test_the_demo_measures_the_machine_and_rescales_the_run(tmp_path, monkeypatch):
+    import torch
+    from rich.console import Console
+
+    from fresnet.demo import budget, stages
+    from fresnet.demo.state import DemoOptions, DemoState
+
+    state = DemoState(DemoOptions(out=tmp_path), Console(file=None), 0.0)
+    stages.configure(state)
+    assert (state.cfg.max_steps, state.cfg.verbose, state.cfg.checkpoint_every) == (1500, 250, 500)
+
+    from fresnet.train import load_config
+
+    tiny = load_config("synthetic-r18", {"net": {"units": [1, 1, 1, 1]}, "batch_size": 8})
+    before = torch.get_rng_state()
+    rate = budget.measure_steps_per_s(tiny, tiny.net_config(), num_classes=20, steps=1)
+    assert rate > 0 and torch.equal(torch.get_rng_state(), before)  # training's random stream is untouched
+
+    monkeypatch.setattr(budget, "measure_steps_per_s", lambda *args, **kwargs: 12.0)
+    note = stages.plan_training(state)
+    steps = int(100 * 12.0 / budget.LOOP_OVERHEAD)
+    assert state.cfg.max_steps == steps and state.results["step_plan"]["steps"] == steps
+    # the same number of verification points and checkpoints over the shorter run
+    assert (state.cfg.verbose, state.cfg.checkpoint_every) == (round(250 * steps / 1500), round(500 * steps / 1500))
+    assert note.startswith("12.00 steps/s (768 samples/s) measured; 1043 steps")
+
+    fixed = DemoState(DemoOptions(out=tmp_path, max_steps=300), Console(file=None), 0.0)
+    stages.configure(fixed)
+    assert stages.plan_training(fixed) == "300 steps, fixed by --max-steps" and fixed.cfg.max_steps == 300

@@ -184,6 +184,16 @@ def write_report(state: DemoState, total: Optional[float] = None, failed: Option
             f"{train['batch_size']}, loss `{train['loss']}`, lr {train['lr']}; final loss {train['final_loss']:.3f}; "
             f"{train['train_seconds']:.1f} s in training steps. Weights: `{Path(train['model_path']).relative_to(state.out)}`."
         )
+        plan = state.results.get("step_plan")
+        if plan:
+            doc.p(
+                f"**The training length adapts to the machine.** A calibration measured {plan['steps_per_s']:.2f} "
+                f"training steps/s here ({plan['steps_per_s'] * train['batch_size']:.0f} samples/s); the demo's "
+                f"budget of {plan['budget_s']:.0f} s of training gave {plan['steps']} steps ({plan['reason']}). "
+                f"A faster machine trains more, up to the config's {plan['most']}; a slower or busy one trains "
+                f"at least {plan['least']} (the quality floor), taking longer rather than learning less. "
+                "`--max-steps N` fixes the length, `--train-budget SECONDS` changes the budget."
+            )
         if "training" in state.doc_parts:
             doc.img(state.doc_parts["training"], "loss and held-out accuracy during training")
 
@@ -227,7 +237,8 @@ def write_report(state: DemoState, total: Optional[float] = None, failed: Option
 
     results = {
         "status": "failed" if failed else ("ok" if total is not None else "running"),
-        "options": {"config": state.options.config, "quick": state.options.quick, "max_steps": state.options.max_steps},
+        "options": {"config": state.options.config, "quick": state.options.quick, "max_steps": state.options.max_steps,
+                    "train_budget": state.options.train_budget},
         "steps": [r.__dict__ for r in state.records],
         "total_seconds": total,
         **state.results,

@@ -44,6 +44,7 @@ def run_demo(options: DemoOptions, console=None) -> DemoResult:
         ("model: summary", stages.summary, False),
         ("model: network graph", stages.network_plot, True),
         ("evaluate the untrained network (random weights)", stages.eval_untrained, False),
+        ("training length for this machine", stages.plan_training, False),
         ("train", stages.train, False),
         ("training curves", stages.training_plot, True),
         ("evaluate the trained network", stages.eval_trained, False),

@@ -154,6 +154,33 @@ def eval_untrained(state: DemoState) -> str:
     return f"accuracy {ev.result.accuracy:.4f} (chance is 0.5)"
 
 
+def plan_training(state: DemoState) -> str:
+    """Fit the training length to this machine (:mod:`fresnet.demo.budget`), unless it is fixed by
+    ``--max-steps``, ``--quick`` or ``--train-budget 0``."""
+    from fresnet.demo import budget
+    from fresnet.train import load_config
+
+    o, cfg = state.options, state.cfg
+    if o.quick or o.max_steps is not None or o.train_budget == 0:
+        why = "--quick" if o.quick else ("--max-steps" if o.max_steps is not None else "--train-budget 0")
+        return f"{cfg.max_steps} steps, fixed by {why}"
+    seconds = budget.TRAIN_BUDGET_S if o.train_budget is None else float(o.train_budget)
+    classes = int(cfg.synthetic_options()["num_identities"])
+    rate = budget.measure_steps_per_s(cfg, state.net_config, classes)
+    plan = budget.plan_steps(rate, seconds, budget.MIN_STEPS, cfg.max_steps)
+    state.step_plan = plan
+    state.results["step_plan"] = {**plan.__dict__, "reason": plan.reason}
+    if plan.steps != cfg.max_steps:
+        overrides: dict[str, Any] = {"max_steps": plan.steps}
+        if cfg.verbose:  # as many verification points on the curve as the config has
+            overrides["verbose"] = max(1, round(cfg.verbose * plan.steps / cfg.max_steps))
+        if cfg.checkpoint_every:
+            overrides["checkpoint_every"] = max(1, round(cfg.checkpoint_every * plan.steps / cfg.max_steps))
+        state.cfg = load_config(cfg, overrides)
+    return (f"{rate:.2f} steps/s ({rate * cfg.batch_size:.0f} samples/s) measured; {plan.steps} steps "
+            f"({plan.reason}, budget {seconds:.0f} s)")
+
+
 def train(state: DemoState) -> str:
     import fresnet.train
 

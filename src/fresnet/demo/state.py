@@ -39,6 +39,8 @@ class DemoOptions:
     pairs: Optional[int] = None
     batch_size: int = 128  # evaluation batch size
     progress: bool = True
+    # seconds of training steps (fresnet.demo.budget); None: the default budget, 0: the config's max_steps
+    train_budget: Optional[float] = None
 
 
 @dataclass
@@ -77,6 +79,7 @@ class DemoState:
     pairs: int = 0  # held-out verification pairs
     data_paths: Optional[dict[str, Path]] = None
     summary: Any = None
+    step_plan: Any = None  # fresnet.demo.budget.StepPlan, when the steps were fitted to the machine
     untrained: Any = None  # evaluation of the untrained network
     train_result: Any = None
     trained_embedder: Any = None

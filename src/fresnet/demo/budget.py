@@ -1,0 +1,77 @@
+"""How long the demo trains on this machine: a few timed training steps, then as many steps as fit
+the time budget, between a quality floor and the config's ``max_steps``.
+
+The same demo ran 202 s on an AVX512-BF16 machine and 336-964 s on a 2-core AVX2 one, quiet or
+busy; a fixed step count cannot fit both. So the demo measures the real step (backbone forward and
+backward, the margin loss, SGD) on this machine, in this process, with whatever else is running, and
+trains for ``budget x speed`` steps. The floor keeps the held-out accuracy above the bar however slow
+the machine is (a slow machine takes longer rather than learning less); the config's ``max_steps``
+is the most it trains on a fast one. The report says what was measured and chosen.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+TRAIN_BUDGET_S = 100.0  # for the training steps; the other demo steps take ~30-40 s on 2 AVX2 cores
+MIN_STEPS = 1000  # the quality floor of synthetic-r18 (docs/training.md: accuracy >= 0.95 from here on)
+CALIBRATION_STEPS = 6
+# the loop does more than the timed step: reading and decoding batches, logging, verification
+LOOP_OVERHEAD = 1.15
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    steps: int
+    steps_per_s: float  # measured in the calibration
+    budget_s: float
+    least: int
+    most: int
+
+    @property
+    def reason(self) -> str:
+        fit = int(self.budget_s * self.steps_per_s / LOOP_OVERHEAD)
+        if self.steps == self.most and fit >= self.most:
+            return f"the config's {self.most} steps fit the budget"
+        if self.steps == self.least and fit < self.least:
+            return f"{fit} steps fit the budget; raised to the quality floor of {self.least}"
+        return f"{fit} steps fit the budget"
+
+
+def plan_steps(steps_per_s: float, budget_s: float, least: int, most: int) -> StepPlan:
+    """``budget_s`` of training at ``steps_per_s`` (less the loop's overhead), within [least, most]."""
+    least = min(least, most)
+    fit = int(budget_s * steps_per_s / LOOP_OVERHEAD) if math.isfinite(steps_per_s) else most
+    return StepPlan(max(least, min(most, fit)), steps_per_s, budget_s, least, most)
+
+
+def measure_steps_per_s(cfg, net_config, num_classes: int, steps: int = CALIBRATION_STEPS) -> float:
+    """Training steps per second of ``cfg``'s network and loss on random images, after two warm-up
+    steps; the weights are thrown away and the global RNG is left as it was."""
+    import torch
+
+    from fresnet.network.model import FResNet
+    from fresnet.train.partial_fc import PartialFC
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = FResNet(net_config).train()
+        fc = PartialFC(net_config.emb_size, num_classes, cfg.margin(), 1.0)
+        optimizer = torch.optim.SGD(list(model.parameters()) + list(fc.parameters()), lr=1e-3, momentum=0.9,
+                                    weight_decay=5e-4)
+        images = torch.randint(0, 256, (cfg.batch_size, 3, *net_config.input_size)).float()
+        labels = torch.randint(0, num_classes, (cfg.batch_size,))
+
+        def step() -> None:
+            loss = fc(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        for _ in range(2):
+            step()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return steps / max(time.perf_counter() - start, 1e-9)
