@@ -47,31 +47,36 @@ def plan_steps(steps_per_s: float, budget_s: float, least: int, most: int) -> St
 
 
 def measure_steps_per_s(cfg, net_config, num_classes: int, steps: int = CALIBRATION_STEPS) -> float:
-    """Training steps per second of ``cfg``'s network and loss on random images, after two warm-up
-    steps; the weights are thrown away and the global RNG is left as it was."""
+    """Training steps per second of ``cfg`` on random images, after two warm-up steps: the step
+    training runs (:class:`fresnet.train.step.TrainStep` with the config's precision, memory format
+    and optimiser, on the device training would pick; no compile). The weights are thrown away and
+    the global RNG is left as it was."""
     import torch
 
     from fresnet.network.model import FResNet
+    from fresnet.train.optim import build_optimizer
     from fresnet.train.partial_fc import PartialFC
+    from fresnet.train.step import StepSettings, TrainStep
 
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    settings = StepSettings(cfg.amp, cfg.uses_channels_last(device.type), None, float(cfg.clip_grad_norm))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
-        model = FResNet(net_config).train()
-        fc = PartialFC(net_config.emb_size, num_classes, cfg.margin(), 1.0)
-        optimizer = torch.optim.SGD(list(model.parameters()) + list(fc.parameters()), lr=1e-3, momentum=0.9,
-                                    weight_decay=5e-4)
-        images = torch.randint(0, 256, (cfg.batch_size, 3, *net_config.input_size)).float()
+        model = FResNet(net_config).to(device).train()
+        if settings.channels_last:
+            model.to(memory_format=torch.channels_last)
+        fc = PartialFC(net_config.emb_size, num_classes, cfg.margin(), 1.0).to(device)
+        optimizer = build_optimizer(cfg, model, fc, device)
+        step = TrainStep(model, model, fc, optimizer, None, settings, device)
+        images = torch.randint(0, 256, (cfg.batch_size, 3, *net_config.input_size), dtype=torch.uint8)
         labels = torch.randint(0, num_classes, (cfg.batch_size,))
 
-        def step() -> None:
-            loss = fc(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        def run(n: int) -> None:
+            for _ in range(n):
+                loss = step(images, labels, 1e-3)
+            float(loss)  # waits for the device
 
-        for _ in range(2):
-            step()
+        run(2)
         start = time.perf_counter()
-        for _ in range(steps):
-            step()
+        run(steps)
         return steps / max(time.perf_counter() - start, 1e-9)
