@@ -127,8 +127,7 @@ def test_the_demo_measures_the_machine_and_rescales_the_run(tmp_path, monkeypatc
     note = stages.plan_training(state)
     steps = int(100 * 12.0 / budget.LOOP_OVERHEAD)
     assert state.cfg.max_steps == steps and state.results["step_plan"]["steps"] == steps
-    # the same number of verification points and checkpoints over the shorter run
-    assert (state.cfg.verbose, state.cfg.checkpoint_every) == (round(250 * steps / 1500), round(500 * steps / 1500))
+    assert (state.cfg.verbose, state.cfg.checkpoint_every) == (250, 500)  # fewer verifications, not denser
     assert note.startswith("12.00 steps/s (768 samples/s) measured; 1043 steps")
 
     fixed = DemoState(DemoOptions(out=tmp_path, max_steps=300), Console(file=None), 0.0)
