@@ -121,3 +121,14 @@ def test_pack_command_prints_plain_progress_lines_into_a_log(tmp_path, capsys):
     progress = [line for line in printed if line.startswith("packing: ")]
     assert [line.split(",")[0] for line in progress] == [f"packing: {n}/10 images ({10 * n}%)" for n in range(1, 11)]
     assert "images/s" in progress[0] and "ETA" in progress[0] and "ETA" not in progress[-1]
+
+
+def test_a_resumed_job_counts_its_speed_from_the_resume():
+    clock, out = FakeClock(), io.StringIO()
+    progress = Progress("extracting features", 100, unit="faces", stream=out, clock=clock)
+    clock.now += 500.0  # opening the release, finding 40 faces already extracted
+    progress.begin(40)
+    for _ in range(10):
+        clock.now += 1.0
+        progress.advance()
+    assert lines(out) == ["extracting features: 50/100 faces (50%), 1.0 faces/s, elapsed 0:10, ETA 0:50"]

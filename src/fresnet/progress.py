@@ -7,7 +7,8 @@ plus a last line when the work ends::
 
     train: 450/1500 steps (30%), 512.3 samples/s, loss 2.1034  lr 7.1e-02, elapsed 1:28, ETA 3:25
 
-Every long command uses it (``train``, ``eval``, ``embed``, ``pack``, ``synth``, ``demo``); a new one
+Every long command uses it (``train``, ``eval`` and its IJB extraction, ``embed``, ``pack``, ``synth``,
+``demo``); a new one
 needs only ``with Progress("what", total, unit="images") as p: ... p.advance(n)``, or
 ``p.advance`` as the ``progress(n)`` callback of :func:`fresnet.eval.embed.embed_images`. The clock
 is injectable, so the plain lines are tested without sleeping.
@@ -138,6 +139,14 @@ class Progress:
                             speed=f"{speed:,.1f} {self.rate_unit}/s" if speed is not None else "")
         elif self._line_due():
             self._emit()
+
+    def begin(self, completed: int) -> None:
+        """Start counting now from ``completed`` already done (a resumed job): they are shown, but
+        the speed and ETA count only the work from here on."""
+        self.start = self.completed = self.last_line_completed = int(completed)
+        self.started_at = self.last_line_at = self.clock()
+        if self.bar is not None:
+            self.bar.reset(self.task, total=self.total, completed=self.completed)
 
     def advance(self, n: int = 1, note: Optional[str] = None) -> None:
         self.update(self.completed + int(n), note)

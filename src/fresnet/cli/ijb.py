@@ -15,15 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fresnet.errors import FresnetError
-
-
-def _extraction_progress():
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]} faces/s"), TextColumn("ETA"), TimeRemainingColumn(),
-                    TimeElapsedColumn(), transient=True)
+from fresnet.progress import Progress
 
 
 def _extract(args: argparse.Namespace, embedder, meta, console) -> tuple[np.ndarray, dict[str, Any]]:
@@ -32,21 +24,19 @@ def _extract(args: argparse.Namespace, embedder, meta, console) -> tuple[np.ndar
     out = Path(args.features_out) if args.features_out else Path(args.out) / "ijb_features.npy"
     faces = len(meta.faces)
     info: dict[str, Any] = {"features": str(out)}
-    with _extraction_progress() as progress:
-        task = progress.add_task("extracting features", total=faces, rate="-")
+    # a bar on a terminal, plain lines with faces/s and ETA in a log
+    with Progress("extracting features", faces, unit="faces", transient=True) as progress:
         state = {"start": time.perf_counter(), "first": 0, "done": 0}
 
         def on_start(done: int) -> None:
             state.update(first=done, done=done)
-            progress.update(task, completed=done)
+            progress.begin(done)  # a resumed extraction: the speed and ETA count only the new faces
             if done:
-                progress.console.print(f"resuming {out}: {done} of {faces} faces already there")
+                progress.print(f"resuming {out}: {done} of {faces} faces already there")
 
         def advance(n: int) -> None:
             state["done"] += n
-            elapsed = time.perf_counter() - state["start"]
-            rate = (state["done"] - state["first"]) / elapsed if elapsed > 0 else 0.0
-            progress.update(task, advance=n, rate=f"{rate:,.0f}")
+            progress.advance(n)
 
         features = extract_features(embedder, meta.paths, meta.faces, out, model=args.model, flip=args.flip,
                                     batch_size=args.batch_size, workers=args.workers, progress=advance,
