@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 # sub-command name -> module; order is the order shown in --help
@@ -53,20 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prefer_sleeping_threads() -> None:
-    """Let torch's OpenMP threads sleep while they wait, unless the user chose (``OMP_WAIT_POLICY``).
-
-    By default a waiting OpenMP thread spins. When the cores are shared (a CI runner, a laptop doing
-    other work) the spinning threads take the time slices the working ones need: on a 2-core machine
-    at load 5-10 a demo training step took 3-4.6 s with spinning threads and 0.3-0.7 s with sleeping
-    ones, at about the same CPU time per step as one thread. Only works before torch is imported,
-    so the command line sets it first thing; ``OMP_WAIT_POLICY=ACTIVE`` restores spinning."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def main(argv: list[str] | None = None) -> int:
+    from fresnet.cli.process_settings import keep_freed_memory, prefer_sleeping_threads
+
     prefer_sleeping_threads()
+    keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
