@@ -30,8 +30,9 @@ bf16 / fp16            CPU with native bf16 (AVX512-BF16 or AMX, as oneDNN     m
                        reports), CUDA (fp16): the first rung of the ladder     :data:`CALIBRATION_COSINE`
                        (bf16, bf16) -> (bf16, fp32) -> (bf16, fp32) + 1
                        float32 unit that passes its gate
-int8                   CPU, only when ``calibration=`` is given                min cosine >=
-                       (:mod:`fresnet.inference.int8`)                         :data:`INT8_CALIBRATION_COSINE`
+int8                   CPU, only when ``calibration=`` is given: PyTorch       min cosine >=
+                       (:mod:`fresnet.inference.int8`, with a C++ compiler)    :data:`INT8_CALIBRATION_COSINE`
+                       and onnxruntime (``inference.onnxruntime_int8``)
 =====================  =====================================================  ======================
 
 The low-precision ladder is the accuracy calibration it always was: a rung is kept only if every
@@ -69,6 +70,14 @@ CALIBRATION_COSINE = 0.9997  # checked on the first batch, with a margin for uns
 # int8 is not bf16: measured worst cosines are ~0.99 (random r50) and higher on trained networks;
 # below this something is wrong (a calibration set unlike the inputs, a saturating kernel)
 INT8_CALIBRATION_COSINE = 0.98
+INT8_BACKENDS = ("pytorch", "onnxruntime")
+# dtype='int8' on an x86 CPU without VNNI/AMX (AVX2 only), with a C++ compiler: see default_int8_backend.
+# Measured on an AVX2-only EPYC (docs/performance.md): both backends meet the accuracy target with 7
+# bits; onnxruntime was as fast or faster and builds once for every batch size
+INT8_BACKEND_WITHOUT_VNNI = "onnxruntime"
+INT8_WHY_WITHOUT_VNNI = ("no VNNI on this CPU, so 7-bit int8 (AVX2's int16 pair sums saturate at 8 bits); measured on "
+                         "an AVX2-only CPU, onnxruntime was as accurate as PyTorch's PT2E kernels and faster (r50 batch "
+                         "32: 2.26x vs 2.14x arcface_torch's eager), and it builds once for every batch size")
 TIMED_ROUNDS = 2  # interleaved rounds per candidate on the first batch, after one untimed warm call
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = {
@@ -99,17 +108,21 @@ class FastChoice:
     cosine: Optional[float] = None  # min cosine to float32 on the calibration batch
     eager: bool = False  # the model exactly as given (a copy), no fast-path change at all
     calibration_images: int = 0  # int8: how many images the activation ranges come from
+    int8_backend: str = "pytorch"  # int8: 'pytorch' (PT2E, inductor) or 'onnxruntime' (QDQ session)
+    reduce_range: bool = False  # int8: 7-bit activations (PyTorch) or weights (onnxruntime), no int16 saturation
 
     @property
     def name(self) -> str:
-        """Short name: 'eager'; 'float32' ('float32/nchw' without channels_last); 'int8';
-        'bfloat16' (float32 residual stream); 'bfloat16/bfloat16' (bf16 stream); 'bfloat16+1'
-        (float32 stream and first unit)."""
+        """Short name: 'eager'; 'float32' ('float32/nchw' without channels_last); 'int8' (PyTorch),
+        'int8/onnxruntime'; 'bfloat16' (float32 residual stream); 'bfloat16/bfloat16' (bf16 stream);
+        'bfloat16+1' (float32 stream and first unit)."""
         if self.eager:
             return "eager"
         name = dtype_name(self.dtype)
-        if self.dtype in (torch.float32, torch.int8):
-            return name + ("" if self.channels_last or self.dtype == torch.int8 else "/nchw")
+        if self.dtype == torch.int8:
+            return name + ("" if self.int8_backend == "pytorch" else f"/{self.int8_backend}")
+        if self.dtype == torch.float32:
+            return name + ("" if self.channels_last else "/nchw")
         if self.residual_dtype != torch.float32:
             name += "/" + dtype_name(self.residual_dtype)
         return name + (f"+{self.float32_units}" if self.float32_units else "")
@@ -126,7 +139,11 @@ class FastChoice:
         if self.dtype == torch.float32:
             precision = "float32"
         elif self.dtype == torch.int8:
-            precision = (f"int8 convolutions and FC (PT2E, calibrated on {self.calibration_images} images), "
+            if self.int8_backend == "onnxruntime":
+                how = "onnxruntime QDQ, " + ("7-bit weights" if self.reduce_range else "8-bit weights")
+            else:
+                how = "PT2E, " + ("7-bit activations" if self.reduce_range else "8-bit activations")
+            precision = (f"int8 convolutions and FC ({how}, calibrated on {self.calibration_images} images), "
                          "float32 stem, first unit and residual stream")
         else:
             kept = "stem, first unit" if self.float32_units == 1 else (
@@ -203,12 +220,18 @@ def build_path(model: nn.Module, choice: FastChoice, calibration: Optional[Seque
     if choice.eager:
         net = copy.deepcopy(model).to(choice.device).eval()
     elif choice.dtype == torch.int8:
-        from fresnet.inference.int8 import Int8Net, quantize_int8
-
         if not calibration:
             raise FresnetError("an int8 path needs calibration images (calibration=...)")
-        source = fold_batchnorm(model) if choice.fold_bn else copy.deepcopy(model).eval()
-        net = Int8Net(quantize_int8(source.float().cpu(), calibration), sum(int(b.shape[0]) for b in calibration))
+        source = (fold_batchnorm(model) if choice.fold_bn else copy.deepcopy(model).eval()).float().cpu()
+        if choice.int8_backend == "onnxruntime":
+            from fresnet.inference.onnxruntime_int8 import OnnxRuntimeInt8Net
+
+            net = OnnxRuntimeInt8Net(source, calibration, reduce_range=choice.reduce_range)
+        else:
+            from fresnet.inference.int8 import Int8Net, quantize_int8
+
+            net = Int8Net(quantize_int8(source, calibration, reduce_range=choice.reduce_range),
+                          sum(int(b.shape[0]) for b in calibration), reduce_range=choice.reduce_range)
     else:
         source = fold_batchnorm(model) if choice.fold_bn else copy.deepcopy(model).eval()
         # inductor packs weights itself (freezing); pre-packed oneDNN tensors are opaque to it
@@ -451,6 +474,7 @@ def optimize_for_inference(
     residual_dtype: Union[str, torch.dtype, None] = None,
     float32_units: Optional[int] = None,
     calibration: Any = None,
+    int8_backend: Optional[str] = None,
 ) -> FastModel:
     """A fast inference module computing the same embeddings as ``model`` (which is not modified).
 
@@ -478,6 +502,10 @@ def optimize_for_inference(
             dataset or an image folder (:mod:`fresnet.inference.calibration`). With ``dtype='auto'``
             int8 is a candidate only when this is given; ``dtype='int8'`` without it calibrates on
             synthetic faces (with a warning: fine for speed tests, not for a trained network).
+        int8_backend: 'pytorch' (PT2E, inductor's oneDNN kernels) or 'onnxruntime' (a QDQ session
+            behind the same module interface). Default: with ``dtype='int8'``, the per-CPU table of
+            :func:`default_int8_backend`; with ``dtype='auto'``, every backend that can run here is
+            a candidate, timed like the others.
 
     Returns:
         A :class:`FastModel`; ``fast(x)`` takes the same input as ``model(x)``.
@@ -535,38 +563,104 @@ def optimize_for_inference(
         calibrate = dtype == "auto"
     batches = None
     extras: list[FastChoice] = []
+    if int8_backend is not None and int8_backend not in INT8_BACKENDS:
+        raise FresnetError(f"unknown int8_backend {int8_backend!r}; choose one of {', '.join(INT8_BACKENDS)}")
+    if int8_backend is not None and not (int8_asked or dtype == "auto"):
+        raise FresnetError(f"int8_backend applies to dtype='int8' or 'auto'; got dtype={dtype!r}")
+    if int8_backend is not None:
+        missing = int8_backends_unavailable()[int8_backend]
+        if missing is not None:
+            raise FresnetError(missing)
     if dtype == "auto":
         extras.append(replace(candidates[-1], dtype=torch.float32, channels_last=not channels_last,
                               residual_dtype=torch.float32, float32_units=0))
         if calibration is not None and device.type == "cpu":
             batches = _int8_calibration(model, calibration)
-            extras.append(_int8_choice(device, fold_bn, batches, reason))
+            extras += _int8_candidates(device, fold_bn, batches, reason, int8_backend)
     elif int8_asked:
         if calibration is None:
             warnings.warn("dtype='int8' without calibration=: calibrating on synthetic faces, which is fine for a "
                           "speed test but not for a trained network; pass real face crops (a tensor, or a .bin, "
                           "RecordIO or image folder path)", UserWarning, stacklevel=2)
+        if int8_backend is None:
+            int8_backend, why = default_int8_backend(device)
+            reason = f"{reason}; {int8_backend} backend: {why}"
         batches = _int8_calibration(model, calibration)
-        candidates = [_int8_choice(device, fold_bn, batches, reason)]
+        candidates = [_int8_choice(device, fold_bn, batches, reason, int8_backend)]
     return FastModel(model, candidates, calibrate=bool(calibrate), extras=extras, calibration=batches)
 
 
 def _int8_calibration(model: nn.Module, calibration: Any) -> list[torch.Tensor]:
     from fresnet.inference.calibration import calibration_batches
-    from fresnet.inference.int8 import int8_unavailable
 
-    missing = int8_unavailable()
-    if missing is not None:
-        raise FresnetError(missing)
     size = model.config.input_size if getattr(model, "config", None) is not None else (112, 112)
     return calibration_batches(calibration, size)
 
 
-def _int8_choice(device: torch.device, fold_bn: bool, batches: Sequence[torch.Tensor], reason: str) -> FastChoice:
-    compiled = compiler_available(device)
-    if not compiled:
+# ---------------------------------------------------------------------------------------------------
+# int8: which backend, per CPU class
+
+
+def int8_backends_unavailable() -> dict[str, Optional[str]]:
+    """For each int8 backend, None when it can be built here, else the reason it cannot."""
+    from fresnet.inference.int8 import int8_unavailable
+    from fresnet.inference.onnxruntime_int8 import onnxruntime_int8_unavailable
+
+    return {"pytorch": int8_unavailable(), "onnxruntime": onnxruntime_int8_unavailable()}
+
+
+def default_int8_backend(device: torch.device) -> tuple[str, str]:
+    """(backend, why) for ``dtype='int8'`` on this machine: the per-CPU decision table of
+    ``docs/performance.md``. Both backends use the same recipe and, measured on the CPU class each
+    is picked for, meet the accuracy target; what differs is speed and what they need.
+
+    * no C++ compiler: onnxruntime (PyTorch's int8 kernels come from inductor; without it PyTorch
+      runs reference kernels slower than float32);
+    * an int8 dot product (VNNI, AMX): PyTorch (oneDNN's VNNI kernels, 8-bit activations);
+    * neither (AVX2-only x86): :data:`INT8_BACKEND_WITHOUT_VNNI`, the faster one measured there.
+    """
+    from fresnet.inference.int8 import cpu_has_int8_dot_product
+
+    missing = int8_backends_unavailable()
+    if all(missing.values()):
+        raise FresnetError("no int8 backend here: " + "; ".join(str(reason) for reason in missing.values()))
+    for backend, reason in missing.items():
+        if reason is not None:
+            other = next(b for b in missing if b != backend)
+            return other, f"the only int8 backend here ({reason})"
+    if not compiler_available(device):
+        return "onnxruntime", "no C++ compiler for PyTorch's int8 kernels (inductor)"
+    if cpu_has_int8_dot_product():
+        return "pytorch", "this CPU has VNNI/AMX int8 dot products (oneDNN kernels, 8-bit activations)"
+    return INT8_BACKEND_WITHOUT_VNNI, INT8_WHY_WITHOUT_VNNI
+
+
+def _int8_choice(device: torch.device, fold_bn: bool, batches: Sequence[torch.Tensor], reason: str,
+                 backend: str, warn: bool = True) -> FastChoice:
+    from fresnet.inference.int8 import reduce_range_for_this_cpu
+
+    compiled = backend == "pytorch" and compiler_available(device)
+    if backend == "pytorch" and not compiled and warn:
         warnings.warn("int8 without a C++ compiler runs PyTorch's reference quantised kernels, slower than "
-                      "float32; install g++ (inductor builds the int8 kernels) or export an int8 ONNX model "
-                      "(fresnet export --int8) for onnxruntime", RuntimeWarning, stacklevel=3)
+                      "float32; install g++ (inductor builds the int8 kernels) or use int8_backend='onnxruntime'",
+                      RuntimeWarning, stacklevel=3)
     images = sum(int(b.shape[0]) for b in batches)
-    return FastChoice(str(device), torch.int8, False, compiled, fold_bn, reason=reason, calibration_images=images)
+    return FastChoice(str(device), torch.int8, False, compiled, fold_bn, reason=reason, calibration_images=images,
+                      int8_backend=backend, reduce_range=reduce_range_for_this_cpu())
+
+
+def _int8_candidates(device: torch.device, fold_bn: bool, batches: Sequence[torch.Tensor], reason: str,
+                     backend: Optional[str]) -> list[FastChoice]:
+    """auto's int8 candidates: every backend that can run here (or the one asked for). PyTorch
+    without a compiler is left out when onnxruntime is there: its reference kernels are slower than
+    float32, so timing them would only cost the first call."""
+    missing = int8_backends_unavailable()
+    if backend is None:
+        backends = [b for b in INT8_BACKENDS if missing[b] is None]
+        if "onnxruntime" in backends and not compiler_available(device):
+            backends.remove("pytorch")
+    else:
+        backends = [backend]
+    if not backends:
+        raise FresnetError("no int8 backend here: " + "; ".join(str(reason) for reason in missing.values()))
+    return [_int8_choice(device, fold_bn, batches, reason, b, warn=False) for b in backends]

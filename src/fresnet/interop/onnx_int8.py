@@ -2,42 +2,23 @@
 
 ``fresnet export MODEL out.onnx --int8 --calibration DATA`` writes a QDQ model (QuantizeLinear /
 DequantizeLinear pairs around each quantised op, the format every ONNX runtime reads) with the
-same recipe as the PyTorch int8 path (:mod:`fresnet.inference.int8`):
-
-* per-channel symmetric int8 weights, per-tensor uint8 activations, calibrated on the given images
-  (:func:`fresnet.inference.calibration.calibration_batches`: tensor, ``.bin``, RecordIO, image folder);
-* only Conv and Gemm are quantised: the residual adds, PReLU and the BatchNorms that do not fold
-  stay float32, so the residual stream is float32;
-* the stem and the first residual unit (every Conv before the first residual Add) stay float32.
-
-onnxruntime fuses each DequantizeLinear -> Conv -> QuantizeLinear into an int8 convolution (MLAS
-u8s8 kernels, AVX2/AVX-512/VNNI as the CPU has them).
+recipe of :mod:`fresnet.inference.onnxruntime_int8` (what ``optimize_for_inference(dtype='int8')``
+runs where onnxruntime is its int8 backend): per-channel int8 weights, per-tensor uint8
+activations, only Conv and Gemm quantised, float32 stem, first residual unit and residual stream.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 
-from fresnet.errors import FresnetError
+from fresnet.inference.int8 import reduce_range_for_this_cpu
+from fresnet.inference.onnxruntime_int8 import CALIBRATION_METHOD, float_node_names, onnx_session, quantize_onnx
 
-CALIBRATION_METHOD = "Percentile"  # onnxruntime's CalibrationMethod; chosen in docs/performance.md
-
-
-def float_node_names(proto) -> list[str]:
-    """Names of the Conv nodes kept float32: the stem's and the first residual unit's (all Convs
-    before the first Add, in graph order)."""
-    names = []
-    for node in proto.graph.node:
-        if node.op_type == "Add":
-            break
-        if node.op_type == "Conv":
-            names.append(node.name)
-    return names
+__all__ = ["export_onnx_int8", "verify_onnx_int8", "float_node_names", "onnx_session"]
 
 
 def export_onnx_int8(
@@ -48,92 +29,49 @@ def export_onnx_int8(
     dynamic_batch: bool = True,
     opset: int = 17,
     calibration_method: str = CALIBRATION_METHOD,
+    weight_type: str = "QInt8",
+    reduce_range: Optional[bool] = None,
 ) -> str:
     """Export ``model`` to an int8 (QDQ) ONNX file at ``path``, written atomically; returns the path.
 
     ``calibration``: face images for the activation ranges, as for
     ``optimize_for_inference(calibration=...)`` (a tensor, an iterable of tensors, or a path to a
-    ``.bin``, RecordIO dataset or image folder).
+    ``.bin``, RecordIO dataset or image folder). ``reduce_range``: 7-bit weights, which keep
+    AVX2's int16 pair sums from saturating (``docs/performance.md``); default: 7 bits on a CPU
+    without an int8 dot product (VNNI/AMX), 8 with one
+    (:func:`fresnet.inference.int8.reduce_range_for_this_cpu`: the file is usually run where it is made).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from fresnet.inference.calibration import calibration_batches
-    from fresnet.interop.onnx_export import INPUT_NAME, export_onnx
+    from fresnet.interop.onnx_export import export_onnx
 
     config = getattr(model, "config", None)
     size = config.input_size if config is not None else (112, 112)
-    batches = _equal_batches(calibration_batches(calibration, size))
-    try:
-        method = getattr(CalibrationMethod, calibration_method)
-    except AttributeError:
-        raise FresnetError(f"unknown calibration method {calibration_method!r}; choose MinMax, Percentile or Entropy") from None
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, items: Sequence[torch.Tensor]):
-            self._items = iter(items)
-
-        def get_next(self):
-            item = next(self._items, None)
-            return None if item is None else {INPUT_NAME: item.float().numpy()}
-
+    batches = calibration_batches(calibration, size)
+    if reduce_range is None:
+        reduce_range = reduce_range_for_this_cpu()
     with tempfile.TemporaryDirectory() as workdir:
         float_path = os.path.join(workdir, "float.onnx")
         int8_path = os.path.join(workdir, "int8.onnx")
         export_onnx(model, float_path, dynamic_batch=dynamic_batch, opset=opset, fold_bn=True)
         proto = onnx.load(float_path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # onnxruntime's advice to run its pre-processing script
-            quantize_static(
-                float_path, int8_path, Reader(batches),
-                quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                op_types_to_quantize=["Conv", "Gemm"], nodes_to_exclude=float_node_names(proto),
-                calibrate_method=method,
-                extra_options={"CalibMaxIntermediateOutputs": _flush_every(len(batches)),
-                               "CalibTensorRangeSymmetric": False},
-            )
+        images = quantize_onnx(float_path, int8_path, batches, calibration_method=calibration_method,
+                               weight_type=weight_type, reduce_range=reduce_range)
         quantized = onnx.load(int8_path)
         present = {prop.key for prop in quantized.metadata_props}
         for prop in proto.metadata_props:  # the config and input notes of the float export
             if prop.key not in present:
                 quantized.metadata_props.add(key=prop.key, value=prop.value)
         entry = quantized.metadata_props.add()
-        entry.key, entry.value = "fresnet_int8", (f"QDQ, per-channel int8 weights, uint8 activations calibrated on "
-                                                  f"{sum(int(b.shape[0]) for b in batches)} images "
+        entry.key, entry.value = "fresnet_int8", (f"QDQ, per-channel int8 weights ({7 if reduce_range else 8}-bit), "
+                                                  f"uint8 activations calibrated on "
+                                                  f"{images} images "
                                                   f"({calibration_method}); float32 stem, first unit, residual stream")
         from fresnet.ioutil import atomic_write_bytes
 
         atomic_write_bytes(path, quantized.SerializeToString())
     return os.fspath(Path(path))
-
-
-def _equal_batches(batches: Sequence[torch.Tensor], largest: int = 32) -> list[torch.Tensor]:
-    """The same images in batches of one size (the largest divisor of the count up to ``largest``):
-    onnxruntime's histogram calibrators stack the batches and fail on a short last one."""
-    images = torch.cat(list(batches))
-    size = max(d for d in range(1, min(largest, len(images)) + 1) if len(images) % d == 0)
-    return list(images.split(size))
-
-
-def _flush_every(batches: int) -> int:
-    """How many batches onnxruntime's calibrator keeps before reducing them (memory: every
-    intermediate tensor of every kept batch). It must not divide the batch count: onnxruntime 1.2x-1.3x
-    then ends on an empty buffer and raises "No data is collected"."""
-    return next(k for k in (4, 3, 5, 7) if batches % k) if batches > 4 else batches + 1
-
-
-def onnx_session(path: Union[str, os.PathLike], threads: int = 0):
-    """An onnxruntime CPU session for ``path`` whose idle threads do not spin (a spinning pool
-    steals the cores from whatever runs next, PyTorch included)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 
 def verify_onnx_int8(model, path: Union[str, os.PathLike], batch: int = 8, seed: int = 1) -> tuple[float, float]:
