@@ -59,6 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--calibration", metavar="DATA", default=None,
                    help="face images for the int8 ranges: a verification .bin, a RecordIO dataset or an image folder "
                         "(a few hundred images are used; default: synthetic faces, for speed tests only)")
+    g.add_argument("--weight-bits", choices=("auto", "7", "8"), default="auto",
+                   help="int8 weight range: 7 bits keeps AVX2's int16 pair sums (vpmaddubsw) from saturating, "
+                        "which costs accuracy on CPUs without VNNI; 8 bits uses the full range where the CPU has "
+                        "VNNI/AMX (default auto: this CPU's class, as optimize_for_inference picks it)")
     p.set_defaults(func=run_export)
 
 
@@ -172,6 +176,8 @@ def run_export(args: argparse.Namespace) -> int:
         return _write_int8(model, destination.path, args)
     if args.calibration is not None:
         raise FresnetError("--calibration is for --int8 exports; add --int8 (or drop --calibration)")
+    if args.weight_bits != "auto":
+        raise FresnetError("--weight-bits is for --int8 exports; add --int8 (or drop --weight-bits)")
     return _write(model, destination, args)
 
 
@@ -181,15 +187,21 @@ def _write_int8(model, path: str, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fresnet.inference.calibration import CalibrationWarning
+    from fresnet.inference.int8 import reduce_range_for_this_cpu
     from fresnet.interop.onnx_int8 import export_onnx_int8, verify_onnx_int8
 
-    print(f"destination: ONNX int8 (QDQ) {path}")
+    reduce_range = reduce_range_for_this_cpu() if args.weight_bits == "auto" else args.weight_bits == "7"
+    bits = f"{7 if reduce_range else 8}-bit weights"
+    if args.weight_bits == "auto":
+        bits += " (this CPU " + ("has no" if reduce_range else "has an") + " int8 dot product, VNNI/AMX)"
+    print(f"destination: ONNX int8 (QDQ) {path}, {bits}")
     print(f"calibration: {args.calibration or 'synthetic faces (pass --calibration DATA for a trained model)'}")
     console = Console(stderr=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
         with console.status("calibrating and quantising (a minute or more for r50) ..."):
-            export_onnx_int8(model.eval(), path, args.calibration, dynamic_batch=not args.static_batch, opset=args.opset)
+            export_onnx_int8(model.eval(), path, args.calibration, dynamic_batch=not args.static_batch, opset=args.opset,
+                             reduce_range=reduce_range)
     for warning in caught:
         if issubclass(warning.category, CalibrationWarning):
             print(f"warning:     {warning.message}")
