@@ -55,8 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=0, help="timed rounds per path (default: 7 at batch 1, 4 above)")
     p.add_argument("--paths", default="",
                    help="comma-separated subset of: eager, auto, fp32, bf16, bf16-all, bf16+1, fp16, fp16-all, "
-                        "fp16+1, and any of these with -compiled, onnxruntime, int8 (PT2E, compiled), "
-                        "auto-int8 (auto with calibration), onnxruntime-int8 (QDQ), arcface (arcface_torch's "
+                        "fp16+1, and any of these with -compiled, onnxruntime, int8 (dtype='int8': this CPU's default "
+                        "backend), int8-8bit / int8-7bit (PT2E, compiled, 8- or 7-bit activations), int8-onnxruntime "
+                        "(optimize_for_inference's onnxruntime backend), auto-int8 (auto with calibration), onnxruntime-int8 (QDQ), arcface (arcface_torch's "
                         "eager iresnet, same weights; tests/arcface_iresnet_ref.py) (default: all that apply "
                         "to the device). bf16/fp16: low-precision convolutions, float32 residual stream; -all: "
                         "the stream in low precision too; +N: the first N residual units in float32; auto: "
@@ -110,6 +111,15 @@ def build_fast(model, name: str, device: torch.device, calibration=None):
     if name in ("int8", "auto-int8"):
         return optimize_for_inference(model, device=device, dtype="int8" if name == "int8" else "auto",
                                       calibration=calibration)
+    if name == "int8-onnxruntime":
+        return optimize_for_inference(model, device=device, dtype="int8", calibration=calibration,
+                                      int8_backend="onnxruntime")
+    if name in ("int8-8bit", "int8-7bit"):  # PT2E with the activation width forced, whatever this CPU's default
+        from unittest import mock
+
+        with mock.patch("fresnet.inference.int8.reduce_range_for_this_cpu", lambda: name == "int8-7bit"):
+            return optimize_for_inference(model, device=device, dtype="int8", calibration=calibration,
+                                          int8_backend="pytorch")
     tokens = name.split("-")
     base, _, units = tokens[0].partition("+")
     dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[base]

@@ -3,10 +3,11 @@
 
 For a trained model (``fresnet train`` output, the demo's model, any file ``fresnet.load`` reads) it
 evaluates the same pack (10-fold LFW protocol, flip-summed embeddings, as ``fresnet eval --bin``)
-with: the float32 model; the PyTorch int8 path (``optimize_for_inference(dtype='int8')``); and the
-int8 ONNX export run by onnxruntime (what ``fresnet export --int8`` writes and ``fresnet eval
-model-int8.onnx --bin`` evaluates). It prints each accuracy, the difference to float32 (target:
-within 0.2 points) and the per-embedding cosine to float32 (min, mean).
+with: the float32 model; ``optimize_for_inference(dtype='int8')`` (this CPU's default backend, or
+either backend with 8- or 7-bit int8 forced); and the int8 ONNX export run by onnxruntime (what
+``fresnet export --int8`` writes and ``fresnet eval model-int8.onnx --bin`` evaluates). It prints
+each accuracy, the difference to float32 (target: within 0.2 points) and the per-embedding cosine
+to float32 (min, mean). Use a pack of a few thousand pairs: on 600, one pair is 0.17 points.
 
     python benchmarks/bench_int8_accuracy.py --model run/model.safetensors --bin run/data/synthetic_val.bin \\
         --calibration run/data            # a RecordIO dataset, an image folder or another .bin
@@ -38,7 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="calibration images (.bin, RecordIO, image folder); default: the --bin pack's images")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=50, help="images per forward pass (default 50)")
-    p.add_argument("--paths", default="torch-int8,onnxruntime-int8", help="int8 paths to evaluate")
+    p.add_argument("--paths", default="torch-int8,onnxruntime-int8",
+                   help="int8 paths to evaluate, comma-separated: torch-int8 (optimize_for_inference(dtype='int8'): "
+                        "this CPU's default backend), torch-int8-8bit / torch-int8-7bit (PT2E with 8- or 7-bit "
+                        "activations), int8-onnxruntime (optimize_for_inference's onnxruntime backend), "
+                        "onnxruntime-int8 (the fresnet export --int8 file), onnxruntime-int8-7bit (the same with "
+                        "reduce_range: 7-bit weights)")
     p.add_argument("--json", type=Path, help="write the results here")
     return p.parse_args(argv)
 
@@ -54,13 +60,27 @@ class Embedder:
             return np.asarray(self.run(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))), np.float32)
 
 
+def build_int8(model, path: str, calibration):
+    """optimize_for_inference(dtype='int8') for one of the torch-int8* / int8-onnxruntime paths."""
+    from unittest import mock
+
+    from fresnet.inference.fast import optimize_for_inference
+
+    if path == "int8-onnxruntime":
+        return optimize_for_inference(model, dtype="int8", calibration=calibration, int8_backend="onnxruntime")
+    if path == "torch-int8":
+        return optimize_for_inference(model, dtype="int8", calibration=calibration)
+    seven = {"torch-int8-8bit": False, "torch-int8-7bit": True}[path]
+    with mock.patch("fresnet.inference.int8.reduce_range_for_this_cpu", lambda: seven):
+        return optimize_for_inference(model, dtype="int8", calibration=calibration, int8_backend="pytorch")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
     from fresnet.data.verification_bin import load_bin
     from fresnet.eval.embed import embed_images
     from fresnet.eval.verification import verify
-    from fresnet.inference.fast import optimize_for_inference
     from fresnet.interop.formats import load
     from fresnet.interop.onnx_int8 import export_onnx_int8, onnx_session
 
@@ -73,15 +93,18 @@ def main(argv=None) -> int:
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as workdir:
         warnings.simplefilter("ignore")
         paths = args.paths.split(",")
-        if "torch-int8" in paths:
-            fast = optimize_for_inference(model, dtype="int8", calibration=calibration)
-            runs["torch-int8"] = lambda x: fast(x).numpy()
-            print(f"torch-int8: {fast.choice.describe()}")
-        if "onnxruntime-int8" in paths:
-            onnx_path = Path(workdir) / "int8.onnx"
-            export_onnx_int8(model, onnx_path, calibration)
-            session = onnx_session(onnx_path, threads=args.threads)
-            runs["onnxruntime-int8"] = lambda x: session.run(None, {"input": x.numpy()})[0]
+        for path in paths:
+            if path.startswith("torch-int8") or path == "int8-onnxruntime":
+                fast = build_int8(model, path, calibration)
+                runs[path] = (lambda f: (lambda x: f(x).numpy()))(fast)
+                print(f"{path}: {fast.choice.describe()}")
+            elif path in ("onnxruntime-int8", "onnxruntime-int8-7bit"):
+                onnx_path = Path(workdir) / f"{path}.onnx"
+                export_onnx_int8(model, onnx_path, calibration, reduce_range=path.endswith("7bit"))
+                session = onnx_session(onnx_path, threads=args.threads)
+                runs[path] = (lambda s: (lambda x: s.run(None, {"input": x.numpy()})[0]))(session)
+            else:
+                raise SystemExit(f"unknown path {path!r}; see --paths")
         embeddings = {}
         results = {}
         for name, run in runs.items():
