@@ -13,6 +13,7 @@ from test_fast import TINY, fixed_times, images, min_cosine, settled, tiny
 
 from fresnet import FresnetError, create_model
 from fresnet.inference import fast as fast_module
+from fresnet.inference import int8 as int8_module
 from fresnet.inference.calibration import CalibrationWarning, calibration_batches
 from fresnet.inference.fast import INT8_CALIBRATION_COSINE, compiler_available, optimize_for_inference
 from fresnet.inference.int8 import Int8Net, float_module_names, int8_unavailable
@@ -55,20 +56,25 @@ def trained():
     gen = torch.Generator().manual_seed(0)
     losses = []
     model.train()
-    for _ in range(50):
-        idx = torch.randperm(128, generator=gen)[:32]
-        loss = torch.nn.functional.cross_entropy(classifier(model(x[idx])), y[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: a second thread only waits at barriers (minutes on a loaded machine)
+    try:
+        for _ in range(50):
+            idx = torch.randperm(128, generator=gen)[:32]
+            loss = torch.nn.functional.cross_entropy(classifier(model(x[idx])), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])  # it really learned
     return model.eval()
 
 
 def test_int8_builds_runs_and_meets_the_bound_on_a_random_network(uncompiled):
     model = tiny(**WIDE)
-    fast = optimize_for_inference(model, dtype="int8", calibration=faces(64, seed=1))
+    fast = optimize_for_inference(model, dtype="int8", calibration=faces(64, seed=1), int8_backend="pytorch")
     x = faces(8, seed=2)
     out = fast(x)
     assert out.shape == (8, 64) and out.dtype == torch.float32
@@ -77,8 +83,15 @@ def test_int8_builds_runs_and_meets_the_bound_on_a_random_network(uncompiled):
     assert "int8" in fast.choice.describe() and "calibrated on 64 images" in fast.choice.describe()
 
 
-def test_int8_meets_the_bound_on_a_trained_network(uncompiled, trained):
-    fast = optimize_for_inference(trained, dtype="int8", calibration=faces(64, seed=1))
+@pytest.mark.parametrize("int8_dot_product", [False, True], ids=["avx2", "vnni"])
+def test_int8_meets_the_bound_on_a_trained_network(uncompiled, trained, monkeypatch, int8_dot_product):
+    """Both activation widths this CPU class decides between (7-bit without VNNI, 8-bit with it)."""
+    monkeypatch.setattr(int8_module, "cpu_has_int8_dot_product", lambda: int8_dot_product)
+    fast = optimize_for_inference(trained, dtype="int8", calibration=faces(64, seed=1), int8_backend="pytorch")
+    assert fast.choice.reduce_range is not int8_dot_product and fast.net.reduce_range is not int8_dot_product
+    # the width reached the quantiser: every activation quantises to 0..255, or 0..127 without VNNI
+    assert _activation_quant_max(fast.net.graph) == {255 if int8_dot_product else 127}
+    assert f"{8 if int8_dot_product else 7}-bit activations" in fast.choice.describe()
     x = faces(16, seed=4)
     out = fast(x)
     cosine = torch.nn.functional.cosine_similarity(out, trained(x).detach(), dim=1)
@@ -86,10 +99,17 @@ def test_int8_meets_the_bound_on_a_trained_network(uncompiled, trained):
     assert cosine.mean().item() >= 0.99
 
 
+def _activation_quant_max(graph) -> set[int]:
+    """quant_max of every per-tensor (activation) quantise node of a converted PT2E graph."""
+    return {int(node.args[4]) for node in graph.graph.nodes
+            if node.op == "call_function" and "quantize_per_tensor" in str(node.target)
+            and "dequantize" not in str(node.target)}
+
+
 def test_int8_keeps_stem_and_first_unit_in_float32(uncompiled):
     model = tiny(**WIDE)
     assert float_module_names(model) == ["stem", "stage1.unit1"]
-    fast = optimize_for_inference(model, dtype="int8", calibration=faces(32, seed=1))
+    fast = optimize_for_inference(model, dtype="int8", calibration=faces(32, seed=1), int8_backend="pytorch")
     net = fast.net
     # stem conv0 + stage1.unit1's conv1, conv2, conv1sc stay float; 3 other units x 3 convs + the FC are int8
     assert (net.float_layers, net.int8_layers) == (4, 10)
@@ -101,7 +121,7 @@ def test_int8_keeps_stem_and_first_unit_in_float32(uncompiled):
 def test_int8_works_for_other_units_and_heads(uncompiled):
     for options in (dict(net_unit=1, net_output="GAP", net_act="relu"), dict(net_unit=3, net_output="GNAP")):
         model = tiny(**WIDE, **options)
-        fast = optimize_for_inference(model, dtype="int8", calibration=faces(32, seed=1))
+        fast = optimize_for_inference(model, dtype="int8", calibration=faces(32, seed=1), int8_backend="pytorch")
         x = faces(4, seed=5)
         assert min_cosine(fast(x), model(x).detach()) >= INT8_CALIBRATION_COSINE
 
@@ -109,7 +129,7 @@ def test_int8_works_for_other_units_and_heads(uncompiled):
 def test_int8_without_calibration_uses_synthetic_faces_with_a_warning(monkeypatch):
     monkeypatch.setattr(fast_module, "compiler_available", lambda device: False)
     with pytest.warns(UserWarning, match="synthetic faces"):
-        fast = optimize_for_inference(tiny(**WIDE), dtype="int8")
+        fast = optimize_for_inference(tiny(**WIDE), dtype="int8", int8_backend="pytorch")
     assert fast.choice.calibration_images >= 16
 
 
@@ -135,7 +155,7 @@ def test_auto_with_calibration_picks_int8_when_it_is_fastest(monkeypatch, uncomp
     monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
     fixed_times(monkeypatch, int8=5.0, eager=30.0, float32=20.0, float32_nchw=25.0)
     model = tiny(**WIDE)
-    fast = optimize_for_inference(model, compile=False, calibration=faces(32, seed=1))
+    fast = optimize_for_inference(model, compile=False, calibration=faces(32, seed=1), int8_backend="pytorch")
     x = faces(4, seed=6)
     out = fast(x)
     assert fast.choice.name == "int8"
@@ -147,7 +167,7 @@ def test_auto_rejects_int8_that_misses_its_gate(monkeypatch, uncompiled):
     monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(fast_module, "INT8_CALIBRATION_COSINE", 1.01)
     fixed_times(monkeypatch, int8=1.0, eager=30.0, float32=20.0)
-    fast = optimize_for_inference(tiny(**WIDE), compile=False, calibration=faces(32, seed=1))
+    fast = optimize_for_inference(tiny(**WIDE), compile=False, calibration=faces(32, seed=1), int8_backend="pytorch")
     fast(faces(4, seed=6))
     assert fast.choice.name == "float32" and "int8 rejected: min cosine" in fast.choice.reason
 
@@ -164,7 +184,7 @@ def test_compiled_int8():
     with warnings.catch_warnings(), inductor_config.patch(compile_threads=1):
         warnings.simplefilter("ignore", CalibrationWarning)
         warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to the reference kernels would hide a failure
-        fast = optimize_for_inference(model, dtype="int8", calibration=faces(64, seed=1))
+        fast = optimize_for_inference(model, dtype="int8", calibration=faces(64, seed=1), int8_backend="pytorch")
         x = faces(4, seed=7)
         out = fast(x)
     assert fast.choice.compile and fast._compiled
@@ -248,7 +268,7 @@ def test_int8_onnx_export_runs_in_onnxruntime_close_to_the_pytorch_int8_model(tm
     assert any(p.key == "fresnet_int8" for p in proto.metadata_props)
     x = faces(8, seed=9)
     ort_out = torch.from_numpy(onnx_session(path).run(None, {"input": x.numpy()})[0])
-    torch_int8 = optimize_for_inference(trained, dtype="int8", calibration=calibration)(x)
+    torch_int8 = optimize_for_inference(trained, dtype="int8", calibration=calibration, int8_backend="pytorch")(x)
     reference = trained(x).detach()
     assert min_cosine(ort_out, reference) >= INT8_CALIBRATION_COSINE
     assert min_cosine(ort_out, torch_int8) >= INT8_CALIBRATION_COSINE  # parity: same recipe, two runtimes
@@ -267,10 +287,148 @@ def test_export_cli_int8(tmp_path, capsys):
 
     save_bin(save_bin_path, list(faces(48, seed=2).permute(0, 2, 3, 1).to(torch.uint8).numpy()), [True, False] * 12)
     code = main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "m-int8.onnx"), "--int8",
-                 "--calibration", str(save_bin_path)])
+                 "--calibration", str(save_bin_path), "--weight-bits", "7"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "cosine to PyTorch float32 min" in out and "(ok" in out and "warning:     " in out
+    assert "7-bit weights" in out
+    import onnx
+
+    notes = {p.key: p.value for p in onnx.load(str(tmp_path / "m-int8.onnx")).metadata_props}
+    assert "int8 weights (7-bit)" in notes["fresnet_int8"]
+    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "y.onnx"), "--weight-bits", "8"]) != 0
+    assert "--weight-bits is for --int8" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "x.onnx"), "--calibration",
                  str(save_bin_path)]) != 0
     assert "--calibration is for --int8" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# the per-CPU choices: activation width and backend (forced both ways, whatever this CPU has)
+
+
+@pytest.mark.parametrize("capabilities,expected", [
+    ({"avx2": True, "avx512_vnni": False, "avx_vnni": False, "amx_int8": False}, False),
+    ({"avx2": True, "avx_vnni": True}, True),
+    ({"avx512_f": True, "avx512_vnni": True}, True),
+    ({"amx_int8": True}, True),
+    ({}, False),
+])
+def test_cpu_has_int8_dot_product_reads_the_cpu_capabilities(monkeypatch, capabilities, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert int8_module.cpu_has_int8_dot_product() is expected
+    assert int8_module.reduce_range_for_this_cpu() is (not expected)  # 7-bit activations only without VNNI
+
+
+def _activation_quant_max(graph) -> set[int]:
+    """quant_max of every per-tensor (activation) quantise node of a converted PT2E graph."""
+    return {int(node.args[4]) for node in graph.graph.nodes
+            if node.op == "call_function" and "quantize_per_tensor" in str(node.target)
+            and "dequantize" not in str(node.target)}
+
+
+def _backends(monkeypatch, *, compiler=True, dot_product=False, pytorch=None, onnxruntime=None):
+    monkeypatch.setattr(fast_module, "compiler_available", lambda device: compiler)
+    monkeypatch.setattr(int8_module, "cpu_has_int8_dot_product", lambda: dot_product)
+    monkeypatch.setattr(fast_module, "int8_backends_unavailable",
+                        lambda: {"pytorch": pytorch, "onnxruntime": onnxruntime})
+
+
+@pytest.mark.parametrize("case,expected", [
+    (dict(dot_product=True), "pytorch"),
+    (dict(dot_product=False), fast_module.INT8_BACKEND_WITHOUT_VNNI),
+    (dict(compiler=False, dot_product=True), "onnxruntime"),
+    (dict(dot_product=False, onnxruntime="no onnxruntime"), "pytorch"),
+    (dict(dot_product=True, pytorch="no torchao"), "onnxruntime"),
+])
+def test_default_int8_backend_per_cpu_class(monkeypatch, case, expected):
+    _backends(monkeypatch, **case)
+    backend, why = fast_module.default_int8_backend(torch.device("cpu"))
+    assert backend == expected and why
+
+
+def test_no_int8_backend_is_a_clear_error(monkeypatch):
+    _backends(monkeypatch, pytorch="no torchao", onnxruntime="no onnxruntime")
+    with pytest.raises(FresnetError, match="no int8 backend here: no torchao; no onnxruntime"):
+        fast_module.default_int8_backend(torch.device("cpu"))
+    with pytest.raises(FresnetError, match="no torchao"):
+        optimize_for_inference(tiny(), dtype="int8", calibration=faces(16), int8_backend="pytorch")
+
+
+def test_unknown_int8_backend_is_refused():
+    with pytest.raises(FresnetError, match="unknown int8_backend 'tflite'; choose one of pytorch, onnxruntime"):
+        optimize_for_inference(tiny(), dtype="int8", calibration=faces(16), int8_backend="tflite")
+
+
+def test_dtype_int8_names_the_backend_it_picked_and_why(monkeypatch):
+    _backends(monkeypatch, compiler=False)
+    monkeypatch.setattr(fast_module, "_int8_calibration", lambda model, calibration: [faces(16)])
+    monkeypatch.setattr(fast_module, "build_path", lambda model, choice, calibration=None: torch.nn.Identity())
+    fast = optimize_for_inference(tiny(), dtype="int8", calibration=faces(16))
+    assert fast.choice.int8_backend == "onnxruntime" and fast.choice.name == "int8/onnxruntime"
+    assert "onnxruntime backend: no C++ compiler" in fast.choice.describe()
+
+
+@pytest.mark.parametrize("case,expected", [
+    (dict(), ["pytorch", "onnxruntime"]),
+    (dict(compiler=False), ["onnxruntime"]),  # PyTorch's reference kernels are slower than float32
+    (dict(compiler=False, onnxruntime="no onnxruntime"), ["pytorch"]),
+    (dict(pytorch="no torchao"), ["onnxruntime"]),
+])
+def test_auto_times_every_int8_backend_that_can_run(monkeypatch, case, expected):
+    _backends(monkeypatch, **case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        choices = fast_module._int8_candidates(torch.device("cpu"), True, [faces(16)], "", None)
+    assert [c.int8_backend for c in choices] == expected
+
+
+# ---------------------------------------------------------------------------------------------------
+# the onnxruntime backend
+
+
+needs_onnxruntime_int8 = pytest.mark.skipif(
+    fast_module.int8_backends_unavailable()["onnxruntime"] is not None,
+    reason=str(fast_module.int8_backends_unavailable()["onnxruntime"]))
+
+
+@needs_onnxruntime_int8
+def test_onnxruntime_backend_is_close_to_float32_at_any_batch_size(trained):
+    from fresnet.inference.onnxruntime_int8 import OnnxRuntimeInt8Net
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        fast = optimize_for_inference(trained, dtype="int8", calibration=faces(64, seed=1), int8_backend="onnxruntime")
+    assert isinstance(fast.net, OnnxRuntimeInt8Net) and fast.choice.name == "int8/onnxruntime"
+    assert "onnxruntime QDQ" in fast.choice.describe() and "calibrated on 64 images" in fast.choice.describe()
+    for batch in (1, 16):
+        x = faces(batch, seed=10 + batch)
+        out = fast(x)
+        assert out.shape == (batch, 64) and out.dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(out, trained(x).detach(), dim=1)
+        assert cosine.min().item() >= INT8_CALIBRATION_COSINE and cosine.mean().item() >= 0.99
+    import onnx
+
+    ops = {node.op_type for node in onnx.load_from_string(fast.net.graph).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops  # really quantised, not the float graph
+
+
+@needs_onnxruntime_int8
+def test_auto_with_calibration_can_pick_the_onnxruntime_backend(monkeypatch):
+    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(fast_module, "compiler_available", lambda device: False)
+    fixed_times(monkeypatch, int8_onnxruntime=5.0, eager=30.0, float32=20.0, float32_nchw=25.0)
+    model = tiny(**WIDE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        fast = optimize_for_inference(model, compile=False, calibration=faces(32, seed=1))
+    x = faces(4, seed=6)
+    out = fast(x)
+    assert fast.choice.name == "int8/onnxruntime"
+    assert "int8/onnxruntime 5.0 ms" in fast.choice.describe()
+    assert min_cosine(out, model(x).detach()) >= INT8_CALIBRATION_COSINE
+
+
+def test_int8_backend_without_int8_is_refused():
+    with pytest.raises(FresnetError, match="int8_backend applies to dtype='int8' or 'auto'"):
+        optimize_for_inference(tiny(), dtype="float32", int8_backend="onnxruntime")
