@@ -174,9 +174,9 @@ def test_auto_rejects_int8_that_misses_its_gate(monkeypatch, uncompiled):
 
 @pytest.mark.skipif(not compiler_available(torch.device("cpu")), reason="inductor needs a C++ compiler")
 def test_compiled_int8():
-    """The real int8 kernels (inductor, oneDNN u8s8). On CPUs without VNNI oneDNN halves the weight
-    scale (7-bit weights) to avoid int16 saturation, so the bound here is looser than the
-    reference kernels'; a saturating kernel would land far below it."""
+    """The real int8 kernels (inductor, oneDNN u8s8). Without VNNI the activations are 7-bit (the
+    int16 pair sums of AVX2's kernels saturate at 8), a bit coarser than the reference kernels' 8,
+    so the bound here is looser; a saturating kernel would land far below it."""
     import torch._inductor.config as inductor_config
 
     model = tiny(**WIDE)
