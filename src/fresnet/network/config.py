@@ -13,7 +13,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Tuple, Union
 
+import fresnet.validate as V
 from fresnet.errors import FresnetError
+from fresnet.limits import check
 from fresnet.network.layers import ACTIVATIONS
 from fresnet.network.presets import BASIC_FILTERS, BOTTLENECK_FILTERS, BOTTLENECK_MIN_DEPTH, UNITS_BY_DEPTH
 
@@ -40,12 +42,12 @@ ALIASES = {
 }
 
 
-def _as_tuple(value: Any, name: str) -> Optional[tuple]:
+def _sizes(value: Any, key: str, where: str) -> Optional[tuple]:
     if value is None:
         return None
-    if isinstance(value, (int, str)):
-        raise FresnetError(f"{name} must be a list of integers, got {value!r}")
-    return tuple(int(v) for v in value)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays and tensors
+        value = value.tolist()
+    return V.as_int_tuple(value, key, where, minimum=1, fix=f"give {key} as a list of positive integers")
 
 
 @dataclass(frozen=True)
@@ -86,70 +88,78 @@ class NetConfig:
     bottle_neck: Optional[bool] = None
 
     def __post_init__(self) -> None:
+        self._validate("")
+
+    def _validate(self, where: str) -> None:
+        """Every field checked for type and range (``where`` names the source in messages), then
+        the whole network against :mod:`fresnet.limits`, before anything is built."""
         set_ = lambda key, value: object.__setattr__(self, key, value)  # noqa: E731 (frozen dataclass)
-        set_("units", _as_tuple(self.units, "units"))
-        set_("filter_list", _as_tuple(self.filter_list, "filter_list"))
+        set_("units", _sizes(self.units, "units", where))
+        set_("filter_list", _sizes(self.filter_list, "filter_list", where))
         size = self.input_size
-        if isinstance(size, int):
+        if isinstance(size, int) and not isinstance(size, bool):
             size = (size, size)
-        size = _as_tuple(size, "input_size")
-        if len(size) != 2 or min(size) < 1:
-            raise FresnetError(f"input_size must be (H, W) with positive values, got {self.input_size!r}")
-        set_("input_size", size)
+        if hasattr(size, "tolist") and not isinstance(size, (str, bytes)):
+            size = size.tolist()
+        set_("input_size", V.as_int_tuple(size, "input_size", where, minimum=1, length=2,
+                                          fix="give (H, W) with positive values, e.g. [112, 112]"))
 
         # net_unit: the original dispatcher's rules
         unit = self.net_unit
         if isinstance(unit, str) and unit.strip().lower() in ("3x", "x", "resnext"):
             unit = "3x"
-        elif isinstance(unit, str) and unit.strip().lstrip("-").isdigit():
+        elif isinstance(unit, str) and unit.strip().lstrip("-").isdigit() and len(unit) < 20:
             unit = int(unit)
-        if unit == 4:
+        if unit == 4 and not isinstance(unit, bool):
             raise FresnetError(
                 "net_unit=4 is not supported: the original dispatcher calls residual_unit_v4, which does not "
                 "exist (NameError in fresnet.py); choose one of 1, 2, 3, '3x'"
             )
         if isinstance(unit, bool) or not (unit == "3x" or isinstance(unit, int)):
-            raise FresnetError(f"unknown net_unit {self.net_unit!r}; choose one of 1, 2, 3, '3x'")
+            raise FresnetError(f"{where + ': ' if where else ''}unknown net_unit {V.describe(self.net_unit)}; "
+                               "choose one of 1, 2, 3, '3x'")
         if unit not in UNIT_VERSIONS:
-            warnings.warn(f"net_unit={unit} behaves as 3 in the original fresnet; building unit 3", stacklevel=3)
+            warnings.warn(f"net_unit={unit} behaves as 3 in the original fresnet; building unit 3", stacklevel=4)
             unit = 3
         set_("net_unit", unit)
 
-        if int(self.net_input) < 0:
-            raise FresnetError(f"net_input must be 0, 1 or 2, got {self.net_input!r} (the original asserts >= 0)")
-        net_input = int(self.net_input)
+        net_input = V.as_int(self.net_input, "net_input", where, minimum=0,
+                             fix="choose 0, 1 or 2 (the original asserts >= 0)")
         if net_input not in INPUT_MODES:
-            warnings.warn(f"net_input={net_input} behaves as 1 in the original fresnet; building input 1", stacklevel=3)
+            warnings.warn(f"net_input={net_input} behaves as 1 in the original fresnet; building input 1", stacklevel=4)
             net_input = 1
         set_("net_input", net_input)
 
-        set_("net_se", int(bool(self.net_se)))
-        if self.net_act not in ACTIVATIONS:
-            raise FresnetError(f"unknown net_act {self.net_act!r}; choose one of {', '.join(ACTIVATIONS)}")
-        if self.net_output not in HEADS:
-            raise FresnetError(f"unknown head {self.net_output!r}; choose one of {', '.join(HEADS)}")
-        if int(self.emb_size) < 1:
-            raise FresnetError(f"emb_size must be positive, got {self.emb_size!r}")
-        set_("emb_size", int(self.emb_size))
-        if not 0.0 <= float(self.bn_mom) < 1.0:
-            raise FresnetError(f"bn_mom must be in [0, 1) (MXNet convention), got {self.bn_mom!r}")
-        set_("bn_mom", float(self.bn_mom))
+        se = self.net_se
+        if isinstance(se, (int, float)) and not isinstance(se, bool) and se == se and se >= 0:
+            se = bool(se)  # the original tests `if use_se:`, so any positive number switches SE on
+        set_("net_se", int(V.as_bool(se, "net_se", where, fix="give 0 or 1")))
+        prefix = f"{where}: " if where else ""
+        if not isinstance(self.net_act, str) or self.net_act not in ACTIVATIONS:
+            raise FresnetError(f"{prefix}unknown net_act {V.describe(self.net_act)}; choose one of {', '.join(ACTIVATIONS)}")
+        if not isinstance(self.net_output, str) or self.net_output not in HEADS:
+            raise FresnetError(f"{prefix}unknown head {V.describe(self.net_output)}; choose one of {', '.join(HEADS)}")
+        set_("emb_size", V.as_int(self.emb_size, "emb_size", where, minimum=1))
+        set_("bn_mom", V.as_float(self.bn_mom, "bn_mom", where, minimum=0.0, below=1.0,
+                                  fix="bn_mom is MXNet's momentum, the weight of the old statistic, e.g. 0.9"))
+        if self.num_layers is not None:
+            set_("num_layers", V.as_int(self.num_layers, "num_layers", where, minimum=1,
+                                        fix="give a depth such as 50, or leave it out and give units"))
 
         # depth -> units, like get_symbol()
         if self.units is None:
             if self.num_layers is None:
                 raise FresnetError("give num_layers (e.g. 50) or units (e.g. [3, 4, 14, 3])")
-            if int(self.num_layers) not in UNITS_BY_DEPTH:
+            if self.num_layers not in UNITS_BY_DEPTH:
                 raise FresnetError(
                     f"unknown num_layers {self.num_layers!r} (the original: 'no experiments done on num_layers "
                     f"{self.num_layers}'); choose one of {', '.join(map(str, UNITS_BY_DEPTH))}, or pass units=[...]"
                 )
-            set_("units", UNITS_BY_DEPTH[int(self.num_layers)])
-        if not self.units or min(self.units) < 1:
-            raise FresnetError(f"units must be positive integers, got {self.units!r}")
+            set_("units", UNITS_BY_DEPTH[self.num_layers])
+        check("max_units", sum(self.units), f"units={list(self.units)}: residual units in all", where)
         if self.bottle_neck is None:
-            set_("bottle_neck", self.num_layers is not None and int(self.num_layers) >= BOTTLENECK_MIN_DEPTH)
-        set_("bottle_neck", bool(self.bottle_neck))
+            set_("bottle_neck", self.num_layers is not None and self.num_layers >= BOTTLENECK_MIN_DEPTH)
+        set_("bottle_neck", V.as_bool(self.bottle_neck, "bottle_neck", where))
         if self.filter_list is None:
             set_("filter_list", BOTTLENECK_FILTERS if self.bottle_neck else BASIC_FILTERS)
         if len(self.filter_list) != len(self.units) + 1:
@@ -161,12 +171,33 @@ class NetConfig:
                 "net_unit='3x' (ResNeXt, residual_unit_v3_x) needs a bottleneck: set bottle_neck=True and "
                 "filter_list=[64, 256, 512, 1024, 2048] (the original asserts bottle_neck)"
             )
+        self._check_widths(where)
         if self.net_output == "GDC" and self.trunk_hw != (7, 7):
             raise FresnetError(
                 f"head GDC needs a 7x7 trunk (its depthwise conv is 7x7, pad 0), but input_size={self.input_size} with "
                 f"net_input={self.net_input} gives {self.trunk_hw[0]}x{self.trunk_hw[1]}; use 112x112 with net_input 1/2, "
                 "224x224 with net_input 0, or another head (E, GNAP, ...)"
             )
+        from fresnet.network.size import check_network_size
+
+        check_network_size(self, where)
+
+    def _check_widths(self, where: str) -> None:
+        """Widths the layers can be built with: the original would fail on these inside MXNet."""
+        prefix = f"{where}: " if where else ""
+        stages = self.filter_list[1:]
+        if self.net_unit == "3x" and (self.filter_list[0] % 32 or any(w % 64 for w in stages)):
+            raise FresnetError(
+                f"{prefix}net_unit='3x' runs 32-group convolutions on the stem width and on half of each stage width: "
+                f"filter_list={list(self.filter_list)} needs a stem divisible by 32 and stage widths divisible by 64, "
+                "e.g. [64, 256, 512, 1024, 2048]"
+            )
+        if self.bottle_neck and min(stages) < 4:
+            raise FresnetError(f"{prefix}a bottleneck unit is a quarter of its stage width: filter_list="
+                               f"{list(self.filter_list)} needs stage widths >= 4")
+        if self.net_se and min(stages) < 16:
+            raise FresnetError(f"{prefix}squeeze-and-excitation reduces a stage's width 16 times: filter_list="
+                               f"{list(self.filter_list)} needs stage widths >= 16 with net_se=1")
 
     # ---- derived facts -------------------------------------------------------------------
     @property
