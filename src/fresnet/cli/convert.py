@@ -9,6 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
+from fresnet.cli import args as A
 from fresnet.errors import FresnetError
 
 FORMATS_HELP = (
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", metavar="SRC", help="model file to read")
     p.add_argument("dst", metavar="DST", help="model file to write (the format follows from its name)")
     _add_source_args(p)
-    p.add_argument("--dst-epoch", type=int, default=None, help="epoch of an MXNet destination (default 0)")
+    p.add_argument("--dst-epoch", type=A.epoch, default=None, help="epoch of an MXNet destination (default 0)")
     _add_onnx_args(p)
     p.set_defaults(func=run_convert)
 
@@ -67,8 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epoch", type=int, default=None, help="epoch of an MXNet source given as a prefix")
-    p.add_argument("--num-layers", type=int, default=None, help=".pth source: depth (default: from the block counts)")
+    p.add_argument("--epoch", type=A.epoch, default=None, help="epoch of an MXNet source given as a prefix")
+    p.add_argument("--num-layers", type=A.positive_int, default=None, help=".pth source: depth (default: from the block counts)")
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help=".pth/MXNet source: input size when the file does not fix it (default: from the FC width, "
                         "112x112 for a 7x7 trunk)")
@@ -76,14 +77,14 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 def _add_onnx_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ONNX output")
-    g.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")
+    g.add_argument("--opset", type=A.positive_int, default=17, help="ONNX opset, 17 or newer (default 17)")
     g.add_argument("--static-batch", action="store_true", help="fix the batch size at 1 (default: dynamic)")
     g.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into conv/FC for deployment")
     g.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
                    help="torch.onnx exporter (default torchscript: opset 17, fast)")
     g.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the onnxruntime-versus-PyTorch check of the written file")
-    g.add_argument("--tolerance", type=float, default=1e-4,
+    g.add_argument("--tolerance", type=A.nonnegative_float, default=1e-4,
                    help="largest accepted max abs difference, relative to max(1, |output|) (default 1e-4)")
 
 

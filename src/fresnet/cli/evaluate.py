@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from fresnet.cli import args as A
 from fresnet.errors import FresnetError
 
 MODEL_HELP = (
@@ -30,7 +31,7 @@ def _add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
         help="override a preset's config key, e.g. --set units=[1,1,1,1] (presets only; repeatable)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: cuda when available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--batch-size", type=A.positive_int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--fast", action="store_true",
                    help="run a PyTorch model through fresnet.optimize_for_inference: BN folded, channels_last, "
                    "bf16/fp16 where it keeps cosine >= 0.9995 (checked on the first batch; docs/performance.md)")
@@ -59,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bin", dest="bins", action="append", default=[], metavar="PACK.bin",
                    help="a verification pack (repeatable)")
     _add_flip(p)
-    p.add_argument("--nfolds", type=int, default=10, help="folds of the protocol (default 10)")
+    p.add_argument("--nfolds", type=A.folds, default=10, help="folds of the protocol (default 10)")
     p.add_argument("--out", default="eval_report", help="folder for the reports and plots (default eval_report)")
     ijb = p.add_argument_group("IJB-B / IJB-C (docs/evaluation.md)")
     ijb.add_argument("--ijb", metavar="ROOT", help="an IJB release: ROOT/meta/*.txt|csv and ROOT/loose_crop/")
@@ -70,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ijb.add_argument("--features-out", metavar="F.npy",
                      help="where extraction writes the features (default OUT/ijb_features.npy); an interrupted "
                      "extraction resumes from there")
-    ijb.add_argument("--workers", type=int, default=None,
+    ijb.add_argument("--workers", type=A.positive_int, default=None,
                      help="picture-decoding processes (default: 1 on CPU, all cores but one with --device cuda)")
     ijb.add_argument("--norm-score", action=argparse.BooleanOptionalAction, default=True,
                      help="InsightFace's N1: keep each face's embedding norm (--no-norm-score: N0)")
@@ -97,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("image_a", metavar="A", help="first image")
     p.add_argument("image_b", metavar="B", help="second image")
-    p.add_argument("--threshold", type=float, default=0.3,
+    p.add_argument("--threshold", type=A.finite_float, default=0.3,
                    help="cosine similarity at or above which the faces count as the same person (default 0.3; "
                    "`fresnet eval` reports a tuned one as best_threshold_cosine)")
     p.add_argument("--landmarks", default=None, metavar="FILE", help="5-point landmarks for both images (.json/.txt)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from fresnet.cli import args as A
 from fresnet.cli.common import add_model_args, model_from_args
 
 
@@ -17,14 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "deep networks at large batches take minutes.",
     )
     add_model_args(p)
-    p.add_argument("--batch", type=int, default=64, help="batch size (default 64, as in the original's figures)")
-    p.add_argument("--budget", type=float, default=None, metavar="MB",
+    p.add_argument("--batch", type=A.positive_int, default=64, help="batch size (default 64, as in the original's figures)")
+    p.add_argument("--budget", type=A.positive_float, default=None, metavar="MB",
                    help="MB of saved tensors allowed: recompute as little as fits (default: the sqrt(n) plan)")
-    p.add_argument("--ratio", type=float, default=None,
+    p.add_argument("--ratio", type=A.positive_float, default=None,
                    help="instead of --budget: the cheapest plan that divides the saved bytes by this much (e.g. 4)")
     p.add_argument("--strategy", choices=("sqrt", "budget"), default=None,
                    help="sqrt: every unit, in about sqrt(n) segments; budget: the cheapest plan within --budget")
-    p.add_argument("--steps", type=int, default=2,
+    p.add_argument("--steps", type=A.positive_int, default=2,
                    help="timed training steps with and without the plan, best one kept (default 2; 0 skips timing)")
     p.add_argument("--show-plan", action="store_true", help="list the checkpointed segments")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")

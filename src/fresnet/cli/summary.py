@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from fresnet.cli import args as A
 from fresnet.cli.common import add_model_args, model_from_args
 
 
@@ -11,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="per-layer table, parameter counts (true and MXNet), MACs and FLOPs")
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--rows", type=int, default=None, help="show at most this many layer rows")
+    p.add_argument("--rows", type=A.nonnegative_int, default=None, help="show at most this many layer rows")
     p.set_defaults(func=run_summary)
     p = sub.add_parser("list", help="list the named models")
     p.set_defaults(func=run_list)

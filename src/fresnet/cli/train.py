@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over even if OUTPUT holds a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--list", action="store_true", help="list the built-in configs and exit")
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, intermixed_overrides=True)  # key=value pairs may follow the flags
 
 
 def run_train(args: argparse.Namespace) -> int:
