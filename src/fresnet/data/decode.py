@@ -27,6 +27,25 @@ def _decode_pil(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def image_dimensions(data: bytes, where: str) -> tuple[int, int]:
+    """``(width, height)`` from the image header alone (nothing is decoded), checked against the
+    ``max_image_pixels`` limit: a few KB of PNG or JPEG can declare gigapixels."""
+    from fresnet.limits import check
+
+    if len(data) == 0:
+        raise FresnetError(f"{where}: the image is empty (0 bytes); re-create the file")
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as image:
+            width, height = image.size
+    except Exception as exc:  # UnidentifiedImageError, DecompressionBombError, SyntaxError...
+        raise FresnetError(
+            f"{where}: cannot decode the image ({type(exc).__name__}: {str(exc)[:200]}); "
+            "the bytes are corrupt or not an image; re-create it, or load with on_error='skip'"
+        ) from None
+    check("max_image_pixels", int(width) * int(height), f"decoding a {width}x{height} image", where)
+    return int(width), int(height)
+
+
 def _decode_cv2(data: bytes) -> np.ndarray:
     import cv2  # optional: only imported when the caller asked for it
 
@@ -59,8 +78,7 @@ def decode_image(data: bytes, where: str, decoder: str = "pil") -> np.ndarray:
 
     ``where`` names the source (file, record key, offset) for the error message.
     """
-    if len(data) == 0:
-        raise FresnetError(f"{where}: the image is empty (0 bytes); re-create the file")
+    image_dimensions(data, where)  # before any pixel is allocated
     try:
         image = _DECODER_FUNCS[decoder](bytes(data))
     except FresnetError:
@@ -83,8 +101,10 @@ def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 
 def read_file_bytes(path) -> bytes:
+    from fresnet.ioutil import regular_file
+
     try:
-        with open(path, "rb") as handle:
+        with open(regular_file(path, "image file"), "rb") as handle:
             return handle.read()
     except OSError as exc:
         raise FresnetError(f"{path}: cannot read the image ({exc.strerror or exc})") from exc

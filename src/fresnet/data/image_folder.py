@@ -15,6 +15,8 @@ from torch.utils.data import Dataset
 
 from fresnet.data.decode import SkipPolicy, check_decoder, read_image_file
 from fresnet.errors import FresnetError
+from fresnet.ioutil import regular_file
+from fresnet.validate import describe
 
 PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -81,7 +83,7 @@ def read_image_list(list_path: PathLike) -> list[tuple[Path, int]]:
     """Read a list file; relative image paths are taken relative to the list file's folder."""
     list_path = Path(list_path)
     items = []
-    with open(list_path, "r", encoding="utf-8") as handle:
+    with open(regular_file(list_path, "image list"), "r", encoding="utf-8", errors="replace") as handle:
         for line_no, line in enumerate(handle, 1):
             line = line.rstrip("\r\n")
             if not line.strip() or line.lstrip().startswith("#"):
@@ -92,9 +94,9 @@ def read_image_list(list_path: PathLike) -> list[tuple[Path, int]]:
                 label = int(float(label_text))
                 if label < 0 or float(label_text) != label:
                     raise ValueError
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise FresnetError(
-                    f"{list_path}: line {line_no} is {line!r}; expected 'path<TAB>label' with an integer "
+                    f"{list_path}: line {line_no} is {describe(line)}; expected 'path<TAB>label' with an integer "
                     "label >= 0 (or InsightFace '1<TAB>path<TAB>label')"
                 ) from None
             path = Path(path_text)
@@ -113,7 +115,7 @@ def list_image_source(source: PathLike) -> tuple[list[tuple[Path, int]], Optiona
     source = Path(source)
     if source.is_dir():
         return list_identity_folders(source)
-    if source.is_file():
+    if source.exists():
         return read_image_list(source), None
     raise FresnetError(f"{source}: no such folder or list file")
 

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fresnet.errors import FresnetError
+from fresnet.limits import check
 
 PathLike = Union[str, os.PathLike]
 _IDENTITY_STREAM, _IMAGE_STREAM, _PAIRS_STREAM = 1, 2, 3
@@ -264,6 +265,17 @@ def _apply_nuisance(image, u, v, Q, pixel) -> None:
         image[blur > 0] = sum(padded[..., dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3)) / 9.0
 
 
+MAX_SIZE = 512  # the renderer draws at about half the output size and keeps a noise bank per size
+
+
+def check_size(size: int) -> int:
+    """Image sizes the renderer supports: 16 to 512 pixels (its batches of 256 stay under 1 GB)."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 16 <= size <= MAX_SIZE:
+        small = " is too small for a face" if isinstance(size, (int, np.integer)) and size < 16 else " is not supported"
+        raise FresnetError(f"synthetic image size {size!r}{small}; use 16 to {MAX_SIZE} pixels (112 is the default)")
+    return int(size)
+
+
 def render(ids: Sequence[dict], ims: Sequence[dict], size: int = 112) -> np.ndarray:
     """Render a batch: identity and image parameter dicts -> uint8 (B, size, size, 3) RGB."""
     P, Q = _stack(ids), _stack(ims)
@@ -336,8 +348,8 @@ class SyntheticFaces(Dataset):
             raise FresnetError(
                 f"need at least 1 identity and 1 image each, got {num_identities} x {images_per_identity}"
             )
-        if size < 16:
-            raise FresnetError(f"image size {size} is too small for a face; use 16 or more (112 is the default)")
+        check_size(size)
+        check("max_identities", int(num_identities) + int(identity_offset), "synthetic identities")
         self.num_identities, self.images_per_identity = int(num_identities), int(images_per_identity)
         self.seed, self.identity_offset, self.size = int(seed), int(identity_offset), int(size)
         self.transform, self.nuisance = transform, float(nuisance)
@@ -396,6 +408,8 @@ def synthetic_pairs(
     """
     if num_pairs < 2 or num_identities < 2:
         raise FresnetError(f"need at least 2 pairs and 2 identities, got {num_pairs} pairs over {num_identities}")
+    check_size(size)
+    check("max_pack_pixels", 2 * int(num_pairs) * size * size, f"{num_pairs} synthetic pairs at {size}x{size}")
     rng = np.random.default_rng([seed, _PAIRS_STREAM, identity_offset, num_identities])
     ids, ims, issame = [], [], []
     for pair in range(num_pairs):

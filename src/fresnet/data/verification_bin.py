@@ -18,9 +18,11 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from fresnet.data.decode import decode_image, encode_jpeg, image_file_bytes, resize_rgb
+from fresnet.data.decode import decode_image, encode_jpeg, image_dimensions, image_file_bytes, resize_rgb
 from fresnet.errors import FresnetError
-from fresnet.ioutil import atomic_write_bytes
+from fresnet.ioutil import atomic_write_bytes, regular_file
+from fresnet.limits import check
+from fresnet.validate import as_int, describe
 
 PathLike = Union[str, os.PathLike]
 PICKLE_PROTOCOL = 4  # readable by every Python 3 InsightFace tool; protocol 2 would need _codecs for bytes
@@ -53,6 +55,8 @@ _RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's own _reconstruct, wherever
 def _safe_reconstruct(subtype, shape, typecode):
     if subtype is not _NDArrayToken:
         raise pickle.UnpicklingError("array subtype is not numpy.ndarray")
+    if shape != (0,):  # numpy always pickles (0,) here; anything else would be allocated as declared
+        raise pickle.UnpicklingError(f"array placeholder shape {describe(shape)} is not (0,)")
     # The array is created empty (int8 placeholder, as numpy does) and filled by __setstate__,
     # whose dtype can only come from _safe_dtype.
     return _RECONSTRUCT(np.ndarray, shape, typecode)
@@ -145,14 +149,15 @@ def _entry_bytes(entry, index: int, source: str) -> bytes:
 def _as_bool(value, index: int, source: str) -> bool:
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
         return bool(value)
-    raise FresnetError(f"{source}: issame entry {index} is {value!r}; expected a bool")
+    raise FresnetError(f"{source}: issame entry {index} is {describe(value)}; expected a bool")
 
 
 def read_bin(path: PathLike) -> tuple[list[bytes], list[bool]]:
     """The encoded images and pair flags of a ``.bin``, validated but not decoded."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(regular_file(path, "verification pack"), "rb") as handle:
+            data = handle.read()
     except OSError as exc:
         raise FresnetError(f"{path}: cannot read the verification pack ({exc.strerror or exc})") from exc
     content = safe_unpickle(data, str(path))
@@ -170,9 +175,29 @@ def read_bin(path: PathLike) -> tuple[list[bytes], list[bool]]:
         raise FresnetError(
             f"{path}: {len(bins)} images for {len(issame)} pairs; a pack needs exactly two images per pair"
         )
+    stored = sum(len(entry) if isinstance(entry, (bytes, bytearray)) else getattr(entry, "nbytes", 0) for entry in bins)
+    if stored > len(data):
+        # a pickle can name one bytes object many times (its memo): 186 KB of references to one
+        # JPEG decode to gigabytes. Every image of a real pack is stored in full.
+        raise FresnetError(
+            f"{path}: the pack names {len(bins)} images holding {stored:,} bytes, but the file has only {len(data):,}: "
+            "its entries repeat shared data, which InsightFace packs never do; the file is crafted or damaged; "
+            "re-create it with `fresnet make-bin`"
+        )
     images = [_entry_bytes(entry, i, str(path)) for i, entry in enumerate(bins)]
     flags = [_as_bool(value, i, str(path)) for i, value in enumerate(issame)]
     return images, flags
+
+
+def check_pack_pixels(encoded: Sequence[bytes], source: str) -> int:
+    """Read every image's dimensions from its header, each within ``max_image_pixels`` and all
+    together within ``max_pack_pixels``, before anything is decoded; returns the total."""
+    total = 0
+    for index, data in enumerate(encoded):
+        width, height = image_dimensions(data, f"{source}: image {index} (pair {index // 2})")
+        total += width * height
+    check("max_pack_pixels", total, f"decoding the {len(encoded)} images of the pack (pixels in all)", source)
+    return total
 
 
 def load_bin(
@@ -185,6 +210,11 @@ def load_bin(
     share one size. Flipped copies, which the original adds, are left to the evaluator.
     """
     encoded, issame = read_bin(path)
+    check_pack_pixels(encoded, str(path))
+    if image_size is not None:
+        height, width = (as_int(v, "image_size", f"load_bin({path})", minimum=1) for v in image_size)
+        check("max_pack_pixels", len(encoded) * height * width, f"the {len(encoded)} images at {height}x{width}",
+              str(path))
     images = []
     for index, data in enumerate(encoded):
         image = decode_image(data, f"{path}: image {index} (pair {index // 2})", decoder)
@@ -199,24 +229,31 @@ def load_bin(
     return np.stack(images), issame
 
 
-def save_bin(path: PathLike, images: Union[np.ndarray, Sequence], issame: Sequence[bool], quality: int = 95) -> Path:
+def save_bin(path: PathLike, images: Union[np.ndarray, Sequence], issame: Sequence[bool], quality: int = 95,
+             verify: bool = True) -> Path:
     """Write a verification pack atomically.
 
     ``images`` holds ``2 * len(issame)`` entries, each encoded bytes (stored as they are) or a
-    (H, W, 3) uint8 RGB array (JPEG-encoded). The file loads with InsightFace's ``load_bin``.
+    (H, W, 3) uint8 RGB array (JPEG-encoded). The file loads with InsightFace's ``load_bin``, and
+    with :func:`load_bin`: what it would refuse is refused here (``verify`` decodes each encoded
+    entry once; the pixel limits of :mod:`fresnet.limits` apply).
     """
-    issame = [bool(v) for v in issame]
+    issame = [_as_bool(v, i, str(path)) for i, v in enumerate(issame)]
     if len(images) != 2 * len(issame) or not issame:
         raise FresnetError(f"{path}: {len(images)} images for {len(issame)} pairs; give two images per pair")
     bins = []
     for index, image in enumerate(images):
         if isinstance(image, (bytes, bytearray)):
+            if verify:
+                decode_image(bytes(image), f"{path}: image {index}")
             bins.append(bytes(image))
         else:
             array = np.asarray(image)
             if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
                 raise FresnetError(f"image {index}: expected (H, W, 3) uint8 RGB, got {array.dtype} {array.shape}")
             bins.append(encode_jpeg(array, quality))
+    if verify:
+        check_pack_pixels(bins, str(path))
     path = Path(path)
     atomic_write_bytes(path, pickle.dumps((bins, issame), protocol=PICKLE_PROTOCOL))
     return path
@@ -245,7 +282,7 @@ def read_pairs_list(list_path: PathLike, root: Optional[PathLike] = None, fmt: s
     list_path = Path(list_path)
     root = Path(root) if root is not None else list_path.parent
     lines = []
-    with open(list_path, "r", encoding="utf-8") as handle:
+    with open(regular_file(list_path, "pairs list"), "r", encoding="utf-8", errors="replace") as handle:
         for line_no, line in enumerate(handle, 1):
             if line.strip() and not line.lstrip().startswith("#"):
                 fields = line.rstrip("\r\n").split("\t") if "\t" in line else line.split()
@@ -293,4 +330,4 @@ def make_bin(
     files = [path for a, b, _ in pairs for path in (a, b)]
     iterator = progress(files) if progress is not None else files
     images = [image_file_bytes(path, verify=True) for path in iterator]
-    return save_bin(out_path, images, [same for _, _, same in pairs])
+    return save_bin(out_path, images, [same for _, _, same in pairs], verify=False)  # decoded just above

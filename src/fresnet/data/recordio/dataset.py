@@ -14,6 +14,7 @@ from fresnet.data.recordio.format import (
     IRHeader,
     RecFile,
     image_label,
+    key_range,
     read_index,
     read_property,
     resolve_paths,
@@ -21,6 +22,7 @@ from fresnet.data.recordio.format import (
     unpack_record,
 )
 from fresnet.errors import FresnetError
+from fresnet.limits import check
 
 PathLike = Union[str, os.PathLike]
 
@@ -98,7 +100,7 @@ class RecordIODataset(Dataset):
     # ---- loading the index and the identity structure
 
     def _load_index(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.paths.idx.is_file():
+        if not os.path.lexists(self.paths.idx):  # a FIFO or device named train.idx is refused, not skipped
             warnings.warn(
                 f"{self.paths.rec}: no index file {self.paths.idx.name}; scanning the whole .rec to build one "
                 f"(slow for big files). Save one with fresnet.data.write_index('{self.paths.rec}').",
@@ -145,7 +147,15 @@ class RecordIODataset(Dataset):
         header, data = self._read(0)
         if header.flag < 2 or data:
             return None
-        first, end = int(header.label[0]), int(header.label[1])
+        first, end = key_range(header, f"{self.paths.rec}: record key 0", "header record")
+        # Every range is checked against the records the index actually holds before it is walked
+        # or expanded: a 60-byte header can name 2**40 identities.
+        if end - first > len(keys):
+            raise FresnetError(
+                f"{self.paths.rec}: the header record names {end - first:,} identities (keys [{first}, {end})), but the "
+                f"index holds only {len(keys):,} records; the file is corrupt or the .idx belongs to another file"
+            )
+        check("max_identities", end - first, "the header record's identities", str(self.paths.rec))
         ranges = []
         for key in range(first, end):
             id_header, _ = self._read(key)
@@ -154,14 +164,34 @@ class RecordIODataset(Dataset):
                     f"{self.paths.rec}: record key {key} should be an identity record (header range "
                     f"[{first}, {end})) but has flag {id_header.flag}; the file is corrupt"
                 )
-            a, b = int(id_header.label[0]), int(id_header.label[1])
-            if a > b:
-                raise FresnetError(
-                    f"{self.paths.rec}: identity record key {key} holds the range [{a}, {b}), which is "
-                    "reversed; the file is corrupt"
-                )
-            ranges.append((a, b))
+            ranges.append(key_range(id_header, f"{self.paths.rec}: identity record key {key}", "identity record"))
+        self._check_identity_ranges(ranges, first, len(keys))
         return ranges
+
+    def _check_identity_ranges(self, ranges: list[tuple[int, int]], first_identity: int, num_keys: int) -> None:
+        """Image keys of each identity lie before the identity records, and no two identities share
+        an image (RecBuilder writes them as consecutive runs of keys 1..n)."""
+        total = 0
+        previous_end, previous_key = 1, None
+        for offset, (a, b) in enumerate(sorted(ranges)):
+            key = first_identity + offset
+            if a < 1 or b > first_identity:
+                raise FresnetError(
+                    f"{self.paths.rec}: an identity record holds image keys [{a}, {b}), outside the image records "
+                    f"[1, {first_identity}) that precede the identity records; the file is corrupt"
+                )
+            if a < previous_end and previous_key is not None:
+                raise FresnetError(
+                    f"{self.paths.rec}: two identity records share image keys ([{a}, {b}) overlaps a range ending at "
+                    f"{previous_end}); one image would get two labels; the file is corrupt"
+                )
+            previous_end, previous_key = b, key
+            total += b - a
+        if total > num_keys:
+            raise FresnetError(
+                f"{self.paths.rec}: the identity records name {total:,} images, but the index holds only "
+                f"{num_keys:,} records; the file is corrupt or the .idx belongs to another file"
+            )
 
     def _samples_from_identities(self, ranges: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         # Each identity's label is read from its first good image, so labels match what the image

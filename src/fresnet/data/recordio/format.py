@@ -13,7 +13,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from fresnet.errors import FresnetError
-from fresnet.ioutil import atomic_write
+from fresnet.ioutil import atomic_write, regular_file
+from fresnet.limits import current
+from fresnet.validate import as_int, describe
 
 PathLike = Union[str, os.PathLike]
 
@@ -73,7 +75,29 @@ def image_label(header: IRHeader, where: str) -> int:
     value = float(header.label[0]) if header.flag > 0 else float(header.label)
     if not np.isfinite(value) or value < 0 or value != int(value):
         raise FresnetError(f"{where}: label {value!r} is not a non-negative integer; the record is corrupt")
+    limit = current().max_identities
+    if value >= limit:
+        raise FresnetError(
+            f"{where}: label {value:g} is above the limit max_identities={limit:,} (float32 labels are exact only "
+            "below 2**24); the record is corrupt, or raise the limit (docs/security.md)"
+        )
     return int(value)
+
+
+def key_range(header: IRHeader, where: str, what: str) -> tuple[int, int]:
+    """The half-open key range ``[label[0], label[1])`` of a header or identity record, as integers:
+    finite, whole, ``0 <= first <= end``, and within ``max_identities`` (keys are float32 too)."""
+    values = [float(v) for v in np.asarray(header.label, dtype=np.float64).ravel()[:2]]
+    limit = current().max_identities
+    if len(values) < 2 or not all(np.isfinite(v) and v == int(v) and 0 <= v <= limit for v in values):
+        raise FresnetError(
+            f"{where}: the {what} holds {describe(values)}, not a range [first, end) of record keys between 0 and "
+            f"{limit:,}; the file is corrupt"
+        )
+    first, end = int(values[0]), int(values[1])
+    if first > end:
+        raise FresnetError(f"{where}: the {what} holds the range [{first}, {end}), which is reversed; the file is corrupt")
+    return first, end
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,8 +138,9 @@ class RecFile:
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
-        if not self.path.is_file():
+        if not self.path.exists():
             raise FresnetError(f"{self.path}: no such RecordIO file; pass the folder holding train.rec or the .rec path")
+        regular_file(self.path, "RecordIO file")
         self.size = self.path.stat().st_size
         self._fd: Optional[int] = None
         self._pid: Optional[int] = None
@@ -148,7 +173,8 @@ class RecFile:
 
     def read(self, offset: int, where: str) -> tuple[bytes, int]:
         """Read the record starting at ``offset``; return its payload and the offset after it."""
-        parts, pos, first = [], offset, True
+        parts, pos, first, total = [], offset, True, 0
+        limit = current().max_record_bytes
         while True:
             head = self.pread(_FRAME.size, pos)
             if len(head) < _FRAME.size:
@@ -164,6 +190,13 @@ class RecFile:
                     "it by scanning, or load with on_error='skip'"
                 )
             cflag, length = lrecord >> _LENGTH_BITS, lrecord & _LENGTH_MASK
+            total += length
+            if total > limit:
+                raise FresnetError(
+                    f"{self.path}: {where}: the record at offset {offset} is over {limit:,} bytes (max_record_bytes) "
+                    f"by offset {pos}; a face record is a few KB, so the file is corrupt (or raise the limit, "
+                    "docs/security.md)"
+                )
             if first and cflag not in (0, 1):
                 raise FresnetError(
                     f"{self.path}: {where}: offset {pos} is the continuation (cflag {cflag}) of a split record, "
@@ -232,28 +265,62 @@ def output_paths(out_prefix: PathLike) -> RecPaths:
     return RecPaths(rec=rec, idx=rec.with_suffix(".idx"), property=rec.parent / PROPERTY_NAME)
 
 
+MIN_RECORD_BYTES = _FRAME.size + IRHEADER.size  # a frame holding an empty IRHeader record
+_MORE_PROBLEMS = "(more index problems)"
+
+
 def read_index(paths: RecPaths, rec_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Parse ``.idx`` lines ``key\\toffset``; return keys, offsets and problems with offsets past the end."""
+    """Parse ``.idx`` lines ``key\\toffset``; return keys, offsets and problems: offsets past the end,
+    keys listed twice, and offsets shared by two keys (a copy of one record, served twice).
+    The entries in problems are dropped from keys and offsets."""
     keys, offsets, problems = [], [], []
-    with open(paths.idx, "r", encoding="ascii", errors="replace") as handle:
+    seen_keys: dict[int, int] = {}
+    seen_offsets: dict[int, int] = {}
+    max_entries = rec_size // MIN_RECORD_BYTES
+
+    def problem(message: str) -> None:
+        problems.append(message if len(problems) < 100 else _MORE_PROBLEMS)  # the count stays exact
+
+    with open(regular_file(paths.idx, "RecordIO index"), "r", encoding="ascii", errors="replace") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             fields = line.split()
             try:
+                if len(fields) != 2 or len(fields[0]) > 20 or len(fields[1]) > 20:
+                    raise ValueError
                 key, offset = int(fields[0]), int(fields[1])
-            except (ValueError, IndexError):
+            except ValueError:
                 raise FresnetError(
-                    f"{paths.idx}: line {line_no} is {line.strip()!r}, expected '<key>\\t<offset>'; "
+                    f"{paths.idx}: line {line_no} is {describe(line.strip())}, expected '<key>\\t<offset>'; "
                     "the index is corrupt; delete it to rebuild it by scanning the .rec"
                 ) from None
+            if len(keys) >= max_entries:
+                raise FresnetError(
+                    f"{paths.idx}: more than {max_entries:,} entries, the most records {paths.rec} ({rec_size:,} bytes) "
+                    "can hold; the .idx belongs to another file or is corrupt; delete it to rebuild it by scanning"
+                )
             if offset < 0 or offset + _FRAME.size > rec_size:
-                problems.append(
+                problem(
                     f"{paths.idx}: line {line_no}: record key {key} points at offset {offset}, past the end of "
                     f"{paths.rec} ({rec_size} bytes); the .rec is truncated or the .idx belongs to another "
                     "file; re-copy the .rec, delete the .idx to rebuild it, or load with on_error='skip'"
                 )
                 continue
+            if key in seen_keys:
+                problem(
+                    f"{paths.idx}: line {line_no}: record key {key} is listed twice (first on line {seen_keys[key]}); "
+                    "the index is corrupt; delete it to rebuild it by scanning, or load with on_error='skip'"
+                )
+                continue
+            if offset in seen_offsets:
+                problem(
+                    f"{paths.idx}: line {line_no}: record key {key} points at offset {offset}, like line "
+                    f"{seen_offsets[offset]}: one record would be served as two samples; the index is corrupt; "
+                    "delete it to rebuild it by scanning, or load with on_error='skip'"
+                )
+                continue
+            seen_keys[key], seen_offsets[offset] = line_no, line_no
             keys.append(key)
             offsets.append(offset)
     return np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64), problems
@@ -310,18 +377,25 @@ def write_index(rec_path: PathLike, idx_path: Optional[PathLike] = None) -> Path
     return target
 
 
+PROPERTY_MAX_BYTES = 4096
+MAX_IMAGE_SIDE = 1 << 16
+
+
 def read_property(path: Path) -> Optional[tuple[int, int, int]]:
     """``property`` holds ``num_classes,height,width``; ``None`` when the file is absent."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    text = path.read_text(encoding="ascii", errors="replace").strip()
-    try:
-        values = tuple(int(v) for v in text.split(","))
-        if len(values) != 3:
-            raise ValueError
-    except ValueError:
+    with open(regular_file(path, "RecordIO property file"), "rb") as handle:
+        raw = handle.read(PROPERTY_MAX_BYTES + 1)
+    text = raw[:PROPERTY_MAX_BYTES].decode("ascii", errors="replace").strip()
+    fields = text.split(",")
+    if len(raw) > PROPERTY_MAX_BYTES or len(fields) != 3:
         raise FresnetError(
-            f"{path}: expected 'num_classes,height,width' (e.g. '10,112,112'), found {text!r}; fix or delete it"
-        ) from None
-    return values  # type: ignore[return-value]
+            f"{path}: expected 'num_classes,height,width' (e.g. '10,112,112'), found {describe(text)}; fix or delete it"
+        )
+    fix = "the file holds 'num_classes,height,width', e.g. '10,112,112'; fix or delete it"
+    classes = as_int(fields[0], "num_classes", str(path), minimum=1, maximum=current().max_identities, fix=fix)
+    height = as_int(fields[1], "height", str(path), minimum=1, maximum=MAX_IMAGE_SIDE, fix=fix)
+    width = as_int(fields[2], "width", str(path), minimum=1, maximum=MAX_IMAGE_SIDE, fix=fix)
+    return classes, height, width
 

@@ -10,9 +10,19 @@ from typing import Callable, Iterable, Optional, Sequence
 from PIL import Image
 
 from fresnet.data.decode import image_file_bytes
-from fresnet.data.recordio.format import PathLike, RecPaths, frame_record, output_paths, pack_record
+from fresnet.data.recordio.format import (
+    IRHEADER,
+    MAX_IMAGE_SIDE,
+    PathLike,
+    RecPaths,
+    frame_record,
+    output_paths,
+    pack_record,
+)
 from fresnet.errors import FresnetError
 from fresnet.ioutil import atomic_write
+from fresnet.limits import check, current
+from fresnet.validate import as_int, as_int_tuple
 
 
 # --------------------------------------------------------------------------------------------------
@@ -37,7 +47,9 @@ class RecordIOWriter:
         existing = [p for p in (self.paths.rec, self.paths.idx) if p.exists()]
         if existing and not overwrite:
             raise FresnetError(f"{existing[0]} already exists; choose another output or pass overwrite=True (--overwrite)")
-        self.image_size = tuple(int(v) for v in image_size)
+        fix = "give the (H, W) of the images, e.g. (112, 112)"
+        self.image_size = as_int_tuple(image_size, "image_size", str(self.paths.property), minimum=1,
+                                       maximum=MAX_IMAGE_SIDE, length=2, fix=fix)
         self._stack = contextlib.ExitStack()
         # Entered in this order so that the stack, unwinding last-in first-out, renames .rec first.
         self._property = self._stack.enter_context(atomic_write(self.paths.property, "w"))
@@ -58,10 +70,17 @@ class RecordIOWriter:
         """Append one encoded image of identity ``label``; return its record key."""
         if self._closed:
             raise FresnetError("this RecordIOWriter is closed")
-        label = int(label)
-        if label < 0:
-            raise FresnetError(f"label {label} is negative; labels must be integers >= 0")
+        # what the reader would refuse is refused here: labels and keys are float32 in the file
+        limit = current().max_identities
+        label = as_int(label, "label", str(self.paths.rec), minimum=0, maximum=limit - 1,
+                       fix=f"labels are integers from 0 to {limit - 1:,} (max_identities; float32 is exact below 2**24)")
         key = self._next_key
+        if key + len(self._identities) + 2 > limit:
+            raise FresnetError(
+                f"{self.paths.rec}: a RecordIO set holds at most {limit:,} records (max_identities: its keys are float32 "
+                "labels of the identity records); split the data into several sets"
+            )
+        check("max_record_bytes", len(data) + IRHEADER.size, f"image record {key}", str(self.paths.rec))
         if self._identities and label < self._identities[-1][0]:
             raise FresnetError(
                 f"label {label} arrived after label {self._identities[-1][0]}; add images grouped by identity "
