@@ -29,6 +29,8 @@ import torch
 
 from fresnet.errors import FresnetError
 from fresnet.network.layers import INPUT_SCALE, MXBatchNorm
+from fresnet.network.size import check_declared_size
+from fresnet.validate import describe
 
 ARCFACE_BN_EPS = 1e-5
 ARCFACE_INPUT_SCALE = 1.0 / 127.5  # Normalize(mean=0.5, std=0.5) after ToTensor
@@ -98,18 +100,11 @@ def fresnet_to_arcface_key(key: str) -> str:
 # ---- reading ------------------------------------------------------------------------------------
 def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)`` with errors that name the file; unwraps training checkpoints."""
+    from fresnet.interop.torch_files import load_weights
+
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors come in many types; all mean "not a readable .pth"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FresnetError(
-            f"{path}: cannot read it as a PyTorch weights file (torch.load with weights_only=True failed: "
-            f"{first_line}). The file is corrupt, truncated, or holds pickled objects other than tensors; "
-            "re-save it with torch.save(model.state_dict(), path)"
-        ) from None
+    obj = load_weights(path, "PyTorch weights file", "The file is corrupt, truncated, or holds pickled objects other "
+                       "than tensors; re-save it with torch.save(model.state_dict(), path)")
     return unwrap_state_dict(obj, source=path)
 
 
@@ -123,9 +118,18 @@ def unwrap_state_dict(obj: Any, source: str = "state dict") -> dict[str, torch.T
                 break
     if not isinstance(obj, Mapping) or not obj:
         raise FresnetError(f"{source}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
+    from fresnet.interop.torch_files import check_tensor
+
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise FresnetError(f"{source}: entry {bad[0]!r} is not a named tensor; expected model.state_dict()")
+        raise FresnetError(f"{source}: entry {describe(bad[0])} is not a named tensor; expected model.state_dict()")
+    for key, value in obj.items():
+        check_tensor(value, key, source)
+        if not value.is_floating_point() and not key.endswith("num_batches_tracked"):
+            raise FresnetError(
+                f"{source}: {key} has dtype {value.dtype}; weights must be floating point (float32, float16, bfloat16, "
+                "float64); the file was edited or is not a weights file"
+            )
     state = dict(obj)
     for prefix in ("module.", "backbone."):
         if all(k.startswith(prefix) for k in state):
@@ -194,8 +198,14 @@ def config_from_state_dict(
         depth = next((d for d, layers in ARCFACE_LAYERS.items() if layers == counts), None)
     # fresnet's table is the source of truth for its own depths; pass units only where they differ
     units = None if depth is not None and UNITS_BY_DEPTH.get(int(depth)) == counts else counts
-    widths = [state["conv1.weight"].shape[0]] + [state[f"layer{s}.0.conv1.weight"].shape[0] for s in range(1, len(counts) + 1)]
-    emb_size, fc_in = state["fc.weight"].shape
+    convs = ["conv1.weight"] + [f"layer{s}.0.conv1.weight" for s in range(1, len(counts) + 1)]
+    for key, ndim in [(k, 4) for k in convs] + [("fc.weight", 2)]:
+        shape = tuple(state[key].shape) if key in state else None
+        if shape is None or len(shape) != ndim or min(shape) < 1:
+            raise FresnetError(f"{source}: {key} has shape {list(shape) if shape is not None else 'none (missing)'}; "
+                               f"an iresnet has a non-empty {ndim}-D tensor there")
+    widths = [int(state[key].shape[0]) for key in convs]
+    emb_size, fc_in = (int(v) for v in state["fc.weight"].shape)
     channels = widths[-1]
     if fc_in % channels:
         raise FresnetError(f"{source}: fc.weight has {fc_in} inputs, not a multiple of the trunk width {channels}")
@@ -280,6 +290,7 @@ def load_arcface_torch(
         source = "state dict"
         state = unwrap_state_dict(path_or_state_dict, source)
     config = config_from_state_dict(state, num_layers, input_size, net_output, source)
+    check_declared_size(config, sum(int(v.numel()) for v in state.values()), source)
     model = FResNet(config)
     converted = arcface_to_fresnet_state_dict(state, model)
     _load_strict(model, converted, source)

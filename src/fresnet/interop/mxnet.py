@@ -19,10 +19,11 @@ import torch
 from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
 from fresnet.interop.mxnet_params import read_params, split_arg_aux, write_params
-from fresnet.interop.mxnet_symbol import read_symbol, to_json
+from fresnet.interop.mxnet_symbol import parse_symbol, read_symbol, to_json
 from fresnet.interop.mxnet_symbol_build import build_graph
 from fresnet.interop.mxnet_symbol_infer import check_fresnet_graph, infer_config
 from fresnet.interop.names import fix_gamma_names, is_aux, mxnet_name_map
+from fresnet.network.size import check_declared_size
 from fresnet.ioutil import atomic_write_text
 
 PathLike = Union[str, os.PathLike]
@@ -82,6 +83,7 @@ def load_mxnet(
     arg, aux = split_arg_aux(read_params(params_path), params_path)
     shapes = {name: value.shape for name, value in arg.items()}
     config = infer_config(graph, shapes, input_size)
+    check_declared_size(config, sum(int(v.size) for v in (*arg.values(), *aux.values())), str(params_path))
     check_fresnet_graph(graph, config)
     model = FResNet(config)
     load_mxnet_arrays(model, arg, aux, source=str(params_path))
@@ -162,8 +164,37 @@ def save_mxnet(model: torch.nn.Module, prefix: PathLike, epoch: int = 0) -> tupl
     config = getattr(model, "config", None)
     if not isinstance(config, NetConfig):
         raise FresnetError("save_mxnet needs a fresnet model (an FResNet with a .config)")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
+        raise FresnetError(f"epoch must be an integer from 0 to {MAX_EPOCH} (it is written as 4 digits), got {epoch!r}")
     symbol_path, params_path, _ = checkpoint_paths(prefix, epoch)
     arrays = mxnet_arrays(model)
-    atomic_write_text(symbol_path, to_json(build_graph(config)))
+    text = to_json(build_graph(config))
+    _check_reads_back(text, arrays, config, str(symbol_path))
+    atomic_write_text(symbol_path, text)
     write_params(params_path, arrays)
     return symbol_path, params_path
+
+
+MAX_EPOCH = 9999
+_STRUCTURE = ("units", "filter_list", "net_unit", "net_se", "net_act", "net_input", "net_output", "emb_size",
+              "bottle_neck", "input_size")
+
+
+def _check_reads_back(text: str, arrays: dict, config: NetConfig, path: str) -> None:
+    """What :func:`load_mxnet` would refuse or read differently is not written: the symbol is parsed
+    and its config inferred again (with the input size, which a symbol may not fix) before any file
+    is touched."""
+    graph = parse_symbol(text, path)
+    shapes = {name[len("arg:"):]: value.shape for name, value in arrays.items() if name.startswith("arg:")}
+    try:
+        again = infer_config(graph, shapes, config.input_size)
+        check_fresnet_graph(graph, again)
+    except FresnetError as exc:
+        raise FresnetError(f"{path}: this model cannot be written as an MXNet checkpoint that reads back: {exc}") from None
+    different = [key for key in _STRUCTURE if getattr(again, key) != getattr(config, key)]
+    if different:
+        key = different[0]
+        raise FresnetError(
+            f"{path}: this model cannot be written as an MXNet checkpoint that reads back: its {key} is "
+            f"{getattr(config, key)!r} but the written graph would read as {getattr(again, key)!r}"
+        )

@@ -31,7 +31,8 @@ from typing import BinaryIO, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from fresnet.errors import FresnetError
-from fresnet.ioutil import atomic_write
+from fresnet.ioutil import atomic_write, regular_file
+from fresnet.limits import check, product
 
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8
@@ -158,7 +159,8 @@ def _read_array(reader: _Reader, index: int, count: int) -> tuple[Optional[np.nd
     if type_flag not in DTYPES:
         raise reader.fail(f"{what} has unsupported type flag {type_flag} (supported: {sorted(DTYPES)})", flag_at)
     dtype = DTYPES[type_flag]
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = product(shape) * dtype.itemsize  # Python ints: an int64 product wraps past this check
+    check("max_tensor_bytes", nbytes, f"{what} with shape {tuple(shape)}", f"{reader.path} (byte offset {start})")
     if nbytes > reader.remaining:
         raise FresnetError(
             f"{reader.path}: truncated MXNet .params file at byte offset {reader.offset}: {what} with shape "
@@ -177,7 +179,7 @@ def read_ndarray_list(path: PathLike) -> tuple[list[Optional[np.ndarray]], list[
     """
     path = Path(path)
     try:
-        handle = open(path, "rb")
+        handle = open(regular_file(path, "MXNet .params file"), "rb")
     except FileNotFoundError:
         raise FresnetError(f"{path}: no such file (expected an MXNet .params file)") from None
     except OSError as exc:

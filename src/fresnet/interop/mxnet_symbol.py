@@ -9,13 +9,14 @@ holds is :mod:`fresnet.interop.mxnet_symbol_infer`.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from fresnet.errors import FresnetError
+from fresnet.ioutil import read_text
+from fresnet.validate import describe, load_json
 
 MXNET_VERSION = 10901  # written into "attrs": {"mxnet_version": ["int", 10901]}, as MXNet 1.9.1 does
 NUM_OUTPUTS = {"BatchNorm": 3, "Dropout": 2}  # for node_row_ptr; every other op here has one output
@@ -122,10 +123,7 @@ def to_json(graph: SymbolGraph) -> str:
 # ---------------------------------------------------------------------------------------------
 def parse_symbol(text: str, source: str = "<symbol>") -> SymbolGraph:
     """Parse symbol JSON text (nnvm format; the pre-1.0 ``attr``/``param`` keys are accepted too)."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FresnetError(f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    data = load_json(text, source, "symbol")
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or "heads" not in data:
         raise FresnetError(f"{source}: not an MXNet symbol file (needs 'nodes' and 'heads')")
     nodes: list[Node] = []
@@ -136,33 +134,43 @@ def parse_symbol(text: str, source: str = "<symbol>") -> SymbolGraph:
         attrs: dict[str, str] = {}
         for key in ("param", "attr", "attrs"):  # old and new spellings
             if isinstance(raw.get(key), dict):
-                attrs.update({str(k): str(v) for k, v in raw[key].items()})
-        nodes.append(Node(str(raw["op"]), str(raw["name"]), attrs))
+                attrs.update({str(k): v if isinstance(v, str) else describe(v) for k, v in raw[key].items()})
+        if not isinstance(raw["op"], str) or not isinstance(raw["name"], str):
+            raise FresnetError(f"{source}: node {i} has a non-text op or name ({describe(raw['op'])}, "
+                               f"{describe(raw['name'])})")
+        nodes.append(Node(raw["op"], raw["name"], attrs))
     for i, raw in enumerate(raw_nodes):
-        for entry in raw.get("inputs", []):
+        inputs = raw.get("inputs", [])
+        if not isinstance(inputs, list):
+            raise FresnetError(f"{source}: node {i} ({describe(raw['name'])}) has inputs {describe(inputs)}, not a list")
+        for entry in inputs:
             try:
-                src, out = int(entry[0]), int(entry[1])
-                version = int(entry[2]) if len(entry) > 2 else 0
-                if not 0 <= src < i:
+                if not isinstance(entry, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry):
+                    raise ValueError
+                src, out = entry[0], entry[1]
+                version = entry[2] if len(entry) > 2 else 0
+                if not 0 <= src < i or not 0 <= out < 16:
                     raise IndexError
             except (TypeError, ValueError, IndexError):
-                raise FresnetError(f"{source}: node {i} ({raw['name']!r}) has a bad input {entry!r}") from None
+                raise FresnetError(f"{source}: node {i} ({describe(raw['name'])}) has a bad input {describe(entry)}") \
+                    from None
             nodes[i].inputs.append((nodes[src], out, version))
     try:
         heads = [(int(h[0]), int(h[1])) for h in data["heads"]]
         for h, _ in heads:
-            nodes[h]
-    except (TypeError, ValueError, IndexError):
-        raise FresnetError(f"{source}: bad 'heads' entry {data['heads']!r}") from None
+            if not 0 <= h < len(nodes):
+                raise IndexError
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise FresnetError(f"{source}: bad 'heads' entry {describe(data['heads'])}") from None
     return SymbolGraph(nodes, heads, source)
 
 
 def read_symbol(path: PathLike) -> SymbolGraph:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, "MXNet -symbol.json")
     except FileNotFoundError:
         raise FresnetError(f"{path}: no such file (expected an MXNet -symbol.json)") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise FresnetError(f"{path}: cannot read ({exc})") from None
     return parse_symbol(text, str(path))

@@ -12,6 +12,8 @@ import re
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from fresnet.errors import FresnetError
+from fresnet.limits import check
+from fresnet.validate import as_int, as_int_tuple, describe
 from fresnet.interop.mxnet_symbol import Node, SymbolGraph
 from fresnet.interop.mxnet_symbol_build import build_graph
 from fresnet.network.config import NetConfig
@@ -22,16 +24,29 @@ AUTO_NAME = re.compile(r"^(_plus|_mul|_minusscalar|_mulscalar|broadcast_mul|broa
                        r"sum|sqrt|mean|tile|cast|activation|batchnorm|convolution|fullyconnected|leakyrelu)\d+$")
 
 
+def _attr_error(node: Node, key: str, expected: str) -> FresnetError:
+    return FresnetError(
+        f"{node.name}: attribute {key} = {describe(node.attrs.get(key))} is not {expected}; the symbol file is damaged "
+        "or was edited by hand"
+    )
+
+
 def _tuple_attr(node: Node, key: str) -> tuple[int, ...]:
     text = node.attrs.get(key, "")
-    return tuple(int(v) for v in re.findall(r"-?\d+", text))
+    numbers = re.findall(r"-?\d+", text)
+    if any(len(v) > 18 for v in numbers) or len(numbers) > 16:
+        raise _attr_error(node, key, "a short tuple of integers")
+    return tuple(int(v) for v in numbers)
 
 
 def _int_attr(node: Node, key: str, default: int = 0) -> int:
-    try:
-        return int(node.attrs.get(key, default))
-    except ValueError:
+    """An integer attribute; ``default`` when absent, an error when present but not an integer."""
+    if key not in node.attrs:
         return default
+    text = node.attrs[key].strip()
+    if not (text.lstrip("-").isdigit() and text.isascii() and len(text) <= 18):
+        raise _attr_error(node, key, "an integer")
+    return int(text)
 
 
 def _act_type(node: Optional[Node]) -> Optional[str]:
@@ -92,6 +107,21 @@ def infer_config(
     arg_shapes: Optional[Mapping[str, Sequence[int]]] = None,
     input_size: Optional[Union[int, Sequence[int]]] = None,
 ) -> NetConfig:
+    """Recover the :class:`NetConfig` of a fresnet graph (see :func:`_infer_config`); every error
+    names the symbol file."""
+    try:
+        return _infer_config(graph, arg_shapes, input_size)
+    except FresnetError as exc:
+        if str(exc).startswith(str(graph.source)):
+            raise
+        raise FresnetError(f"{graph.source}: {exc}") from None
+
+
+def _infer_config(
+    graph: SymbolGraph,
+    arg_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+    input_size: Optional[Union[int, Sequence[int]]] = None,
+) -> NetConfig:
     """Recover the :class:`NetConfig` of a fresnet graph.
 
     Depth/units, unit version (1, 2, 3 or '3x' from ``num_group=32`` convs), SE, activation, input mode,
@@ -145,10 +175,12 @@ def infer_config(
         net_unit = 3
     net_se = 1 if g.node("stage1_unit1_se_conv1") is not None else 0
     bn0 = g.node("bn0")
-    try:
-        bn_mom = float(bn0.attrs.get("momentum", 0.9)) if bn0 is not None else 0.9
-    except ValueError:
-        bn_mom = 0.9
+    bn_mom = 0.9
+    if bn0 is not None and "momentum" in bn0.attrs:
+        try:
+            bn_mom = float(bn0.attrs["momentum"])
+        except ValueError:
+            raise _attr_error(bn0, "momentum", "a number") from None
     # head
     head = _infer_head(g)
     trunk_channels = 512 if bottle_neck else filter_list[-1]
@@ -170,6 +202,10 @@ def infer_config(
     )
     if num_layers is None:
         options.update(units=units_list, filter_list=filter_list, bottle_neck=bottle_neck)
+    # checked before any arithmetic on them (a width of 0 would divide by zero below)
+    as_int_tuple(filter_list, "filter_list (num_filter of conv0 and the stage shortcuts)", g.source, minimum=1)
+    as_int(emb_size, "emb_size (num_hidden of the embedding layer)", g.source, minimum=1)
+    check("max_units", sum(units_list), f"stages of {list(units_list)} units", g.source)
     options["input_size"] = _infer_input_size(g, head, trunk_channels, units_list, net_input, arg_shapes,
                                                input_size, fc_name)
     try:

@@ -18,6 +18,9 @@ from typing import Mapping, Optional, Union
 import torch
 
 from fresnet.errors import FresnetError
+from fresnet.ioutil import regular_file
+from fresnet.limits import check
+from fresnet.validate import describe, load_json
 
 FORMAT_NAME = "fresnet"
 FORMAT_VERSION = 1
@@ -44,9 +47,31 @@ def save(model, path: PathLike, metadata: Optional[Mapping[str, str]] = None) ->
             raise FresnetError(f"metadata key {key!r} is reserved by the fresnet format; rename it")
         header[str(key)] = str(value)
     header.update(format=FORMAT_NAME, format_version=str(FORMAT_VERSION), config=config.to_json())
+    check("max_text_bytes", sum(len(k) + len(v) for k, v in header.items()), "the metadata", os.fspath(path))
+    state = model.state_dict()
+    _check_writable(state, config, os.fspath(path))
     # safetensors refuses shared or strided storage: give it plain contiguous copies
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     atomic_write_bytes(path, save_bytes(tensors, metadata=header))
+
+
+def _check_writable(state: Mapping[str, torch.Tensor], config, path: str) -> None:
+    """What :func:`load_safetensors` would refuse is not written: weights that are not floating point,
+    or a state dict that is not the network ``model.config`` describes (a replaced layer)."""
+    from fresnet.network.size import network_size
+
+    for key, value in state.items():
+        if not value.is_floating_point():
+            raise FresnetError(f"{path}: cannot save {key} with dtype {value.dtype}: fresnet files hold floating-point "
+                               "weights only (convert the model back with model.float())")
+    present = sum(int(v.numel()) for v in state.values())
+    needed = network_size(config).state_values
+    if present != needed:
+        raise FresnetError(
+            f"{path}: the model's tensors ({present:,} values) are not the network its config describes "
+            f"({config.short_name()}: {needed:,}); a module was replaced or added after building, so the file could "
+            "not be loaded back; save a model built from its config"
+        )
 
 
 def read_metadata(path: PathLike) -> dict[str, str]:
@@ -57,7 +82,7 @@ def read_metadata(path: PathLike) -> dict[str, str]:
     _require_file(path)
     try:
         with safe_open(path, framework="pt") as handle:
-            return dict(handle.metadata() or {})
+            return {str(k): str(v) for k, v in (handle.metadata() or {}).items()}
     except Exception as exc:
         raise FresnetError(
             f"{path}: not a readable safetensors file ({_first_line(exc)}); the file is corrupt or truncated, "
@@ -78,15 +103,22 @@ def read_config(path: PathLike):
             "with `fresnet convert`"
         )
     version = meta.get("format_version", "?")
-    if not version.isdigit() or int(version) > FORMAT_VERSION:
+    if not (version.isascii() and version.isdigit() and len(version) < 10):
+        raise FresnetError(f"{path}: the fresnet format version {describe(version)} is not a number; the file is damaged")
+    if int(version) > FORMAT_VERSION:
         raise FresnetError(
             f"{path}: fresnet format version {version} is newer than this fresnet understands ({FORMAT_VERSION}); "
             "upgrade fresnet"
         )
     try:
-        return NetConfig.from_dict(json.loads(meta["config"]))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise FresnetError(f"{path}: the 'config' metadata is not valid NetConfig JSON ({exc})") from None
+        options = load_json(meta["config"], path, "'config' metadata")
+    except FresnetError as exc:
+        raise FresnetError(f"{exc}; it is not valid NetConfig JSON") from None
+    if not isinstance(options, dict):
+        raise FresnetError(f"{path}: the 'config' metadata is not valid NetConfig JSON (a {type(options).__name__}, "
+                           "not a mapping of keys to values)")
+    try:
+        return NetConfig.from_dict(options)
     except FresnetError as exc:
         raise FresnetError(f"{path}: the stored config is invalid: {exc}") from None
 
@@ -97,8 +129,11 @@ def load_safetensors(path: PathLike, device: Union[str, torch.device] = "cpu"):
 
     from fresnet.network.model import FResNet
 
+    from fresnet.network.size import check_declared_size
+
     path = os.fspath(path)
     config = read_config(path)
+    check_declared_size(config, _stored_values(path), path)  # before the network or any tensor is allocated
     try:
         tensors = load_file(path, device="cpu")
     except Exception as exc:
@@ -108,15 +143,35 @@ def load_safetensors(path: PathLike, device: Union[str, torch.device] = "cpu"):
     return model.to(device).eval()
 
 
+def _stored_values(path: str) -> int:
+    """How many values the file's tensors hold, from the header alone (safetensors has checked
+    that every tensor's bytes lie in the file)."""
+    from safetensors import safe_open
+
+    from fresnet.limits import product
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return sum(product(handle.get_slice(key).get_shape()) for key in handle.keys())
+    except Exception as exc:
+        raise FresnetError(f"{path}: the tensor index cannot be read ({_first_line(exc)}); the file is corrupt") from None
+
+
 def load_checked(model, tensors: Mapping[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict`` with one clear error for missing, unexpected or mis-shaped tensors."""
+    """``load_state_dict`` with one clear error for missing, unexpected, mis-shaped or mis-typed
+    tensors (an integer tensor is never cast into floating-point weights)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     wrong = [
         f"{k} {list(tensors[k].shape)} (needs {list(v.shape)})"
         for k, v in expected.items()
-        if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
+        if k in tensors and (not isinstance(tensors[k], torch.Tensor) or tuple(tensors[k].shape) != tuple(v.shape))
+    ]
+    wrong += [
+        f"{k} has dtype {tensors[k].dtype} (needs floating point)"
+        for k, v in expected.items()
+        if k in tensors and isinstance(tensors[k], torch.Tensor) and tensors[k].is_floating_point() != v.is_floating_point()
     ]
     problems = []
     if missing:
@@ -144,9 +199,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _require_file(path: str) -> None:
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    if os.path.isdir(path):
-        raise FresnetError(f"{path} is a directory; give a .safetensors file")
+        raise FileNotFoundError(2, "no such file", path)
+    regular_file(path, ".safetensors file")
 
 
 __all__ = ["save", "load_safetensors", "read_config", "read_metadata", "FORMAT_VERSION"]

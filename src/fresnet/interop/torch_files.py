@@ -1,0 +1,77 @@
+"""Reading PyTorch files (``.pth`` weights, training checkpoints) without trusting what they declare.
+
+``torch.load(weights_only=True)`` never runs code, but it rebuilds tensors from the sizes and
+strides the file declares: a stride-0 tensor of a few bytes on disk can claim terabytes, and a
+zip entry may be compressed (torch never writes one) so a small file inflates. :func:`load_weights`
+refuses compressed or over-long zip entries before loading, and :func:`check_tensor` refuses a
+tensor whose declared elements are not backed by its storage, before anything copies it.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any, Union
+
+import torch
+
+from fresnet.errors import FresnetError
+from fresnet.ioutil import regular_file
+from fresnet.limits import check, product
+from fresnet.validate import describe
+
+
+def _check_zip(path: str, size: int) -> None:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return  # not a zip (the legacy format, or garbage): torch.load explains it
+    with archive:
+        total = 0
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise FresnetError(
+                    f"{path}: zip entry {describe(info.filename)} is compressed; torch.save never compresses, so the "
+                    "file was made by another tool or crafted to inflate when read; re-save it with torch.save"
+                )
+            total += info.file_size
+        if total > size:
+            raise FresnetError(
+                f"{path}: the zip entries claim {total:,} bytes but the file has {size:,}; the file is damaged or crafted"
+            )
+
+
+def load_weights(path: Union[str, os.PathLike], what: str, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on a regular file whose zip entries are what torch
+    writes; every failure is a :class:`FresnetError` naming the file and ``fix``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, f"no such {what}", path)
+    regular_file(path, what)
+    _check_zip(path, os.path.getsize(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors come in many types; all mean "not a readable file"
+        text = str(exc).strip()
+        first_line = text.splitlines()[0][:300] if text else type(exc).__name__
+        raise FresnetError(
+            f"{path}: cannot read it as a {what} (torch.load with weights_only=True failed: {first_line}). {fix}"
+        ) from None
+
+
+def check_tensor(tensor: torch.Tensor, name: str, source: str) -> torch.Tensor:
+    """Refuse a tensor that declares more elements than its storage holds (stride 0, overlapping
+    strides) or more bytes than ``max_tensor_bytes``; sizes multiply as Python integers."""
+    shape = tuple(int(d) for d in tensor.shape)
+    numel = product(shape)
+    nbytes = numel * tensor.element_size()
+    check("max_tensor_bytes", nbytes, f"tensor {describe(name)} of shape {list(shape)}", source)
+    if numel:
+        span = 1 + sum((d - 1) * abs(int(s)) for d, s in zip(shape, tensor.stride()))
+        stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+        if numel > stored or tensor.storage_offset() + span > stored:
+            raise FresnetError(
+                f"{source}: tensor {describe(name)} declares shape {list(shape)} ({numel:,} values) over a storage "
+                f"of {stored:,} values (strides {list(tensor.stride())}); its data is not in the file, which was "
+                "crafted or damaged; re-save it with torch.save(model.state_dict(), path)"
+            )
+    return tensor
