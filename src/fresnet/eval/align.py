@@ -10,7 +10,6 @@ Landmarks come from the user (``--landmarks landmarks.json|.txt``); there is no 
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -298,16 +297,16 @@ def read_landmarks(path: Union[str, os.PathLike]) -> Union[Landmarks, list[np.nd
 
     Returns a dict keyed by name, or a list in input order.
     """
+    from fresnet.ioutil import read_text
+    from fresnet.validate import load_json
+
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_text(path, "landmarks file")
     except OSError as exc:
         raise FresnetError(f"{path}: cannot read the landmarks file ({exc.strerror or exc})") from exc
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FresnetError(f"{path}: not valid JSON at line {exc.lineno}: {exc.msg}") from exc
+        data = load_json(text, str(path), "landmarks JSON")
         if isinstance(data, dict):
             return {str(k): _as_points(v, f"{path}: key {k!r}") for k, v in data.items()}
         if isinstance(data, list):

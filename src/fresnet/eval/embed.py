@@ -227,6 +227,8 @@ def embed_inputs(
     """Normalised embeddings of named inputs, decoded, aligned/resized and embedded a batch at a time."""
     from fresnet.eval.align import landmarks_for
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FresnetError(f"batch size must be an integer >= 1, got {batch_size!r}")
     chunks = []
     for start in range(0, len(inputs), batch_size):
         batch = []

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,6 +22,7 @@ import torch
 
 from fresnet.errors import FresnetError
 from fresnet.ioutil import atomic_write_bytes
+from fresnet.validate import as_float, as_int, describe
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "fresnet-train-checkpoint-1"
@@ -33,16 +35,63 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not Path(path).is_file():
+    from fresnet.interop.torch_files import load_weights
+
+    if not os.path.lexists(path):
         raise FresnetError(f"{path}: no checkpoint to resume from; run without resume (or check output=)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise FresnetError(f"{path}: not a readable fresnet training checkpoint ({type(exc).__name__}: {exc}); "
-                           "delete it to start over") from None
+    state = load_weights(path, "fresnet training checkpoint", "Delete it to start over")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise FresnetError(f"{path}: not a fresnet training checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
+        found = describe(state.get("format")) if isinstance(state, dict) else type(state).__name__
+        raise FresnetError(f"{path}: not a fresnet training checkpoint (format {found})")
+    check_state(state, str(path))
     return state
+
+
+def _tensors(value: Any, key: str, source: str, allow_none: bool = False) -> dict[str, torch.Tensor]:
+    from fresnet.interop.torch_files import check_tensor
+
+    if allow_none and value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()):
+        raise FresnetError(f"{source}: '{key}' is {describe(value)}, not a mapping of names to tensors; "
+                           "the checkpoint is damaged; delete it to start over")
+    for name, tensor in value.items():
+        check_tensor(tensor, f"{key}.{name}", source)
+    return value
+
+
+def check_state(state: dict[str, Any], source: str) -> None:
+    """Every entry a resume reads, with its type and range, before anything is restored: a
+    checkpoint at step -5 would resume and drop log rows; one with a text step would fail later."""
+    fix = "the checkpoint is damaged or was edited; delete it to start over"
+    missing = [k for k in ("step", "elapsed_s", "world_size", "global_batch", "model", "fc", "momentum", "rng")
+               if k not in state]
+    if missing:
+        raise FresnetError(f"{source}: the checkpoint has no {', '.join(map(repr, missing))}; {fix}")
+    state["step"] = as_int(state["step"], "step", source, minimum=0, maximum=1 << 40, fix=fix)
+    state["elapsed_s"] = as_float(state["elapsed_s"], "elapsed_s", source, minimum=0.0, fix=fix)
+    state["world_size"] = as_int(state["world_size"], "world_size", source, minimum=1, maximum=1 << 20, fix=fix)
+    state["global_batch"] = as_int(state["global_batch"], "global_batch", source, minimum=1, fix=fix)
+    _tensors(state["model"], "model", source)
+    fc = state["fc"]
+    if not isinstance(fc, dict) or not isinstance(fc.get("weight"), torch.Tensor) or fc["weight"].dim() != 2:
+        raise FresnetError(f"{source}: 'fc' is {describe(fc)}, not the classifier's 2-D weight (and bias); {fix}")
+    bias = fc.get("bias")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != tuple(fc["weight"].shape[:1])):
+        raise FresnetError(f"{source}: 'fc.bias' is {describe(bias)}, not one value per class; {fix}")
+    _tensors({k: v for k, v in fc.items() if v is not None}, "fc", source)
+    _tensors(state["momentum"], "momentum", source)
+    rng = state["rng"]
+    cpu = rng.get("cpu") if isinstance(rng, dict) else None
+    if not isinstance(cpu, list) or len(cpu) != state["world_size"] or not all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 for t in cpu):
+        raise FresnetError(f"{source}: 'rng' is {describe(rng)}, not one CPU generator state per process "
+                           f"({state['world_size']}); {fix}")
+    cuda = rng.get("cuda")
+    if cuda is not None and not (isinstance(cuda, list) and all(isinstance(t, torch.Tensor) for t in cuda)):
+        raise FresnetError(f"{source}: 'rng.cuda' is {describe(cuda)}, not a list of generator states; {fix}")
+    if state.get("scaler") is not None and not isinstance(state["scaler"], dict):
+        raise FresnetError(f"{source}: 'scaler' is {describe(state['scaler'])}, not a GradScaler state; {fix}")
 
 
 def momentum_by_name(optimizer: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
@@ -55,9 +104,14 @@ def momentum_by_name(optimizer: torch.optim.Optimizer, named: dict[str, torch.nn
 
 
 def restore_momentum(optimizer: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter],
-                     buffers: dict[str, torch.Tensor]) -> None:
+                     buffers: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     for name, param in named.items():
         if name in buffers:
+            if tuple(buffers[name].shape) != tuple(param.shape):
+                raise FresnetError(
+                    f"{source}: the momentum of {name} has shape {list(buffers[name].shape)}, the parameter "
+                    f"{list(param.shape)}; the checkpoint belongs to another network; resume with its config"
+                )
             optimizer.state[param]["momentum_buffer"] = buffers[name].to(param.device, param.dtype).clone()
 
 

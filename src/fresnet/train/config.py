@@ -18,6 +18,7 @@ from fresnet.network.config import FIELDS as NET_FIELDS
 from fresnet.network.config import NetConfig, normalize_options, parse_value
 from fresnet.errors import FresnetError
 from fresnet.train.losses import LOSS_PRESETS, margin_spec
+from fresnet.validate import as_mapping
 
 LR_SCHEDULES = ("step", "poly")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -168,8 +169,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     # ---- validation -------------------------------------------------------------------------
-    def validate(self) -> "TrainConfig":
-        self.net_config()  # raises FresnetError on bad network keys
+    def validate(self, origins: Optional[Mapping[str, str]] = None) -> "TrainConfig":
+        """Check every key (type and range, :mod:`fresnet.train.schema`), then how they combine.
+        ``origins`` names where each key came from (a file, an override) for the messages."""
+        from fresnet.train.schema import check_fields, check_net
+
+        check_fields(self, origins)
+        check_net(self, origins)  # raises FresnetError on bad network keys
         self.margin()
         for key in ("max_steps", "batch_size"):
             if int(getattr(self, key)) < 1:
@@ -214,13 +220,14 @@ def builtin_names() -> list[str]:
 
 
 def _read_yaml(source: Union[str, os.PathLike]) -> tuple[dict[str, Any], str]:
-    import yaml
+    from fresnet.ioutil import read_text
+    from fresnet.validate import load_yaml
 
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
+        if not path.exists():
             raise FresnetError(f"{path}: config file not found; give a YAML path or one of: {', '.join(builtin_names())}")
-        text, origin = path.read_text(), str(path)
+        text, origin = read_text(path, "training config"), str(path)
     else:
         resource = resources.files("fresnet") / "configs" / f"{source}.yaml"
         if not resource.is_file():
@@ -228,10 +235,8 @@ def _read_yaml(source: Union[str, os.PathLike]) -> tuple[dict[str, Any], str]:
                 f"unknown config {str(source)!r}: not a file and not a built-in; built-ins: {', '.join(builtin_names())}"
             )
         text, origin = resource.read_text(), f"built-in {source}"
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise FresnetError(f"{origin}: invalid YAML: {exc}") from None
+    data = load_yaml(text, origin)
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise FresnetError(f"{origin}: a training config must be a mapping of keys to values")
     return data, origin
@@ -252,6 +257,7 @@ def load_config(
     else:
         data, origin = _read_yaml(config)
     merged = _normalize(data, origin)
+    origins = {key: origin for key in merged}
     if overrides:
         if not isinstance(overrides, Mapping):
             pairs = {}
@@ -263,15 +269,16 @@ def load_config(
             overrides = pairs
         extra = _normalize(dict(overrides), "overrides")
         net = {**merged.pop("net", {}), **extra.pop("net", {})}
+        origins.update({key: "override" for key in extra if key != "net"})
         merged.update(extra)
         merged["net"] = net
-    return TrainConfig(**merged).validate()
+    return TrainConfig(**merged).validate(origins)
 
 
 def _normalize(data: dict[str, Any], origin: str) -> dict[str, Any]:
     fields = _field_types()
     out: dict[str, Any] = {}
-    net: dict[str, Any] = dict(data.pop("net", None) or {})
+    net: dict[str, Any] = as_mapping(data.pop("net", None), "net", origin, fix="give the network keys as a mapping")
     for key, value in data.items():
         name = KEY_ALIASES.get(key, key)
         if key in KEY_ALIASES and name is None:

@@ -22,7 +22,7 @@ class CsvLog:
         self.rows: list[dict[str, Any]] = []
         if resume_step is not None and self.path.is_file():
             with open(self.path, newline="") as handle:
-                self.rows = [r for r in csv.DictReader(handle) if int(float(r.get("step", 0))) <= resume_step]
+                self.rows = [r for r in csv.DictReader(handle) if _step(r, self.path) <= resume_step]
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -33,6 +33,16 @@ class CsvLog:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.path, out.getvalue())
+
+
+def _step(row: dict[str, Any], path: Path) -> int:
+    try:
+        return int(float(row.get("step") or 0))
+    except (TypeError, ValueError, OverflowError):
+        from fresnet.errors import FresnetError
+
+        raise FresnetError(f"{path}: a row has step {str(row.get('step'))[:40]!r}, not a number; the log is damaged: "
+                           "fix or delete it (the checkpoint is unaffected)") from None
 
 
 class TensorBoard:

@@ -119,6 +119,10 @@ class Trainer:
             torch.cuda.manual_seed(cfg.seed * 1000 + info.rank + 1)
         resume_step = None
         if cfg.resume:
+            if info.is_main:  # a run killed mid-write leaves .NAME.XXXX.tmp files behind
+                from fresnet.ioutil import remove_stale_temps
+
+                remove_stale_temps(self.out)
             resume_step = self._load(load_checkpoint(self.ckpt_path))
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -153,7 +157,12 @@ class Trainer:
         if state["fc"]["weight"].shape[0] != self.num_classes:
             raise FresnetError(f"{self.ckpt_path}: the checkpoint has {state['fc']['weight'].shape[0]} classes, "
                                f"the dataset {self.num_classes}; resume with the same dataset")
-        self.model.load_state_dict(state["model"])
+        from fresnet.interop.native import load_checked
+
+        load_checked(self.model, state["model"], str(self.ckpt_path))
+        if tuple(state["fc"]["weight"].shape[1:]) != (self.net_config.emb_size,):
+            raise FresnetError(f"{self.ckpt_path}: the checkpoint's classifier takes {state['fc']['weight'].shape[1]}-d "
+                               f"embeddings, the network {self.net_config.emb_size}; resume with the same config")
         with torch.no_grad():
             self.fc.weight.copy_(self.fc.local_slice(state["fc"]["weight"]))
             if self.fc.bias is not None and state["fc"].get("bias") is not None:
