@@ -372,8 +372,8 @@ def mutations(data: bytes, count: int, seed: int) -> list[tuple[str, bytes]]:
             n = rng.randrange(1, min(4096, len(b) - a) + 1)
             b[a:a] = b[a:a + n] * rng.randrange(2, 6)
         elif kind == "zero":
-            a = rng.randrange(len(b))
-            b[a:a + rng.randrange(1, 64)] = b"\0" * len(b[a:a + 64])[: rng.randrange(1, 64)]
+            a, n = rng.randrange(len(b)), rng.randrange(1, 64)
+            b[a:a + n] = bytes(len(b[a:a + n]))
         else:  # an aligned word set to a huge value (lengths, counts, dims)
             pos = rng.randrange(0, max(1, len(b) - 8)) & ~3
             b[pos:pos + 8] = rng.choice([b"\xff" * 8, struct.pack("<Q", 1 << 40), struct.pack("<I", 0x7FFFFFFF) * 2])

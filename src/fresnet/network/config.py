@@ -276,11 +276,9 @@ def normalize_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def parse_value(text: str) -> Any:
     """Parse a ``--set key=value`` value: YAML scalars and lists (``[3,4,14,3]``, ``112x96``)."""
-    import yaml
-
     if "x" in text and all(part.strip().isdigit() for part in text.lower().split("x")) and text.count("x") == 1:
         return [int(part) for part in text.lower().split("x")]
-    return yaml.safe_load(text)
+    return V.load_yaml(text, f"the value {V.describe(text)}")
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, Any]:

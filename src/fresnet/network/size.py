@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fresnet.errors import FresnetError
 from fresnet.limits import check
 
 
@@ -161,3 +162,19 @@ def check_network_size(config: Any, where: str = "") -> NetworkSize:
     check("max_tensor_bytes", 4 * size.largest_activation, f"{name}: its largest activation (bytes at batch 1)",
           where)
     return size
+
+
+DECLARED_SLACK = 2  # a network may need at most twice the values its file holds (a few tensors may be missing)
+
+
+def check_declared_size(config: Any, present_values: int, source: str) -> None:
+    """Refuse a config (read from a file, or inferred from its shapes) whose network needs far more
+    values than the file holds: building it would allocate memory the file never paid for. A small
+    shortfall is left to the loader, which names each missing or mis-shaped tensor."""
+    needed = network_size(config).state_values
+    if needed > DECLARED_SLACK * present_values + 65536:
+        raise FresnetError(
+            f"{source}: the network it describes ({config.short_name()}, {config.input_size[0]}x{config.input_size[1]}) "
+            f"has {needed:,} parameters and statistics, but the file holds only {present_values:,} values; the "
+            "stored configuration does not match the weights: the file was edited, damaged or crafted"
+        )
