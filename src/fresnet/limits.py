@@ -51,6 +51,9 @@ class Limits:
     max_image_pixels: int = 1 << 27
     #: decoded pixels of one verification pack, all images together (IJB-C at 112x112: 5.9e9)
     max_pack_pixels: int = 1 << 33
+    #: decoded pixels per byte of a verification pack, all images together (lfw.bin: about 3):
+    #: a small pack of highly compressed images must not decode to gigabytes
+    max_pixels_per_byte: int = 128
     #: identities of one training set, and records of a RecordIO file (its keys and labels are
     #: float32, exact up to 2**24)
     max_identities: int = 1 << 24

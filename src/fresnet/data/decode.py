@@ -7,6 +7,7 @@ and installed; it is not a dependency.
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -35,8 +36,10 @@ def image_dimensions(data: bytes, where: str) -> tuple[int, int]:
     if len(data) == 0:
         raise FresnetError(f"{where}: the image is empty (0 bytes); re-create the file")
     try:
-        with Image.open(io.BytesIO(bytes(data))) as image:
-            width, height = image.size
+        with warnings.catch_warnings():  # Pillow warns above 89M pixels; the limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(bytes(data))) as image:
+                width, height = image.size
     except Exception as exc:  # UnidentifiedImageError, DecompressionBombError, SyntaxError...
         raise FresnetError(
             f"{where}: cannot decode the image ({type(exc).__name__}: {str(exc)[:200]}); "

@@ -191,12 +191,17 @@ def read_bin(path: PathLike) -> tuple[list[bytes], list[bool]]:
 
 def check_pack_pixels(encoded: Sequence[bytes], source: str) -> int:
     """Read every image's dimensions from its header, each within ``max_image_pixels`` and all
-    together within ``max_pack_pixels``, before anything is decoded; returns the total."""
+    together within ``max_pack_pixels`` and ``max_pixels_per_byte`` of the encoded bytes, before
+    anything is decoded; returns the total."""
     total = 0
     for index, data in enumerate(encoded):
         width, height = image_dimensions(data, f"{source}: image {index} (pair {index // 2})")
         total += width * height
-    check("max_pack_pixels", total, f"decoding the {len(encoded)} images of the pack (pixels in all)", source)
+    what = f"decoding the {len(encoded)} images of the pack"
+    check("max_pack_pixels", total, f"{what} (pixels in all)", source)
+    stored = sum(len(data) for data in encoded)
+    check("max_pixels_per_byte", -(-total // max(stored, 1)),
+          f"{what} ({total:,} pixels from {stored:,} bytes: pixels per byte)", source)
     return total
 
 
@@ -215,18 +220,20 @@ def load_bin(
         height, width = (as_int(v, "image_size", f"load_bin({path})", minimum=1) for v in image_size)
         check("max_pack_pixels", len(encoded) * height * width, f"the {len(encoded)} images at {height}x{width}",
               str(path))
-    images = []
+    images: Optional[np.ndarray] = None  # filled in place: no second copy of the pack
     for index, data in enumerate(encoded):
         image = decode_image(data, f"{path}: image {index} (pair {index // 2})", decoder)
         if image_size is not None:
-            image = resize_rgb(image, int(image_size[0]), int(image_size[1]))
-        elif images and image.shape != images[0].shape:
+            image = resize_rgb(image, height, width)
+        elif images is not None and image.shape != images.shape[1:]:
             raise FresnetError(
                 f"{path}: image {index} is {image.shape[1]}x{image.shape[0]} but image 0 is "
-                f"{images[0].shape[1]}x{images[0].shape[0]}; pass image_size=(H, W) to resize them"
+                f"{images.shape[2]}x{images.shape[1]}; pass image_size=(H, W) to resize them"
             )
-        images.append(image)
-    return np.stack(images), issame
+        if images is None:
+            images = np.empty((len(encoded),) + image.shape, dtype=np.uint8)
+        images[index] = image
+    return images, issame
 
 
 def save_bin(path: PathLike, images: Union[np.ndarray, Sequence], issame: Sequence[bool], quality: int = 95,
