@@ -91,6 +91,8 @@ class _Reader:
         return struct.unpack("<" + fmt, self.read(struct.calcsize("<" + fmt), what))
 
     def read_into(self, array: np.ndarray, what: str) -> None:
+        if array.nbytes == 0:  # a dimension of 0: nothing to read (memoryview cannot cast it)
+            return
         view = memoryview(array).cast("B")
         got = self.handle.readinto(view)
         if got != view.nbytes:
