@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 # torch is pinned for reproducible CI; the package itself only asks for torch>=2.3.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/bench_inference.py
+
+# The long hostile-input run (docs/security.md): thousands of property-based and mutated inputs per
+# reader, then every crafted case of the campaign, each in its own process under a 4 GiB cap.
+fuzz: venv
+	FRESNET_FUZZ_PROFILE=long $(PY) -m pytest -q tests/test_fuzz.py
+	$(PY) benchmarks/fuzz_campaign.py --mutations 100
 
 clean:
 	rm -rf $(VENV) report build *.egg-info

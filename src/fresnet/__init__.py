@@ -5,6 +5,7 @@ The public API is re-exported here lazily, so ``import fresnet`` stays fast and 
 """
 from __future__ import annotations
 
+from fresnet import limits  # noqa: F401 - the safety limits, a small module: fresnet.limits.override(...)
 from fresnet.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
