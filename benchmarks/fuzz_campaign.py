@@ -839,10 +839,13 @@ def train_cases(fx: Fixtures, n_mut: int) -> list[Case]:
     cases.append(Case("train", "resume-orphan-tmp", "filesystem",
                       lambda: fresnet.train.run(dict(base, output=str(out3), max_steps=6, resume=True)), "ok",
                       timeout=90, check=orphan_left(out3)))
-    # mutations of the YAML
+    # mutations of the YAML: loaded and validated (a mutation may still be a valid config for a long run)
     good = fx.train_yaml.read_bytes()
+    d = fx.scratch("train-mutations")
     for name, data in mutations(good, max(2, n_mut // 2), 8):
-        add(f"mut-yaml-{name}", "mutation", text=data, expect="any", timeout=90)
+        path = write(d, f"{name}.yaml", data)
+        cases.append(Case("train", f"mut-yaml-{name}", "mutation",
+                          lambda path=path: fresnet.train.load_config(str(path)).net_config(), "any", timeout=30))
     return cases
 
 
@@ -902,7 +905,7 @@ def cli_cases(fx: Fixtures, n_mut: int) -> list[Case]:
     for command, argv in writers.items():
         add(f"{command}-readonly", "filesystem", argv(ro))
         add(f"{command}-parent-is-file", "filesystem", argv(pf))
-        add(f"{command}-file-size-limit", "filesystem", argv("{d}"), fsize=2048)
+        add(f"{command}-file-size-limit", "filesystem", argv("{d}"), fsize=100)
         add(f"{command}-disk-full", "filesystem", argv("{d}"))
     add("train-readonly", "filesystem", ["train", str(fx.train_yaml), f"output={ro}/run"], timeout=90)
     add("train-file-size-limit", "filesystem", ["train", str(fx.train_yaml), "output={d}/run"], fsize=4096,
