@@ -626,12 +626,13 @@ def test_resume_removes_temp_files_a_killed_run_left(finished_run, tmp_path):
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
-def test_output_under_a_file_names_the_path(tmp_path):
-    # class 3: FileExistsError traceback from mkdir
+@pytest.mark.parametrize("output", ["file", "file/run"])
+def test_output_that_is_a_file_names_the_path(tmp_path, output):
+    # class 3: output=<a file> was a FileExistsError traceback from mkdir
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError) as info:
-        fresnet.train.run(_train_config(tmp_path, output=str(tmp_path / "file" / "run"), max_steps=2))
-    assert info.value.filename and "file" in info.value.filename
+        fresnet.train.run(_train_config(tmp_path, output=str(tmp_path / output), max_steps=2))
+    assert info.value.filename and str(tmp_path / "file") in info.value.filename
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
