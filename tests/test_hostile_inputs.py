@@ -233,7 +233,11 @@ def test_recordio_index_longer_than_the_rec_can_hold_is_refused(rec_dir, tmp_pat
     for name in ("train.rec", "property"):
         (bad / name).write_bytes((rec_dir / name).read_bytes())
     (bad / "train.idx").write_text("".join(f"{k}\t{4 * k}\n" for k in range(300000)))
-    with pytest.raises(FresnetError, match="entries, the most records"):
+    with pytest.raises(FresnetError, match=r"train\.idx: .*more than the .* can take"):
+        RecordIODataset(bad)
+    too_many = (bad / "train.rec").stat().st_size // 32 + 1  # a record takes 32 bytes at least
+    (bad / "train.idx").write_text("".join(f"{k}\t0\n" for k in range(too_many)))  # short lines, too many
+    with pytest.raises(FresnetError, match=rf"train\.idx: {too_many:,} entries, more than the \d+ records"):
         RecordIODataset(bad)
 
 
