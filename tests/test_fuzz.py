@@ -364,3 +364,28 @@ def test_bin_packs_of_any_pickled_content(scratch, entries, flags):
     except (RecursionError, pickle.PicklingError):
         return
     only_clean_errors(load_bin, _write(scratch, "v.bin", blob))
+
+
+@PROFILE
+@given(width=st.integers(1, 64), height=st.integers(1, 64),
+       kind=st.sampled_from(["JPEG", "PNG", "progressive JPEG", "JPEG with EXIF", "BMP"]))
+def test_header_dimensions_agree_with_pillow(width, height, kind):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from fresnet.data.decode import image_dimensions
+
+    image = Image.fromarray(np.random.default_rng(width * 100 + height).integers(0, 256, (height, width, 3),
+                                                                                   dtype=np.uint8))
+    buffer = io.BytesIO()
+    if kind == "progressive JPEG":
+        image.save(buffer, "JPEG", progressive=True)
+    elif kind == "JPEG with EXIF":
+        exif = Image.Exif()
+        exif[0x010F] = "camera"
+        image.save(buffer, "JPEG", exif=exif.tobytes())
+    else:
+        image.save(buffer, kind)
+    assert image_dimensions(buffer.getvalue(), "test") == (width, height)

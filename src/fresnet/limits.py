@@ -47,8 +47,9 @@ class Limits:
     max_flops: int = 2 * 10**12
     #: residual units over all stages (r269: 89)
     max_units: int = 1_000
-    #: decoded pixels of one image (a 24-megapixel photo is 2.4e7)
-    max_image_pixels: int = 1 << 27
+    #: decoded pixels of one image (a 24-megapixel photo is 2.4e7): Pillow's own bomb threshold
+    #: (raising this past it also needs PIL.Image.MAX_IMAGE_PIXELS raised above 179M pixels)
+    max_image_pixels: int = (1 << 30) // 12
     #: decoded pixels of one verification pack, all images together (IJB-C at 112x112: 5.9e9)
     max_pack_pixels: int = 1 << 33
     #: decoded pixels per byte of a verification pack, all images together (lfw.bin: about 3):
