@@ -105,10 +105,8 @@ def _drop_dac_override() -> None:
     libc.capset(ctypes.byref(header), data)
 
 
-def _child(case: Case, result_path: str, as_limit: int) -> None:
-    # both files are opened before the limits and before dropping privileges
-    result_fd = os.open(result_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    log = os.open(result_path + ".log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def _child(case: Case, result_fd: int, log: int, as_limit: int) -> None:
+    # output and result go to pipes: a file-size limit (RLIMIT_FSIZE) applies to files only
     resource.setrlimit(resource.RLIMIT_AS, (as_limit, as_limit))
     if case.fsize is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (case.fsize, case.fsize))
@@ -160,20 +158,36 @@ def _child(case: Case, result_path: str, as_limit: int) -> None:
 
 
 def run_case(case: Case, workdir: Path, as_limit: int, rss_limit: int) -> Result:
-    result_path = str(workdir / "result.json")
-    for suffix in ("", ".log"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(result_path + suffix)
+    result_read, result_write = os.pipe()
+    log_read, log_write = os.pipe()
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            _child(case, result_path, as_limit)
+            os.close(result_read)
+            os.close(log_read)
+            _child(case, result_write, log_write, as_limit)
         finally:
             os._exit(70)
+    os.close(result_write)
+    os.close(log_write)
+    for fd in (result_read, log_read):
+        os.set_blocking(fd, False)
+    chunks: dict[int, list[bytes]] = {result_read: [], log_read: []}
+
+    def drain() -> None:
+        for fd, parts in chunks.items():
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    data = os.read(fd, 1 << 16)
+                    if not data:
+                        break
+                    parts.append(data)
+
     deadline = start + case.timeout
     status, usage, killed = None, None, False
     while True:
+        drain()
         done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             break
@@ -183,11 +197,13 @@ def run_case(case: Case, workdir: Path, as_limit: int, rss_limit: int) -> Result
             killed = True
             break
         time.sleep(0.02)
+    drain()
+    os.close(result_read)
+    os.close(log_read)
     seconds = time.monotonic() - start
     peak = usage.ru_maxrss * 1024 if usage else 0
-    log = ""
-    with contextlib.suppress(FileNotFoundError):
-        log = Path(result_path + ".log").read_text(errors="replace")
+    log = b"".join(chunks[log_read]).decode(errors="replace")
+    result_text = b"".join(chunks[result_read]).decode(errors="replace")
     if killed:
         outcome, detail = "hang", f"still running after {case.timeout:.0f} s"
     elif os.WIFSIGNALED(status):
@@ -196,8 +212,8 @@ def run_case(case: Case, workdir: Path, as_limit: int, rss_limit: int) -> Result
         detail = f"killed by signal {sig}"
     else:
         try:
-            data = json.loads(Path(result_path).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            data = json.loads(result_text)
+        except json.JSONDecodeError:
             data = {"outcome": "traceback", "detail": f"child exited {os.WEXITSTATUS(status)} without a result"}
         outcome, detail = data["outcome"], data.get("detail", "")
         if case.cli and outcome == "ok":
@@ -897,7 +913,7 @@ def cli_cases(fx: Fixtures, n_mut: int) -> list[Case]:
         "embed": lambda o: ["embed", model, str(fx.jpegs[0]), "-o", f"{o}/e.npy"],
         "pack": lambda o: ["pack", str(fx.images_dir), f"{o}/out"],
         "make-bin": lambda o: ["make-bin", str(fx.pairs_txt), f"{o}/p.bin"],
-        "eval": lambda o: ["eval", model, "--bin", str(fx.bin), "--out", f"{o}/report"],
+        "eval": lambda o: ["eval", model, "--bin", str(fx.bin), "--out", f"{o}/report", "--nfolds", "2"],
         "plot": lambda o: ["plot", "r18", "-o", f"{o}/g.svg"],
         "synth": lambda o: ["synth", f"{o}/s", "--identities", "2", "--images-per-identity", "2", "--holdout", "2",
                             "--pairs", "2", "--size", "32"],
