@@ -389,3 +389,22 @@ def test_header_dimensions_agree_with_pillow(width, height, kind):
     else:
         image.save(buffer, kind)
     assert image_dimensions(buffer.getvalue(), "test") == (width, height)
+
+
+@PROFILE
+@given(value=values | st.text(alphabet="+-0123456789.e nainf", max_size=12))
+def test_validation_primitives_take_any_value(value):
+    import fresnet.validate as V
+
+    def check():
+        number = V.as_int(value, "k", "fuzz", minimum=-5, maximum=10**6)
+        assert isinstance(number, int) and not isinstance(number, bool) and -5 <= number <= 10**6
+    only_clean_errors(check)
+
+    def check_float():
+        number = V.as_float(value, "k", "fuzz", minimum=0.0, below=1.0)
+        assert isinstance(number, float) and 0.0 <= number < 1.0
+    only_clean_errors(check_float)
+    only_clean_errors(lambda: isinstance(V.as_bool(value, "k", "fuzz"), bool) or 1 / 0)
+    only_clean_errors(lambda: V.as_int_tuple(value, "k", "fuzz", minimum=1))
+    assert len(V.describe(value)) < 400

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 import reprlib
 from typing import Any, Mapping, Optional, Sequence
 
@@ -28,6 +29,7 @@ _REPR.maxother = 60
 _REPR.maxlong = 40
 _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
 
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 
@@ -71,7 +73,7 @@ def as_int(value: Any, key: str, where: str = "", minimum: Optional[int] = None,
             result = int(number)
     elif isinstance(value, str) and len(value) <= 40:
         text = value.strip()
-        if text.lstrip("+-").isdigit() and text.isascii():
+        if _INTEGER_TEXT.fullmatch(text):
             result = int(text)
     if result is None or (minimum is not None and result < minimum) or (maximum is not None and result > maximum):
         raise _fail(key, value, expected, where, fix)
@@ -118,6 +120,8 @@ def as_bool(value: Any, key: str, where: str = "", fix: str = "") -> bool:
     """``True``/``False``, 0/1, or the words true/false, yes/no, on/off."""
     if isinstance(value, bool):
         return value
+    if getattr(getattr(value, "dtype", None), "kind", None) == "b" and getattr(value, "ndim", 1) == 0:
+        return bool(value)  # a numpy bool
     if isinstance(value, numbers.Integral) and int(value) in (0, 1):
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
@@ -188,8 +192,6 @@ def as_int_tuple(value: Any, key: str, where: str = "", minimum: Optional[int] =
 
 def nesting_depth(text: str) -> int:
     """The deepest ``[``/``{`` nesting of JSON text (strings skipped), computed without recursion."""
-    import re
-
     import numpy as np
 
     stripped = re.sub(r'"[^"\\]*(?:\\.[^"\\]*)*"', '""', text)
