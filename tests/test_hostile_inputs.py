@@ -697,6 +697,9 @@ def test_cli_file_size_limit_and_parent_file(tmp_path, capsys):
     (["convert", "M", "out", "--dst-epoch", "-2"], "between 0 and 9999"),
     (["memory", "r18", "--batch", "0"], "expected an integer >= 1"),
     (["synth", "out", "--size", "-4"], "expected an integer >= 1"),
+    (["demo", "--max-steps", "0"], "expected an integer >= 1"),
+    (["demo", "--train-budget", "nan"], "expected a finite number"),
+    (["demo", "--pairs", "-6"], "expected an integer >= 1"),
 ])
 def test_cli_numeric_options_are_typed(argv, match, capsys):
     with pytest.raises(SystemExit) as info:
@@ -750,3 +753,17 @@ def test_train_overrides_may_follow_the_flags(tmp_path, monkeypatch):
     assert (cfg.max_steps, cfg.output, cfg.batch_size, cfg.progress) == (3, str(tmp_path), 8, False)
     with pytest.raises(SystemExit):
         cli_main(["train", "synthetic-r18", "--no-progress", "--bogus"])
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"batch_size": 0}, "batch_size = 0: expected an integer >= 1"),  # torch's split(0) error before
+    ({"limit": "many"}, "limit = 'many': expected an integer >= 1"),
+    ({"input_size": (32, -1)}, "input_size"),
+])
+def test_calibration_options_are_validated(options, match):
+    from fresnet.inference.calibration import calibration_batches
+
+    images = torch.rand(20, 3, 32, 32) * 255
+    size = options.pop("input_size", (32, 32))
+    with pytest.raises(FresnetError, match=match):
+        calibration_batches(images, size, **options)

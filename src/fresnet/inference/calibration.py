@@ -57,7 +57,11 @@ def calibration_batches(
         limit: at most this many images are used (a path is sampled evenly across the whole set).
         batch_size: batch size of the returned batches (tensors passed in keep their own batching).
     """
-    height, width = int(input_size[0]), int(input_size[1])
+    from fresnet.validate import as_int, as_int_tuple
+
+    height, width = as_int_tuple(input_size, "input_size", "calibration", minimum=1, length=2)
+    limit = as_int(limit, "limit", "calibration", minimum=1)
+    batch_size = as_int(batch_size, "batch_size", "calibration", minimum=1)
     if source is None:
         batches = _synthetic(min(limit, RECOMMENDED_IMAGES), height, width, seed, batch_size)
         where = "synthetic faces"
