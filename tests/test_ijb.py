@@ -312,3 +312,72 @@ def test_template_lookup_for_large_ids_uses_a_search():
     ids = np.array([5, 10**12, 10**13])
     pos, found = template_index(ids, np.array([10**13, 7, 5]))
     assert pos[0] == 2 and pos[2] == 0 and found.tolist() == [True, False, True]
+
+
+# ---- hostile meta files (docs/security.md): every refusal names the file, and the line ---------
+
+
+def test_non_finite_landmarks_and_faceness_are_refused_with_their_line(small_set):
+    root, ijb, features = small_set
+    pts = root / "meta" / "ijbc_name_5pts_score.txt"
+    original = pts.read_text().splitlines()
+    for line, column, value in ((5, 2, "nan"), (8, 4, "1e39"), (12, -1, "inf")):
+        rows = list(original)
+        fields = rows[line - 1].split()
+        fields[column] = value
+        rows[line - 1] = " ".join(fields)
+        pts.write_text("\n".join(rows) + "\n")
+        what = "the faceness score" if column == -1 else "a landmark"
+        with pytest.raises(FresnetError, match=rf"5pts_score.txt: line {line}: {what} is not a finite number"):
+            read_meta(root)
+
+
+def test_meta_files_that_are_not_regular_files_or_too_large_are_refused(small_set):
+    import os
+
+    from fresnet.limits import override
+
+    root, ijb, features = small_set
+    pairs = root / "meta" / "ijbc_template_pair_label.txt"
+    pairs.rename(root / "pairs.txt")
+    os.mkfifo(pairs)  # np.loadtxt would block on it forever
+    with pytest.raises(FresnetError, match="pair_label.txt: is a FIFO"):
+        read_meta(root)
+    pairs.unlink()
+    (root / "pairs.txt").rename(pairs)
+    with override(max_list_bytes=1000):
+        with pytest.raises(FresnetError, match=r"5pts_score.txt: reading .* above the limit max_list_bytes=1,000"):
+            read_meta(root)
+    pts = root / "meta" / "ijbc_name_5pts_score.txt"
+    pts.write_bytes(b"\xff\xfe" + pts.read_bytes())
+    with pytest.raises(FresnetError, match="5pts_score.txt: the IJB meta file .* is not utf-8 text"):
+        read_meta(root)
+
+
+def test_an_integer_beyond_int64_in_the_pair_list_names_its_line(small_set):
+    root, ijb, features = small_set
+    pairs = root / "meta" / "ijbc_template_pair_label.txt"
+    lines = pairs.read_text().splitlines()
+    lines[2] = "1 99999999999999999999999 1"
+    pairs.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FresnetError, match="pair_label.txt"):
+        read_meta(root)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "[" * 5000, '{"version": 1, "done": "x"}'])
+def test_a_damaged_progress_file_is_one_clean_error(tmp_path, content):
+    from fresnet.eval.ijb.extract import FeatureStore, read_progress
+
+    features = tmp_path / "f.npy"
+    np.save(features, np.zeros((4, 6), dtype=np.float32))
+    sidecar = tmp_path / "f.npy.progress.json"
+    sidecar.write_text(content)
+    store = FeatureStore(features, 4, {})
+    with pytest.raises(FresnetError, match=r"f.npy.progress.json.*delete it and f.npy"):
+        if content.startswith('{"version"'):
+            import fresnet.eval.ijb.extract as extract
+
+            sidecar.write_text(json.dumps({"version": extract.FORMAT_VERSION, "faces": 4, "width": 6, "done": "x"}))
+            store.resume()
+        else:
+            read_progress(sidecar)

@@ -140,9 +140,9 @@ def read_bytes(path: PathLike, what: str = "file", limit: str = "max_text_bytes"
         return handle.read(size + 1)[: size]  # + 1: a file growing while read is cut at its stat size
 
 
-def read_text(path: PathLike, what: str = "file", encoding: str = "utf-8") -> str:
+def read_text(path: PathLike, what: str = "file", encoding: str = "utf-8", limit: str = "max_text_bytes") -> str:
     """:func:`read_bytes` decoded; undecodable bytes are a :class:`FresnetError` naming the file."""
-    data = read_bytes(path, what)
+    data = read_bytes(path, what, limit)
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:

@@ -62,6 +62,9 @@ class Limits:
     max_record_bytes: int = 256 * MiB
     #: bytes of one text file read whole: a YAML config, an MXNet -symbol.json (r269's is ~0.5 MB)
     max_text_bytes: int = 64 * MiB
+    #: bytes of one list file read whole and split into rows: the IJB meta files (IJB-C's
+    #: landmarks file is about 40 MB; its 15.7M-line pair list is streamed, not read whole)
+    max_list_bytes: int = 256 * MiB
     #: nesting depth of JSON and YAML documents (fresnet's own are 4 deep)
     max_nesting: int = 64
 

@@ -64,7 +64,9 @@ def _features_file(args: argparse.Namespace) -> tuple[np.ndarray, Optional[bool]
     sidecar = path.with_name(path.name + ".progress.json")
     mirrored = None
     if sidecar.is_file():
-        state = json.loads(sidecar.read_text())
+        from fresnet.eval.ijb.extract import read_progress
+
+        state = read_progress(sidecar)
         if not state.get("complete"):
             raise FresnetError(
                 f"{path}: the extraction stopped at face {state.get('done')} of {state.get('faces')}; "

@@ -136,6 +136,20 @@ def landmarks_fingerprint(faces: FaceTable) -> str:
     return digest.hexdigest()
 
 
+def read_progress(sidecar: Path, features: Optional[Path] = None) -> dict[str, Any]:
+    """An extraction's progress file (``F.npy.progress.json``), checked to be a JSON object."""
+    from fresnet.ioutil import read_text
+    from fresnet.validate import as_mapping, load_json
+
+    features = features or sidecar.with_name(sidecar.name[: -len(".progress.json")])
+    fix = f"delete it and {features.name}, then extract again"
+    try:
+        state = load_json(read_text(sidecar, "progress file"), str(sidecar), "progress file")
+    except FresnetError as exc:
+        raise FresnetError(f"{exc}; {fix}") from None
+    return as_mapping(state, "progress", str(sidecar), fix=fix)
+
+
 @dataclass
 class FeatureStore:
     """A (faces, width) float32 ``.npy`` written front to back, and its progress sidecar."""
@@ -170,10 +184,7 @@ class FeatureStore:
                     f"evaluate it with --features {self.path}, or delete it to extract again"
                 )
             return 0
-        try:
-            state = json.loads(self.sidecar.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise FresnetError(f"{self.sidecar}: unreadable progress file ({exc}); delete it and {self.path.name}") from None
+        state = read_progress(self.sidecar, self.path)
         mine = {"version": FORMAT_VERSION, **self.identity, "faces": self.faces}
         different = [k for k, v in mine.items() if state.get(k) != v]
         if different:
@@ -190,7 +201,11 @@ class FeatureStore:
             raise FresnetError(f"{self.path}: damaged ({exc}); delete it and {self.sidecar.name}") from None
         if array.shape != (self.faces, state.get("width")):
             raise FresnetError(f"{self.path}: shape {array.shape} does not match {self.sidecar.name}; delete both")
-        self.array, self.width, self.done = array, int(state["width"]), int(state["done"])
+        from fresnet.validate import as_int
+
+        done = as_int(state.get("done"), "done", str(self.sidecar), minimum=0, maximum=self.faces,
+                      fix=f"delete it and {self.path.name}")
+        self.array, self.width, self.done = array, int(array.shape[1]), done
         return self.done
 
     @property

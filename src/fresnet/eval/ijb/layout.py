@@ -136,15 +136,16 @@ class IJBMeta:
 
 
 def _read_text(path: Path, what: str) -> str:
-    if not path.is_file():
+    """The whole file, once it is known to be a regular file within ``max_list_bytes`` (the rows
+    split from it take several times its size in memory)."""
+    from fresnet.ioutil import read_text
+
+    if not path.exists():
         raise FresnetError(
             f"{path}: missing; an IJB release keeps {what} there (meta/{path.name}); "
             "check the root folder and --target (IJBB or IJBC)"
         )
-    try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FresnetError(f"{path}: cannot read it ({exc})") from exc
+    return read_text(path, f"IJB meta file ({what})", limit="max_list_bytes")
 
 
 def _rows(text: str) -> tuple[list[list[str]], np.ndarray]:
@@ -223,7 +224,9 @@ def read_faces(paths: IJBPaths) -> FaceTable:
         points = _numbers([v for i in chosen for v in rows[i][1:-1]], np.float64)
         if points is None:
             _raise_first_bad_number(paths.landmarks, pts_lines, [rows[i][1:-1] for i in chosen], chosen)
-        points = points.astype(np.float32).reshape(len(chosen), count // 2, 2)
+        with np.errstate(over="ignore"):  # 1e39 becomes inf in float32, refused just below
+            points = points.astype(np.float32).reshape(len(chosen), count // 2, 2)
+        _refuse_non_finite(paths.landmarks, pts_lines, points.reshape(len(chosen), -1), chosen, "a landmark")
         if count == 10:
             landmarks[chosen] = points
         else:
@@ -233,10 +236,25 @@ def read_faces(paths: IJBPaths) -> FaceTable:
     faceness = [row[-1] for row in rows]
     try:
         # the faceness column parsed as InsightFace does: np.array(strings).astype(np.float32)
-        scores = np.array(faceness).astype(np.float32)
+        with np.errstate(over="ignore"):
+            scores = np.array(faceness).astype(np.float32)
     except ValueError:
         _raise_first_bad_number(paths.landmarks, pts_lines, [[f] for f in faceness], range(len(faceness)))
+    # a NaN faceness or landmark would not fail anywhere: it turns the template's pooled feature,
+    # and with it every score of that template, into NaN
+    _refuse_non_finite(paths.landmarks, pts_lines, scores[:, None], range(len(scores)), "the faceness score")
     return FaceTable(paths.faces, paths.landmarks, np.array(names), templates, medias, landmarks, scores)
+
+
+def _refuse_non_finite(path: Path, lines: np.ndarray, values: np.ndarray, chosen, what: str) -> None:
+    """``values`` (rows, n) parsed from the rows ``chosen`` of ``path``: NaN, inf or beyond float32 is an error."""
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise FresnetError(
+            f"{path}: line {lines[list(chosen)[row]]}: {what} is not a finite number (NaN, inf, or beyond "
+            "float32's range); the file is damaged: re-create it or take it from the release again"
+        )
 
 
 def _raise_first_bad_number(path: Path, lines: np.ndarray, numbers, chosen) -> None:
@@ -255,9 +273,13 @@ def read_pairs(paths: IJBPaths) -> PairTable:
     path = paths.pairs
     if not path.is_file():
         _read_text(path, "the 1:1 template pairs")  # raises the missing-file error
+    from fresnet.ioutil import regular_file
+
+    regular_file(path, "IJB pair list")  # a FIFO would block np.loadtxt forever
     try:
+        # streamed, so not bounded by max_list_bytes: memory is the int64 table itself
         table = np.loadtxt(path, dtype=np.int64, ndmin=2, comments=None)
-    except ValueError:
+    except (ValueError, OverflowError):
         table = None
     if table is None or (table.size and table.shape[1] != 3):
         rows, lines = _rows(_read_text(path, "the 1:1 template pairs"))
