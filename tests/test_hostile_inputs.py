@@ -670,6 +670,34 @@ def test_cli_maps_every_os_error_to_one_line_naming_the_path(tmp_path, monkeypat
     assert "Traceback" not in err and not list(tmp_path.glob(".out.pth*"))
 
 
+@pytest.mark.parametrize("command", ["pack", "embed", "make-bin"])
+def test_writing_commands_report_a_full_disk_with_their_destination(tmp_path, monkeypatch, capsys, command):
+    # class 3 in every writing command, not only convert: each ends in one line naming what it writes
+    faces = tmp_path / "faces"
+    for person in range(2):
+        (faces / f"p{person}").mkdir(parents=True)
+        for k in range(2):
+            (faces / f"p{person}" / f"{k}.jpg").write_bytes(jpeg(seed=10 * person + k, size=32))
+    model = tmp_path / "m.safetensors"
+    fresnet.save(tiny_model(), model)
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("p0/0.jpg p0/1.jpg 1\np0/0.jpg p1/0.jpg 0\n")
+    argv, destination = {
+        "pack": (["pack", str(faces), str(tmp_path / "out" / "train")], tmp_path / "out" / "train.rec"),
+        "embed": (["embed", str(model), str(faces), "-o", str(tmp_path / "e.npy")], tmp_path / "e.npy"),
+        "make-bin": (["make-bin", str(pairs), str(tmp_path / "v.bin"), "--root", str(faces)], tmp_path / "v.bin"),
+    }[command]
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"fresnet {command}: error: {destination}: No space left on device" in err, err
+    assert "Traceback" not in err
+
+
 def test_cli_file_size_limit_and_parent_file(tmp_path, capsys):
     import resource
     import signal
