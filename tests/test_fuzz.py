@@ -151,6 +151,13 @@ def files(tmp_path_factory):
     for name in ("train.rec", "train.idx", "property"):
         out[name] = (root / "rec" / name).read_bytes()
     out["jpeg"] = jpeg(7)
+    from fresnet.eval.ijb.synthetic import synthetic_features, synthetic_ijb, write_meta
+
+    ijb = synthetic_ijb(40, seed=3)
+    write_meta(ijb, root / "ijb")
+    for meta in sorted((root / "ijb" / "meta").iterdir()):
+        out["ijb/" + meta.name] = meta.read_bytes()
+    out["ijb features"] = synthetic_features(ijb, dim=8)
     yield out
     out.clear()
 
@@ -195,6 +202,22 @@ def test_mutated_recordio(scratch, data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skip mode warns about each bad record
         only_clean_errors(read)
+
+
+@PROFILE
+@given(data=st.data())
+def test_mutated_ijb_meta_files(scratch, data):
+    from fresnet.eval.ijb import evaluate
+
+    names = sorted(name[4:] for name in FILES if name.startswith("ijb/"))
+    which = data.draw(st.sampled_from(names))
+    meta = scratch / "ijb" / "meta"
+    meta.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        _write(meta, name, data.draw(mutated(FILES["ijb/" + name])) if name == which else FILES["ijb/" + name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        only_clean_errors(evaluate, scratch / "ijb", FILES["ijb features"])
 
 
 @PROFILE
