@@ -381,3 +381,14 @@ def test_a_damaged_progress_file_is_one_clean_error(tmp_path, content):
             store.resume()
         else:
             read_progress(sidecar)
+
+
+def test_a_synthetic_release_too_large_for_memory_is_refused_before_allocating(tmp_path, capsys):
+    from fresnet.cli import main as cli_main
+
+    # the pair table grows quadratically: 10^9 faces would need 71e12 pairs (1.7 PB)
+    with pytest.raises(FresnetError, match=r"synthetic IJB set of 1,000,000,000 faces .* above the limit max_tensor_bytes"):
+        synthetic_ijb(10**9)
+    assert cli_main(["synth", "--ijb", str(tmp_path / "ijb"), "--faces", "4000000", "--no-pictures"]) == 2
+    assert "4,000,000 faces (1,136,209,437 pairs)" in capsys.readouterr().err
+    assert not (tmp_path / "ijb" / "meta").exists()

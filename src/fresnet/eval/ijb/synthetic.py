@@ -65,6 +65,12 @@ def sizes_for(faces: int, target: str = "IJBC") -> IJBSizes:
     impostors = max(probes, round(probes * (subjects - 1) * impostors_per_probe))
     genuine = max(1, round(probes * real.genuine / real.probes))
     first = max(1, round(subjects * real.first_gallery / real.subjects))
+    # the pairs grow with probes x subjects, quadratically in the faces: a typo of a few digits in
+    # --faces asks for terabytes of pair table (three int64 per pair)
+    from fresnet.limits import check
+
+    check("max_tensor_bytes", (impostors + genuine) * 3 * 8,
+          f"a synthetic IJB set of {faces:,} faces ({impostors + genuine:,} pairs)")
     return IJBSizes(faces, templates, subjects, min(first, subjects - 1), impostors + genuine, genuine)
 
 
