@@ -77,22 +77,6 @@ def test_required_step_failure_fails_the_demo_optional_one_does_not(tmp_path, ca
     assert "The demo failed" in (out / "report.md").read_text()
 
 
-def test_the_command_line_lets_waiting_threads_sleep(tmp_path):
-    """Spinning OpenMP threads slow a shared machine several-fold; the CLI sets OMP_WAIT_POLICY=PASSIVE
-    before torch loads, unless the user set it."""
-    import os
-    import subprocess
-    import sys
-
-    code = "import os; from fresnet.cli import main; main(['list']); print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert run.stdout.splitlines()[-1] == "PASSIVE"
-    run = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
-                         capture_output=True, text=True, check=True)
-    assert run.stdout.splitlines()[-1] == "ACTIVE"
-
-
 def test_the_training_length_fits_a_time_budget_between_the_quality_floor_and_the_config():
     from fresnet.demo.budget import LOOP_OVERHEAD, plan_steps
 

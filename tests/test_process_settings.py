@@ -79,14 +79,28 @@ def test_no_settings_outside_glibc(monkeypatch):
     assert process_settings.keep_freed_memory() is False
 
 
-def test_omp_wait_policy_is_set_only_before_torch_and_only_if_unset(monkeypatch):
+SPIN_CODE = ("import os; from fresnet.cli import main; main(['list']); "
+             "print(os.environ.get('GOMP_SPINCOUNT', '-'), os.environ.get('OMP_WAIT_POLICY', '-'))")
+
+
+@pytest.mark.parametrize("user, expected", [
+    ({}, "10000 -"),  # ours: spin briefly, then sleep
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "- PASSIVE"),  # the user's policy wins, and no spin count is added to it
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "- ACTIVE"),
+    ({"GOMP_SPINCOUNT": "1"}, "1 -"),
+])
+def test_the_command_line_spins_briefly_unless_the_user_chose(user, expected):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    run = subprocess.run([sys.executable, "-c", SPIN_CODE], env={**env, **user}, capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.splitlines()[-1] == expected
+
+
+def test_no_spin_setting_once_torch_is_loaded(monkeypatch):
+    """libgomp reads its variables when torch loads; setting them later would only mislead a report."""
+    import torch  # noqa: F401
+
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    process_settings.prefer_sleeping_threads()  # torch is already imported in the test process
-    assert ("OMP_WAIT_POLICY" in os.environ) == ("torch" not in sys.modules)
-    code = "import os; from fresnet.cli.process_settings import prefer_sleeping_threads as p; p(); print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip() == "PASSIVE"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip() == "ACTIVE"
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    process_settings.wait_briefly_then_sleep()
+    assert "GOMP_SPINCOUNT" not in os.environ

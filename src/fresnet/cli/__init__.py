@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fresnet.cli.process_settings import keep_freed_memory, prefer_sleeping_threads
+    from fresnet.cli.process_settings import keep_freed_memory, wait_briefly_then_sleep
 
-    prefer_sleeping_threads()
+    wait_briefly_then_sleep()
     keep_freed_memory()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -108,6 +108,7 @@ def machine_text(machine: dict[str, Any]) -> str:
     return (f"Machine: {machine.get('cpu')} ({machine.get('cpus')} CPUs; {vector}); torch {machine.get('torch')} "
             f"with {machine.get('threads')} threads, {machine.get('torch_cpu_capability')} kernels"
             + (f", OMP_WAIT_POLICY={machine['omp_wait_policy']}" if machine.get("omp_wait_policy") else "")
+            + (f", GOMP_SPINCOUNT={machine['gomp_spincount']}" if machine.get("gomp_spincount") else "")
             + f". Load average (1 min) at the start / end: {load_text}.{busy}")
 
 
