@@ -111,3 +111,38 @@ def test_synth_command(tmp_path):
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["property", "synthetic_val.bin", "train.idx", "train.rec"]
     assert cli_main(args) == 2  # exists: a clear error, no traceback
     assert cli_main(args[:-2] + ["--pairs", "1"]) == 2
+
+
+def test_rendering_on_threads_keeps_order_and_bounds_the_waiting_results():
+    import threading
+
+    from fresnet.data.synthetic import in_order_on_threads
+
+    started = []
+    lock = threading.Lock()
+
+    def work(item):
+        with lock:
+            started.append(item)
+        return item * item
+
+    consumed = []
+    for result in in_order_on_threads(work, range(100), threads=2):
+        with lock:
+            ahead = len(started) - len(consumed)
+        assert ahead <= 2 * 2 + 1  # never more than 2 x threads results waiting, plus the one being taken
+        consumed.append(result)
+    assert consumed == [i * i for i in range(100)]
+    assert list(in_order_on_threads(work, range(5), threads=1)) == [0, 1, 4, 9, 16]
+
+
+def test_a_set_written_on_threads_is_the_set_written_on_one(tmp_path, monkeypatch):
+    from fresnet.data import synthetic
+
+    files = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(synthetic, "rendering_threads", lambda threads=threads: threads)
+        paths = synthetic.write_synthetic_dataset(tmp_path / str(threads), num_identities=6, images_per_identity=50,
+                                                  holdout_identities=4, pairs=300, size=32)
+        files[threads] = [paths[key].read_bytes() for key in ("rec", "idx", "bin")]
+    assert files[1] == files[3]

@@ -15,8 +15,10 @@ batch. Rendering is vectorised over a batch of images with numpy.
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -422,8 +424,40 @@ def synthetic_pairs(
             ids.append(identity_params(seed, identity))
             ims.append(image_params(seed, identity, int(number), nuisance))
         issame.append(same)
-    images = np.concatenate([render(ids[i:i + 256], ims[i:i + 256], size) for i in range(0, len(ids), 256)])
+    images = np.concatenate(list(in_order_on_threads(lambda i: render(ids[i:i + 256], ims[i:i + 256], size),
+                                                     range(0, len(ids), 256))))
     return images, issame
+
+
+def rendering_threads() -> int:
+    """Threads that render synthetic batches: one per core this process may use, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def in_order_on_threads(work: Callable[[Any], Any], items: Iterable, threads: Optional[int] = None) -> Iterator:
+    """``work(item)`` for each item, yielded in order, computed on ``threads`` threads a few items ahead.
+
+    Rendering is numpy array arithmetic and JPEG encoding is Pillow, both of which release the GIL,
+    so threads overlap (the demo's set, 4,000 + 1,200 images at 32x32 on 2 cores: 10.4 s on one
+    thread, 7.7 s on two; torch's resize inside each batch takes the rest). At most ``2 x threads`` results wait, so memory stays bounded
+    for a set of any size; the results are the same as one thread's (every image depends only on its
+    seed and numbers)."""
+    threads = rendering_threads() if threads is None else int(threads)
+    if threads <= 1:
+        yield from map(work, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(work, item))
+            if len(pending) > 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def write_synthetic_dataset(
@@ -455,11 +489,15 @@ def write_synthetic_dataset(
     train = SyntheticFaces(num_identities, images_per_identity, seed=seed, size=size, nuisance=nuisance)
     chunks = range(0, len(train), 256)
     iterator = progress(chunks) if progress is not None else chunks
+
+    def encoded(start: int) -> list[tuple[bytes, int]]:
+        indices = range(start, min(start + 256, len(train)))
+        return [(encode_jpeg(image), int(train.labels[index])) for index, image in zip(indices, train.render(indices))]
+
     with RecordIOWriter(out_dir / "train", image_size=(size, size), overwrite=overwrite) as writer:
-        for start in iterator:
-            indices = range(start, min(start + 256, len(train)))
-            for index, image in zip(indices, train.render(indices)):
-                writer.add_image(encode_jpeg(image), int(train.labels[index]))
+        for records in in_order_on_threads(encoded, iterator):
+            for jpeg, label in records:
+                writer.add_image(jpeg, label)
     images, issame = synthetic_pairs(
         pairs, holdout_identities, identity_offset=num_identities, seed=seed, size=size, nuisance=nuisance
     )
