@@ -432,3 +432,45 @@ def test_auto_with_calibration_can_pick_the_onnxruntime_backend(monkeypatch):
 def test_int8_backend_without_int8_is_refused():
     with pytest.raises(FresnetError, match="int8_backend applies to dtype='int8' or 'auto'"):
         optimize_for_inference(tiny(), dtype="float32", int8_backend="onnxruntime")
+
+
+def test_onnxruntime_histogram_calibration_is_capped_to_its_memory(tmp_path, monkeypatch):
+    """onnxruntime's Percentile calibrator keeps every intermediate tensor of every image (r100 with
+    256 images: 23.4 GB): the images are subsampled to fit the budget, with a warning that says so."""
+    import onnx
+
+    from fresnet.inference import onnxruntime_int8 as ort_int8
+    from fresnet.inference.fuse import fold_batchnorm
+
+    model = fold_batchnorm(tiny(**WIDE).eval())
+    float_path = tmp_path / "float.onnx"
+    ort_int8._float_onnx(model, str(float_path))
+    proto = onnx.load(str(float_path))
+    per_image = ort_int8.held_bytes_per_image(proto)
+    # every Conv/Gemm input and output, from the torch model's own shapes
+    seen: list[torch.Tensor] = []  # kept alive, so that a tensor feeding two convolutions counts once
+
+    def keep(module, inputs, output):
+        seen.extend(t for t in (inputs[0], output) if not any(t is other for other in seen))
+
+    hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(faces(1))
+    for hook in hooks:
+        hook.remove()
+    assert per_image == 4 * sum(t.numel() for t in seen)
+
+    batches = [faces(16, seed=0), faces(16, seed=1)]
+    monkeypatch.setattr(ort_int8, "CALIBRATION_MEMORY_BYTES", 10 * per_image)
+    with pytest.warns(CalibrationWarning, match=r"calibrating on 10 of the 32 images"):
+        kept = ort_int8._within_calibration_memory(proto, batches, "Percentile")
+    assert sum(len(b) for b in kept) == 10
+    everything = torch.cat(batches)
+    assert torch.equal(kept[0][0], everything[0]) and torch.equal(kept[0][-1], everything[-1])  # evenly spread
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ort_int8._within_calibration_memory(proto, batches, "MinMax") == batches  # MinMax flushes itself
+    monkeypatch.setattr(ort_int8, "CALIBRATION_MEMORY_BYTES", 32 * per_image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ort_int8._within_calibration_memory(proto, batches, "Percentile") == batches

@@ -76,6 +76,7 @@ def quantize_onnx(float_path: Union[str, os.PathLike], int8_path: Union[str, os.
                            + ", ".join(CALIBRATION_METHODS))
     if weight_type not in WEIGHT_TYPES:
         raise FresnetError(f"unknown weight type {weight_type!r}; choose one of " + ", ".join(WEIGHT_TYPES))
+    batches = _within_calibration_memory(onnx.load(os.fspath(float_path)), batches, calibration_method)
     items = _equal_batches(batches)
 
     class Reader(CalibrationDataReader):
@@ -98,6 +99,64 @@ def quantize_onnx(float_path: Union[str, os.PathLike], int8_path: Union[str, os.
                            "CalibTensorRangeSymmetric": False},
         )
     return sum(int(b.shape[0]) for b in items)
+
+
+# onnxruntime's histogram calibrators (Percentile, Entropy) keep every intermediate tensor of every
+# calibration image until the end (its CalibMaxIntermediateOutputs flush is MinMax's only): r100 at
+# 112x112 holds ~90 MB per image, and 256 images took a process to 23.4 GB (a 24 GB machine's OOM
+# killer ended a `bench_inference.py --models r100` run). The images are capped to fit this.
+CALIBRATION_MEMORY_BYTES = 8 * 2**30
+HISTOGRAM_METHODS = ("Percentile", "Entropy")
+
+
+def held_bytes_per_image(proto) -> int:
+    """Bytes of float32 intermediate tensors onnxruntime's calibrator keeps per calibration image:
+    the input and output of every Conv and Gemm, from ONNX shape inference (batch dimension left out)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims[1:]]
+    names = {name for node in inferred.graph.node if node.op_type in ("Conv", "Gemm")
+             for name in (node.input[0], node.output[0])}
+    return 4 * sum(int(np.prod(shapes[name], dtype=np.int64)) for name in names if name in shapes)
+
+
+def _available_memory() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _within_calibration_memory(proto, batches: Sequence[torch.Tensor], method: str) -> list[torch.Tensor]:
+    """``batches``, or an even subsample of their images (with a warning) when a histogram
+    calibrator would hold more than :data:`CALIBRATION_MEMORY_BYTES` (or 40% of the memory
+    available now) of intermediate tensors."""
+    batches = list(batches)
+    if method not in HISTOGRAM_METHODS:
+        return batches
+    per_image = max(held_bytes_per_image(proto), 1)
+    available = _available_memory()
+    budget = CALIBRATION_MEMORY_BYTES if available is None else min(CALIBRATION_MEMORY_BYTES, int(0.4 * available))
+    images = sum(int(b.shape[0]) for b in batches)
+    fit = max(1, budget // per_image)
+    if images <= fit:
+        return batches
+    from fresnet.inference.calibration import CalibrationWarning
+
+    keep = torch.linspace(0, images - 1, fit).round().long().unique()
+    warnings.warn(f"onnxruntime's {method} calibrator keeps every intermediate tensor of every calibration image "
+                  f"({per_image / 1e6:.0f} MB per image for this network): calibrating on {len(keep)} of the {images} "
+                  f"images, evenly spread, to stay within {budget / 2**30:.1f} GiB; pass fewer images, or use "
+                  "int8_backend='pytorch' (its observers keep ranges, not tensors)", CalibrationWarning, stacklevel=4)
+    return [torch.cat(batches)[keep]]
 
 
 def _equal_batches(batches: Sequence[torch.Tensor], largest: int = 32) -> list[torch.Tensor]:
