@@ -44,6 +44,15 @@ def fifo(path: Path) -> Path:
     return path
 
 
+def recordio_copy_without(rec_dir: Path, bad: Path, missing: str) -> Path:
+    """A copy of the RecordIO set ``rec_dir`` in ``bad`` with every file but ``missing``, which the test writes."""
+    bad.mkdir()
+    for name in ("train.rec", "train.idx", "property"):
+        if name != missing:
+            (bad / name).write_bytes((rec_dir / name).read_bytes())
+    return bad
+
+
 # ---------------------------------------------------------------------------------------------------
 # .bin verification packs
 
@@ -172,10 +181,7 @@ def test_recordio_image_labels_must_be_small_whole_numbers(rec_dir, tmp_path, la
 
 def test_recordio_index_pointing_many_keys_at_one_record_is_refused(rec_dir, tmp_path):
     # class 4: 13 copies of one image were served as 13 samples
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for name in ("train.rec", "property"):
-        (bad / name).write_bytes((rec_dir / name).read_bytes())
+    bad = recordio_copy_without(rec_dir, tmp_path / "bad", "train.idx")
     first = index_of(rec_dir)[1]
     (bad / "train.idx").write_text("".join(f"{k}\t{first}\n" for k in range(1, 14)))
     with pytest.raises(FresnetError, match=r"train\.idx: line 2: record key 2 points at offset \d+, like line 1"):
@@ -186,10 +192,7 @@ def test_recordio_index_pointing_many_keys_at_one_record_is_refused(rec_dir, tmp
 
 
 def test_recordio_index_listing_a_key_twice_is_refused(rec_dir, tmp_path):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for name in ("train.rec", "property"):
-        (bad / name).write_bytes((rec_dir / name).read_bytes())
+    bad = recordio_copy_without(rec_dir, tmp_path / "bad", "train.idx")
     offsets = index_of(rec_dir)
     (bad / "train.idx").write_text((rec_dir / "train.idx").read_text() + f"1\t{offsets[2]}\n")
     with pytest.raises(FresnetError, match="record key 1 is listed twice"):
@@ -203,10 +206,7 @@ def test_recordio_index_listing_a_key_twice_is_refused(rec_dir, tmp_path):
     ("1e30,112,112", "num_classes = '1e30'"),
 ])
 def test_recordio_property_values_are_validated(rec_dir, tmp_path, text, match):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for name in ("train.rec", "train.idx"):
-        (bad / name).write_bytes((rec_dir / name).read_bytes())
+    bad = recordio_copy_without(rec_dir, tmp_path / "bad", "property")
     (bad / "property").write_text(text)
     with pytest.raises(FresnetError, match=rf"property: {match}"):
         RecordIODataset(bad)
@@ -215,11 +215,7 @@ def test_recordio_property_values_are_validated(rec_dir, tmp_path, text, match):
 @pytest.mark.parametrize("name", ["train.rec", "train.idx", "property"])
 def test_recordio_files_that_are_not_regular_are_refused(rec_dir, tmp_path, name):
     # class 3: a FIFO .idx blocked; /dev/zero as property was read until memory ran out
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for other in ("train.rec", "train.idx", "property"):
-        if other != name:
-            (bad / other).write_bytes((rec_dir / other).read_bytes())
+    bad = recordio_copy_without(rec_dir, tmp_path / "bad", name)
     if name == "property":
         (bad / name).symlink_to("/dev/zero")
     else:
@@ -230,10 +226,7 @@ def test_recordio_files_that_are_not_regular_are_refused(rec_dir, tmp_path, name
 
 def test_recordio_index_longer_than_the_rec_can_hold_is_refused(rec_dir, tmp_path):
     # class 1: every line of a 300k-line index was kept before any check
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for name in ("train.rec", "property"):
-        (bad / name).write_bytes((rec_dir / name).read_bytes())
+    bad = recordio_copy_without(rec_dir, tmp_path / "bad", "train.idx")
     (bad / "train.idx").write_text("".join(f"{k}\t{4 * k}\n" for k in range(300000)))
     with pytest.raises(FresnetError, match=r"train\.idx: .*more than the .* can take"):
         RecordIODataset(bad)
