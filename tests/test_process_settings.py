@@ -12,7 +12,7 @@ import pytest
 
 from fresnet.cli import process_settings
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"  # found independently of the code under test
 
 # a training-like loop: ~4 MB activations allocated and freed every step; prints page faults per step
 FAULTS_PER_STEP = textwrap.dedent("""
@@ -73,8 +73,12 @@ def test_fresnet_default_malloc_0_does_not_opt_out(monkeypatch):
     assert not process_settings.user_chose_malloc_settings()
 
 
+def test_glibc_is_recognised_like_platform_does():
+    assert process_settings.running_on_glibc() == GLIBC
+
+
 def test_no_settings_outside_glibc(monkeypatch):
-    monkeypatch.setattr(process_settings.platform, "libc_ver", lambda: ("musl", "1.2"))
+    monkeypatch.setattr(process_settings.os, "confstr", lambda name: None)  # musl has no CS_GNU_LIBC_VERSION
     monkeypatch.delenv("FRESNET_DEFAULT_MALLOC", raising=False)
     assert process_settings.keep_freed_memory() is False
 

@@ -9,9 +9,7 @@ faults from ~9,400 to ~60 per step.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import platform
 import sys
 
 # mallopt parameters (glibc's malloc.h)
@@ -44,7 +42,7 @@ def wait_briefly_then_sleep() -> None:
     never spinning costs a quiet machine: every wait becomes a futex sleep and wake-up, and a step
     of the demo's small network has hundreds of them: 175-309 ms per step with PASSIVE against
     113-130 ms spinning, the second thread then slower than none (158-199 ms on one thread). A
-    short spin gets both (docs/performance.md, "CPU threads"): 116-153 ms quiet, and 530-637 ms
+    short spin gets both (docs/performance.md, "CPU training: threads and the allocator"): 116-153 ms quiet, and 530-637 ms
     against PASSIVE's 537-706 ms beside four busy processes. Only works before torch is imported,
     so the command line sets it first thing."""
     if "torch" in sys.modules or any(name in os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
@@ -64,16 +62,24 @@ def user_chose_malloc_settings() -> bool:
     return any(name in os.environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc"))
 
 
+def running_on_glibc() -> bool:
+    """Whether this process's C library is glibc (``confstr``, free: the command line asks at every
+    start, where ``platform.libc_ver()`` and ``ctypes.util.find_library`` cost ~30 ms together)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # the name is unknown outside glibc's systems
+        return False
+
+
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel after
-    every free (see the module's docstring). Returns whether the settings were applied: only on
-    Linux with glibc, and only when :func:`user_chose_malloc_settings` is false. The cost is that the
+    every free (see the module's docstring). Returns whether the settings were applied: only with
+    glibc, and only when :func:`user_chose_malloc_settings` is false. The cost is that the
     process keeps its peak heap until it exits, which a command that runs one job can afford."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or user_chose_malloc_settings():
+    if not running_on_glibc() or user_chose_malloc_settings():
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
