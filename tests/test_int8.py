@@ -374,6 +374,7 @@ def test_dtype_int8_names_the_backend_it_picked_and_why(monkeypatch):
     (dict(compiler=False), ["onnxruntime"]),  # PyTorch's reference kernels are slower than float32
     (dict(compiler=False, onnxruntime="no onnxruntime"), ["pytorch"]),
     (dict(pytorch="no torchao"), ["onnxruntime"]),
+    (dict(pytorch="no torchao", compiler=False), ["onnxruntime"]),  # was list.remove's ValueError
 ])
 def test_auto_times_every_int8_backend_that_can_run(monkeypatch, case, expected):
     _backends(monkeypatch, **case)

@@ -658,7 +658,7 @@ def _int8_candidates(device: torch.device, fold_bn: bool, batches: Sequence[torc
     if backend is None:
         backends = [b for b in INT8_BACKENDS if missing[b] is None]
         if "onnxruntime" in backends and not compiler_available(device):
-            backends.remove("pytorch")
+            backends = [b for b in backends if b != "pytorch"]  # pytorch may be missing too (no torchao)
     else:
         backends = [backend]
     if not backends:
