@@ -443,9 +443,9 @@ def in_order_on_threads(work: Callable[[Any], Any], items: Iterable, threads: Op
 
     Rendering is numpy array arithmetic and JPEG encoding is Pillow, both of which release the GIL,
     so threads overlap (the demo's set, 4,000 + 1,200 images at 32x32 on 2 cores: 10.4 s on one
-    thread, 7.7 s on two; torch's resize inside each batch takes the rest). At most ``2 x threads`` results wait, so memory stays bounded
-    for a set of any size; the results are the same as one thread's (every image depends only on its
-    seed and numbers)."""
+    thread, 7.7 s on two; torch's resize inside each batch takes the rest). At most ``2 x threads``
+    results wait, so memory stays bounded for a set of any size; the results are the same as one
+    thread's (every image depends only on its seed and numbers)."""
     threads = rendering_threads() if threads is None else int(threads)
     if threads <= 1:
         yield from map(work, items)

@@ -76,7 +76,8 @@ def quantize_onnx(float_path: Union[str, os.PathLike], int8_path: Union[str, os.
                            + ", ".join(CALIBRATION_METHODS))
     if weight_type not in WEIGHT_TYPES:
         raise FresnetError(f"unknown weight type {weight_type!r}; choose one of " + ", ".join(WEIGHT_TYPES))
-    batches = _within_calibration_memory(onnx.load(os.fspath(float_path)), batches, calibration_method)
+    proto = onnx.load(os.fspath(float_path))
+    batches = _within_calibration_memory(proto, batches, calibration_method)
     items = _equal_batches(batches)
 
     class Reader(CalibrationDataReader):
@@ -93,7 +94,7 @@ def quantize_onnx(float_path: Union[str, os.PathLike], int8_path: Union[str, os.
             os.fspath(float_path), os.fspath(int8_path), Reader(),
             quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
             activation_type=QuantType.QUInt8, weight_type=getattr(QuantType, weight_type),
-            op_types_to_quantize=["Conv", "Gemm"], nodes_to_exclude=float_node_names(onnx.load(os.fspath(float_path))),
+            op_types_to_quantize=["Conv", "Gemm"], nodes_to_exclude=float_node_names(proto),
             calibrate_method=getattr(CalibrationMethod, calibration_method),
             extra_options={"CalibMaxIntermediateOutputs": _flush_every(len(items)),
                            "CalibTensorRangeSymmetric": False},
