@@ -177,16 +177,7 @@ class TrainConfig:
         check_fields(self, origins)
         check_net(self, origins)  # raises FresnetError on bad network keys
         self.margin()
-        for key in ("max_steps", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise FresnetError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
-        for key in ("checkpoint_every", "verbose", "log_every", "warmup_steps"):
-            if key == "warmup_steps" and float(self.warmup_steps) < 0:
-                raise FresnetError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
-            if key == "warmup_steps":
-                continue
-            if int(getattr(self, key)) < 0:
-                raise FresnetError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+        # the step counts, sample_rate, lr_steps and val_targets are typed, ranged and split by check_fields
         if self.lr_schedule not in LR_SCHEDULES:
             raise FresnetError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.amp not in AMP_MODES:
@@ -198,13 +189,7 @@ class TrainConfig:
             raise FresnetError(f"num_workers must be auto or an integer >= 0, got {self.num_workers!r}")
         if self.decode not in DECODERS:
             raise FresnetError(f"unknown decode {self.decode!r}; choose one of {', '.join(DECODERS)}")
-        if not 0.0 < float(self.sample_rate) <= 1.0:
-            raise FresnetError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
-        if isinstance(self.lr_steps, str):  # the original's "100000,160000,220000"
-            self.lr_steps = [int(s) for s in self.lr_steps.split(",") if s.strip()]
-        self.lr_steps = sorted(int(s) for s in self.lr_steps)
-        if isinstance(self.val_targets, str):
-            self.val_targets = [t for t in self.val_targets.split(",") if t.strip()]
+        self.lr_steps = sorted(self.lr_steps)
         if self.loss not in LOSS_PRESETS:  # margin() already raised; keeps the reason explicit
             raise FresnetError(f"unknown loss {self.loss!r}")
         return self
