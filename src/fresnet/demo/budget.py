@@ -28,22 +28,22 @@ class StepPlan:
     budget_s: float
     least: int
     most: int
+    fit: int  # steps that fit the budget at the measured speed, before the floor and the config's cap
 
     @property
     def reason(self) -> str:
-        fit = int(self.budget_s * self.steps_per_s / LOOP_OVERHEAD)
-        if self.steps == self.most and fit >= self.most:
+        if self.steps == self.most and self.fit >= self.most:
             return f"the config's {self.most} steps fit the budget"
-        if self.steps == self.least and fit < self.least:
-            return f"{fit} steps fit the budget; raised to the quality floor of {self.least}"
-        return f"{fit} steps fit the budget"
+        if self.steps == self.least and self.fit < self.least:
+            return f"{self.fit} steps fit the budget; raised to the quality floor of {self.least}"
+        return f"{self.fit} steps fit the budget"
 
 
 def plan_steps(steps_per_s: float, budget_s: float, least: int, most: int) -> StepPlan:
     """``budget_s`` of training at ``steps_per_s`` (less the loop's overhead), within [least, most]."""
     least = min(least, most)
     fit = int(budget_s * steps_per_s / LOOP_OVERHEAD) if math.isfinite(steps_per_s) else most
-    return StepPlan(max(least, min(most, fit)), steps_per_s, budget_s, least, most)
+    return StepPlan(max(least, min(most, fit)), steps_per_s, budget_s, least, most, fit)
 
 
 def measure_steps_per_s(cfg, net_config, num_classes: int, steps: int = CALIBRATION_STEPS) -> float:

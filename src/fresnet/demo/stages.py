@@ -168,7 +168,6 @@ def plan_training(state: DemoState) -> str:
     classes = int(cfg.synthetic_options()["num_identities"])
     rate = budget.measure_steps_per_s(cfg, state.net_config, classes)
     plan = budget.plan_steps(rate, seconds, budget.MIN_STEPS, cfg.max_steps)
-    state.step_plan = plan
     state.results["step_plan"] = {**plan.__dict__, "reason": plan.reason}
     if plan.steps != cfg.max_steps:
         # verification and checkpoints keep their intervals: a shorter run has fewer of them, and

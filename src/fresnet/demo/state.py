@@ -79,7 +79,6 @@ class DemoState:
     pairs: int = 0  # held-out verification pairs
     data_paths: Optional[dict[str, Path]] = None
     summary: Any = None
-    step_plan: Any = None  # fresnet.demo.budget.StepPlan, when the steps were fitted to the machine
     untrained: Any = None  # evaluation of the untrained network
     train_result: Any = None
     trained_embedder: Any = None
