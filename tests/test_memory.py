@@ -169,3 +169,12 @@ def test_memory_command_prints_old_and_new_cost(capsys):
     assert code == 0
     assert "Old feature map cost=" in out and "New feature map cost=" in out
     assert "Step time:" in out and "segment:" in out
+
+
+def test_memory_command_with_steps_0_skips_the_timing(capsys):
+    """--steps 0 (documented: skips timing) was refused once the options became typed."""
+    from fresnet.cli import main
+
+    code = main(["memory", "r18", "--set", "units=[1,1,1,1]", "--set", "input_size=32", "--batch", "2", "--steps", "0"])
+    out = capsys.readouterr().out
+    assert code == 0 and "Old feature map cost=" in out and "Step time:" not in out
