@@ -44,9 +44,7 @@ def load_weights(path: Union[str, os.PathLike], what: str, fix: str) -> Any:
     """``torch.load(path, weights_only=True)`` on a regular file whose zip entries are what torch
     writes; every failure is a :class:`FresnetError` naming the file and ``fix``."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, f"no such {what}", path)
-    regular_file(path, what)
+    regular_file(path, what)  # a missing file: FileNotFoundError "no such {what}"
     _check_zip(path, os.path.getsize(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
