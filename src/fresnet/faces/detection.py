@@ -1,0 +1,44 @@
+"""What every face detector returns, and the one method it has.
+
+Boxes are ``(N, 4)`` float32 ``x1, y1, x2, y2`` in the pixels of the image the detector was given;
+scores ``(N,)`` float32; landmarks ``(N, 5, 2)`` float32 ``x, y`` in InsightFace's order: left eye,
+right eye, nose tip, left mouth corner, right mouth corner, *as seen in the image* (the subject's
+right eye is the image's left eye). Rows are sorted by score, best first, unless a detector's
+reference orders them otherwise (then its module says so).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detections:
+    boxes: np.ndarray  # (N, 4) float32 x1, y1, x2, y2
+    scores: np.ndarray  # (N,) float32
+    landmarks: np.ndarray  # (N, 5, 2) float32
+
+    def __post_init__(self) -> None:
+        n = len(self.scores)
+        if self.boxes.shape != (n, 4) or self.landmarks.shape != (n, 5, 2):
+            raise ValueError(
+                f"detections disagree in shape: boxes {self.boxes.shape}, scores {self.scores.shape}, "
+                f"landmarks {self.landmarks.shape}; expected (N, 4), (N,), (N, 5, 2)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32))
+
+
+class Detector(Protocol):
+    """A face detector: an RGB ``uint8`` image ``(H, W, 3)`` in, :class:`Detections` out."""
+
+    name: str
+
+    def detect(self, image: np.ndarray) -> Detections: ...
