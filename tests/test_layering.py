@@ -36,9 +36,12 @@ PACKAGE = SRC / "fresnet"
 LAYERS = (
     ("fresnet", ("fresnet", "fresnet.__main__")),
     ("cli", ("fresnet.cli",)),
+    ("service", ("fresnet.service",)),
     ("demo", ("fresnet.demo",)),
+    ("gallery", ("fresnet.gallery",)),
     ("train", ("fresnet.train",)),
     ("eval", ("fresnet.eval",)),
+    ("faces", ("fresnet.faces",)),
     ("interop", ("fresnet.interop",)),
     ("inference", ("fresnet.inference",)),
     ("inspection", ("fresnet.inspection",)),
