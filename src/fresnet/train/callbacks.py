@@ -17,11 +17,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from fresnet.errors import FresnetError
 from fresnet.progress import Progress
 from fresnet.timing import Timing
 
 log = logging.getLogger(__name__)
 
+FOLDS = 10  # InsightFace's verification protocol
 WINDOW_STEPS = 20  # the speed shown is measured over about this many steps
 
 
@@ -118,6 +120,12 @@ class Verification:
 
     def __init__(self, sets: dict[str, tuple[np.ndarray, Any]], every: int, enabled: bool, batch_size: int,
                  is_main: bool):
+        for name, (_, issame) in sets.items():
+            if len(issame) < FOLDS:
+                fix = (f"raise val_pairs (e.g. val_pairs={FOLDS * 60})" if name == "synthetic"
+                       else f"use a pack with at least {FOLDS} pairs, or leave it out of val_targets")
+                raise FresnetError(f"val_targets: {name} has {len(issame)} pairs, fewer than the {FOLDS} folds of "
+                                   f"the verification protocol; {fix}")
         self.sets, self.batch_size, self.is_main = sets, int(batch_size), is_main
         self.schedule = Every(every, enabled)
 
@@ -136,7 +144,7 @@ class Verification:
             embedder = TorchEmbedder(model, "training", "fresnet", device=device)  # puts the model in eval mode
             for name, (images, issame) in self.sets.items():
                 embeddings = embed_images(embedder, images, batch_size=self.batch_size, flip=True)
-                results[name] = float(verify(embeddings, issame, nfolds=10).accuracy)
+                results[name] = float(verify(embeddings, issame, nfolds=FOLDS).accuracy)
             model.train()
         D.barrier()
         return results

@@ -217,8 +217,8 @@ def build_dataset(cfg: TrainConfig, input_size: tuple[int, int]) -> Any:
     from fresnet.data import ImageFolderDataset, RecordIODataset
 
     if path.suffix in (".rec", ".idx") or (path.is_dir() and (any(path.glob("*.rec")))):
-        return RecordIODataset(path)
-    return ImageFolderDataset(path)
+        return RecordIODataset(path, on_error=cfg.on_error)
+    return ImageFolderDataset(path, on_error=cfg.on_error)
 
 
 def verification_sets(cfg: TrainConfig, input_size: tuple[int, int],
