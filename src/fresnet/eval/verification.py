@@ -253,8 +253,9 @@ def verify_distances(
 
 def unique_pack_names(paths: Sequence[str]) -> list[str]:
     """One result name per verification pack, in order: the file's stem (``lfw.bin`` -> ``lfw``).
-    Packs whose stems collide are named by the shortest path suffix that tells them apart, joined
-    with ``_`` (``mine.bin``, ``sub/mine.bin`` -> ``mine``, ``sub_mine``); a path given twice gets
+    Packs whose stems collide are named by the shortest path suffix that tells them apart, below
+    the folders all the paths share, joined with ``_`` (``mine.bin``, ``sub/mine.bin`` -> ``mine``,
+    ``sub_mine``; the same for ``/data/mine.bin``, ``/data/sub/mine.bin``); a path given twice gets
     ``_2``, ``_3``, ... Used for ``val_*`` columns in training and for ``fresnet eval``'s results."""
     from collections import Counter
     from pathlib import PurePath
@@ -264,6 +265,10 @@ def unique_pack_names(paths: Sequence[str]) -> list[str]:
         path = PurePath(str(raw))
         named = [p for p in path.with_suffix("").parts if p != path.anchor] if path.name else []
         parts.append(named or [str(raw)])
+    shared = 0  # leading folders every path has in common
+    while all(len(p) > shared + 1 for p in parts) and len({p[shared] for p in parts}) == 1:
+        shared += 1
+    parts = [p[shared:] for p in parts]
     depth = [1] * len(parts)
 
     def names() -> list[str]:
