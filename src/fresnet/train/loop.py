@@ -19,8 +19,13 @@ from fresnet.errors import FresnetError
 from fresnet.progress import Progress
 from fresnet.train import distributed as D
 from fresnet.train.callbacks import Every, RunLog, Throughput, Verification
-from fresnet.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_training_state, save_checkpoint, \
-    training_state
+from fresnet.train.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from fresnet.train.components import Components, build_components
 from fresnet.train.config import TrainConfig
 from fresnet.train.optim import lr_at
@@ -69,8 +74,8 @@ class Trainer:
     ``elapsed``), a resumed run's state, and the callbacks that run between steps."""
 
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = (), info: Optional[D.DistInfo] = None):
-        from fresnet.train.data import verification_sets
         from fresnet.eval.verification import unique_pack_names
+        from fresnet.train.data import verification_sets
 
         self.cfg, self.callbacks = cfg, list(callbacks)
         self.info = info or D.init_from_env(cfg.device)
