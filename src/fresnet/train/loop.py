@@ -260,6 +260,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     try:
         trainer = Trainer(cfg, callbacks)
         if trainer.step >= cfg.max_steps:
+            trainer.run_log.close()
             raise FresnetError(f"{trainer.ckpt_path} is already at step {trainer.step} >= max_steps {cfg.max_steps}; "
                                "raise max_steps to train further")
         return trainer.fit()
