@@ -166,3 +166,43 @@ def test_ctrl_c_right_after_a_nan_keeps_no_poisoned_checkpoint(tmp_path, monkeyp
     with pytest.raises(loop.TrainingDiverged, match="at step 2"):
         fresnet.train.run(tiny(tmp_path, checkpoint_every=0, log_every=10, max_steps=6))
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_build_components_makes_every_part_in_one_call(tmp_path):
+    from fresnet.train.components import build_components
+    from fresnet.train.config import load_config
+    from fresnet.train.distributed import DistInfo
+    from fresnet.train.partial_fc import PartialFC
+
+    parts = build_components(load_config(tiny(tmp_path, sample_rate=0.5)), DistInfo())
+    assert parts.forward is parts.model and isinstance(parts.classifier, PartialFC)
+    assert parts.num_classes == SYNTHETIC["num_identities"] and parts.classifier.num_sample == 6
+    assert parts.step.optimizer is parts.optimizer and parts.scaler is None  # no GradScaler off CUDA
+    names = parts.named_params()
+    assert "fc.weight" in names and any(k.startswith("backbone.") for k in names)
+    images, labels = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8), torch.arange(16) % 12
+    assert torch.isfinite(parts.step(images, labels, 0.01))
+
+
+def test_throughput_leaves_out_warm_up_and_pauses(monkeypatch):
+    from fresnet import timing
+    from fresnet.train.callbacks import Every, Throughput
+
+    now = [0.0]
+    monkeypatch.setattr(timing, "WALL_CLOCK", lambda: now[0])
+    meter = Throughput(global_batch=10, step=0, elapsed=5.0)
+    now[0] = 4.0  # the first interval holds the compile: 1 step in 4 s
+    assert meter.tick(1) == pytest.approx(2.5)
+    meter.resume(1)
+    now[0] = 5.0  # then 4 steps in 1 s
+    meter.tick(5)
+    meter.resume(5)
+    assert meter.steady == pytest.approx(40.0) and meter.elapsed == pytest.approx(10.0)
+    now[0] = 50.0  # a verification: not training time
+    meter.pause(5)
+    meter.resume(5)
+    now[0] = 51.0
+    assert meter.tick(9) == pytest.approx(40.0) and meter.elapsed == pytest.approx(11.0)
+    every = Every(3)
+    assert [s for s in range(1, 10) if every.due(s, last=s == 8)] == [3, 6, 8, 9]
+    assert not Every(0).due(5, last=False) and Every(0).due(5, last=True) and not Every(3, enabled=False).due(3, True)
