@@ -206,3 +206,57 @@ def test_throughput_leaves_out_warm_up_and_pauses(monkeypatch):
     every = Every(3)
     assert [s for s in range(1, 10) if every.due(s, last=s == 8)] == [3, 6, 8, 9]
     assert not Every(0).due(5, last=False) and Every(0).due(5, last=True) and not Every(3, enabled=False).due(3, True)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("emb_size=-3", r"^override: network: emb_size = -3"),
+    ("net={emb_size: 0}", r"^override: network: emb_size = 0"),
+    ("network=r9", r"^override: network: unknown model 'r9'"),
+    ("loss=foo", r"^override: unknown loss 'foo'"),
+])
+def test_a_bad_override_is_blamed_on_the_override(override, match):
+    from fresnet.train.config import load_config
+
+    with pytest.raises(FresnetError, match=match):
+        load_config("synthetic-r18", [override])
+
+
+def test_bad_values_in_the_file_are_still_blamed_on_the_file(tmp_path):
+    from fresnet.train.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("network: r9\n")
+    with pytest.raises(FresnetError, match=f"^{path}: network: unknown model 'r9'"):
+        load_config(str(path), ["emb_size=64"])  # an override of another network key is not blamed
+
+
+def test_hints_name_keys_train_has(tmp_path):
+    from fresnet.train.config import load_config
+
+    assert load_config(tiny(tmp_path, on_error="skip")).on_error == "skip"
+    with pytest.raises(FresnetError, match="unknown on_error 'maybe'"):
+        load_config(tiny(tmp_path, on_error="maybe"))
+    # too few pairs for the 10 folds: refused at the start with a key train has (not --nfolds)
+    with pytest.raises(FresnetError, match=r"synthetic has 4 pairs.*val_pairs=") as info:
+        fresnet.train.run(tiny(tmp_path / "run", val_targets=["synthetic"], val_pairs=4))
+    assert "--nfolds" not in str(info.value)
+
+
+def test_only_rank_0_prints_the_summary(tmp_path, monkeypatch, capsys):
+    from fresnet.train.loop import TrainResult
+
+    def fake_train(cfg):
+        return TrainResult(tmp_path, tmp_path / "m", tmp_path / "c", tmp_path / "l", 3, 1.0)
+
+    monkeypatch.setattr("fresnet.train.loop.train", fake_train)
+    for rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        assert cli_main(["train", "synthetic-r18", f"output={tmp_path}"]) == 0
+        assert ("trained 3 steps" in capsys.readouterr().out) is printed
+
+
+def test_no_progress_help_says_what_it_does(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-progress no progress display (neither the bar nor the periodic progress lines)" in text
