@@ -12,6 +12,8 @@ _EXPORTS = {
     "mtcnn_weights": "fresnet.faces.weights",
     "yunet_model": "fresnet.faces.weights",
     "sface_model": "fresnet.faces.weights",
+    "SCRFD": "fresnet.faces.scrfd",
+    "ONNXRecognizer": "fresnet.faces.recognizer",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
