@@ -205,6 +205,34 @@ def export_insightface(model, path: str | os.PathLike, *, opset: int = 17, dynam
     return os.fspath(path)
 
 
+def verify_insightface(model, path: str | os.PathLike, batch: int = 4, seed: int = 0) -> float:
+    """Check ``path`` as InsightFace's ``ArcFaceONNX`` would use it: its rule must read the graph as
+    taking raw pixels, and the graph fed raw RGB 0..255 must give ``model``'s embeddings. Returns the
+    lowest cosine between the two over a batch of random images."""
+    import copy
+
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    proto = onnx.load(os.fspath(path), load_external_data=False)
+    if not reads_raw_pixels(proto):
+        raise FresnetError(f"{os.fspath(path)}: InsightFace would normalise the pixels before this graph: no "
+                           f"Sub/_minus and Mul/_mul named node among its first {WINDOW} nodes")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    fixed_batch = shape[0] if isinstance(shape[0], int) else batch
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (fixed_batch, 3, int(shape[2]), int(shape[3]))).astype(np.float32)
+    got = session.run(None, {session.get_inputs()[0].name: pixels})[0].reshape(fixed_batch, -1)
+    with torch.no_grad():
+        expected = copy.deepcopy(model).float().cpu().eval()(torch.from_numpy(pixels)).numpy().reshape(fixed_batch, -1)
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
+    return float(((got * expected).sum(1) / np.maximum(norms, 1e-30)).min())
+
+
 __all__ = [
     "check_insightface_shape",
     "data_path_nodes",
@@ -212,4 +240,5 @@ __all__ = [
     "image_input_name",
     "mark_raw_input",
     "reads_raw_pixels",
+    "verify_insightface",
 ]
