@@ -14,7 +14,11 @@ from insightface_oracle import model_zoo
 from test_scrfd import PHOTOS, read_bgr, scrfd_graph
 
 from fresnet.errors import FresnetError
-from fresnet.eval.align import estimate_norm
+
+try:  # alignment moves from eval/ to faces/ with the pipeline
+    from fresnet.faces.align import estimate_norm
+except ImportError:
+    from fresnet.eval.align import estimate_norm
 from fresnet.faces.recognizer import NORMALISED, RAW, ONNXRecognizer
 from fresnet.faces.scrfd import SCRFD
 
