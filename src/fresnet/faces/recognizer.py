@@ -45,15 +45,15 @@ class ONNXRecognizer:
         batch_size: crops per run (a graph with a fixed batch size runs that many at a time).
 
     Attributes:
+        name: ``onnx:<file name>``.
         input_size: ``(H, W)`` of the aligned crops it takes.
         embedding_size: length of the embeddings.
         input_mean, input_std: the pixel normalisation fed to the graph, ``(x - mean) / std``.
     """
 
-    name = "onnx"
-
     def __init__(self, path: str | os.PathLike, providers: Sequence | None = None, batch_size: int = DEFAULT_BATCH):
         self.path = os.fspath(path)
+        self.name = f"onnx:{os.path.basename(self.path)}"
         what = "face recogniser graph"
         proto = _load(self.path, what)
         edited = drop_unused_inputs(proto)
