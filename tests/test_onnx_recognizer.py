@@ -48,6 +48,17 @@ def crops() -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.fixture(scope="module")
+def sface():
+    return ONNXRecognizer(sface_path())
+
+
+@pytest.fixture(scope="module")
+def plain_export(tmp_path_factory):
+    """A tiny fresnet network and its plain ONNX export."""
+    return tiny_export(tmp_path_factory.mktemp("plain"))
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
@@ -56,9 +67,8 @@ def bgr(images) -> list[np.ndarray]:
     return [cv2.cvtColor(np.ascontiguousarray(i), cv2.COLOR_RGB2BGR) for i in images]
 
 
-def test_sface_against_opencv_and_arcface_onnx(crops):
-    path = sface_path()
-    recognizer = ONNXRecognizer(path)
+def test_sface_against_opencv_and_arcface_onnx(crops, sface):
+    path, recognizer = sface_path(), sface
     assert recognizer.input_size == (112, 112) and recognizer.embedding_size == 128
     assert (recognizer.input_mean, recognizer.input_std) == RAW  # its _minusscalar0/_mulscalar0 found on the data path
     batch = np.stack(list(crops.values()))
@@ -82,8 +92,8 @@ def test_sface_against_opencv_and_arcface_onnx(crops):
     np.testing.assert_array_equal(np.concatenate([arcface.get_feat(face) for face in bgr(batch)]), mine)
 
 
-def test_sface_same_person_pairs_score_above_different_people(crops):
-    recognizer = ONNXRecognizer(sface_path())
+def test_sface_same_person_pairs_score_above_different_people(crops, sface):
+    recognizer = sface
     names = list(crops)
     emb = recognizer.embed(np.stack([crops[n] for n in names]))
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
@@ -94,13 +104,13 @@ def test_sface_same_person_pairs_score_above_different_people(crops):
     assert min(same) > max(different)
 
 
-def test_batching_fixed_and_dynamic(tmp_path, crops):
+def test_batching_fixed_and_dynamic(crops, sface, plain_export):
     batch = np.stack(list(crops.values()))
-    fixed = ONNXRecognizer(sface_path())  # batch dimension fixed at 1
+    fixed = sface  # batch dimension fixed at 1
     assert fixed.batch_size == 1
     np.testing.assert_array_equal(fixed.embed(batch[:3]), np.concatenate([fixed.embed(batch[i:i + 1]) for i in range(3)]))
     assert fixed.embed(batch[:0]).shape == (0, 128)
-    path, _ = tiny_export(tmp_path)
+    path, _ = plain_export
     dynamic = ONNXRecognizer(path, batch_size=4)
     whole = dynamic.embed(batch)
     np.testing.assert_allclose(ONNXRecognizer(path, batch_size=1).embed(batch), whole, rtol=1e-5, atol=1e-5)
@@ -120,12 +130,12 @@ def tiny_export(folder, name="tiny.onnx", insightface=False):
     return path, model
 
 
-def test_fresnet_exports_read_as_raw_pixels(tmp_path, crops):
+def test_fresnet_exports_read_as_raw_pixels(tmp_path, crops, plain_export):
     import torch
 
     batch = np.stack(list(crops.values()))
     for insightface in (False, True):
-        path, model = tiny_export(tmp_path, f"tiny_{insightface}.onnx", insightface)
+        path, model = tiny_export(tmp_path, "tiny_insightface.onnx", True) if insightface else plain_export
         recognizer = ONNXRecognizer(path)
         assert (recognizer.input_mean, recognizer.input_std) == RAW and recognizer.embedding_size == 128
         with torch.no_grad():
@@ -139,10 +149,10 @@ def test_fresnet_exports_read_as_raw_pixels(tmp_path, crops):
             assert (arcface.input_mean, arcface.input_std) == NORMALISED
 
 
-def test_normalised_input_graph_matches_arcface_onnx(tmp_path, crops):
+def test_normalised_input_graph_matches_arcface_onnx(tmp_path, crops, plain_export):
     """A graph whose first nodes are not named Sub/Mul (as in w600k_r50.onnx) gets (x - 127.5) / 127.5,
     as in InsightFace, and the very same numbers."""
-    path, _ = tiny_export(tmp_path)
+    path, _ = plain_export
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     for index, node in enumerate(proto.graph.node):
