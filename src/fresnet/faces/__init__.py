@@ -9,11 +9,11 @@ from fresnet.lazy_exports import lazy_exports
 _EXPORTS = {
     "Detections": "fresnet.faces.detection",
     "Detector": "fresnet.faces.detection",
+    "SCRFD": "fresnet.faces.scrfd",
+    "ONNXRecognizer": "fresnet.faces.recognizer",
     "mtcnn_weights": "fresnet.faces.weights",
     "yunet_model": "fresnet.faces.weights",
     "sface_model": "fresnet.faces.weights",
-    "SCRFD": "fresnet.faces.scrfd",
-    "ONNXRecognizer": "fresnet.faces.recognizer",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
