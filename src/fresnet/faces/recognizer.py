@@ -70,6 +70,7 @@ class ONNXRecognizer:
         if fixed(shape[1]) not in (None, 3):
             raise FresnetError(f"{self.path}: the recogniser's input has {shape[1]} channels; expected 3 (RGB)")
         self.input_size: tuple[int, int] = (h, w)
+        self._dtype = np.float16 if self._input.type == "tensor(float16)" else np.float32
         outputs = self.session.get_outputs()
         if not outputs:
             raise FresnetError(f"{self.path}: the recogniser graph has no output")
@@ -101,7 +102,7 @@ class ONNXRecognizer:
             if self._fixed_batch and count < self.batch_size:
                 chunk += [chunk[-1]] * (self.batch_size - count)
             blob = cv2.dnn.blobFromImages(chunk, 1.0 / std, (w, h), (mean, mean, mean), swapRB=False)
-            out = self.session.run([self._output], {self._input.name: blob})[0]
+            out = self.session.run([self._output], {self._input.name: blob.astype(self._dtype, copy=False)})[0]
             results.append(np.asarray(out, dtype=np.float32).reshape(len(chunk), -1)[:count])
         if not results:
             return np.zeros((0, getattr(self, "embedding_size", 0)), np.float32)
