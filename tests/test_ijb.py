@@ -264,7 +264,7 @@ def test_wrong_feature_rows_and_layout_are_explained(small_set):
         evaluate(root, features[:-1])
     with pytest.raises(FresnetError, match="2\\*D columns"):
         evaluate(root, features[:, :-1])
-    evaluate(root, features[:, :8], flip=False)  # (faces, D) without flip is fine
+    evaluate(root, features[:, :8], flip=False, mirrored=False)  # (faces, D) said explicitly is fine
 
 
 def test_missing_and_malformed_meta_files_are_named(small_set):
@@ -392,3 +392,51 @@ def test_a_synthetic_release_too_large_for_memory_is_refused_before_allocating(t
     assert cli_main(["synth", "--ijb", str(tmp_path / "ijb"), "--faces", "4000000", "--no-pictures"]) == 2
     assert "4,000,000 faces (1,136,209,437 pairs)" in capsys.readouterr().err
     assert not (tmp_path / "ijb" / "meta").exists()
+
+
+# ---- the features layout rule (issue 24, item 1) ------------------------------------------------
+
+
+@pytest.mark.reference
+def test_f0_on_a_mirrored_array_uses_the_first_half_by_default(reference):
+    root, meta, features, expected = reference
+    e = expected["F0N1D1"]
+    result = evaluate(meta, features, flip=False)  # (faces, 2*D), no layout said: InsightFace's
+    for far, tar in e["tar_at_far"].items():
+        assert result.tar_at_far[float(far)] == pytest.approx(tar, abs=1e-9), far
+    assert result.counts["embedding_size"] == features.shape[1] // 2
+
+
+@pytest.mark.reference
+def test_f0_from_the_command_line_on_a_features_file_without_sidecar(reference, tmp_path, capsys):
+    from fresnet.cli import main
+
+    root, meta, features, expected = reference
+    path = tmp_path / "insightface_features.npy"
+    np.save(path, features)
+    out = tmp_path / "report"
+    assert main(["eval", "--ijb", str(root), "--features", str(path), "--no-flip", "--out", str(out)]) == 0
+    report = json.loads((out / "ijb.json").read_text())
+    for far, tar in expected["F0N1D1"]["tar_at_far"].items():
+        assert report["verification"]["tar_at_far"][f"{float(far):g}"] == pytest.approx(tar, abs=1e-9), far
+    assert report["features_layout"] == "mirrored"
+
+
+def test_a_single_layout_must_be_said(small_set, tmp_path, capsys):
+    from fresnet.cli import main
+
+    root, ijb, features = small_set
+    single = np.ascontiguousarray(features[:, :8])
+    explicit = evaluate(root, single, flip=False, mirrored=False)
+    assert explicit.counts["embedding_size"] == 8
+    with pytest.raises(FresnetError, match="mirrored=False"):
+        evaluate(root, single[:, :7], flip=False)  # odd width cannot be (faces, 2*D)
+    path = tmp_path / "single.npy"
+    np.save(path, single)
+    out = tmp_path / "r"
+    assert main(["eval", "--ijb", str(root), "--features", str(path), "--no-flip", "--features-layout", "single",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "ijb.json").read_text())["counts"]["embedding_size"] == 8
+    assert main(["eval", "--ijb", str(root), "--features", str(path), "--features-layout", "single",
+                 "--out", str(out)]) == 2
+    assert "--no-flip" in capsys.readouterr().err

@@ -68,6 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="which release ROOT holds (default IJBC)")
     ijb.add_argument("--features", metavar="F.npy",
                      help="evaluate saved per-face features instead of extracting them (MODEL not needed)")
+    ijb.add_argument("--features-layout", choices=("mirrored", "single"), default=None,
+                     help="what a row of --features holds: mirrored = the face's embedding then its mirror's, "
+                     "(faces, 2*D), InsightFace's layout and the default; single = one embedding, (faces, D), "
+                     "with --no-flip only. The progress file an extraction leaves beside F.npy says it already")
     ijb.add_argument("--features-out", metavar="F.npy",
                      help="where extraction writes the features (default OUT/ijb_features.npy); an interrupted "
                      "extraction resumes from there")

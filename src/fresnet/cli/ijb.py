@@ -76,6 +76,22 @@ def _features_file(args: argparse.Namespace) -> tuple[np.ndarray, Optional[bool]
     return features, mirrored
 
 
+def _layout(args: argparse.Namespace, known: Optional[bool]) -> bool:
+    """Whether the rows hold the mirror's half: what the extraction recorded (``known``), else what
+    --features-layout says, else InsightFace's layout (mirrored); a contradiction is an error."""
+    said = None if args.features_layout is None else args.features_layout == "mirrored"
+    source = args.features or args.features_out or "the extraction"
+    if known is not None and said is not None and known != said:
+        recorded = "mirrored (faces, 2*D)" if known else "single (faces, D)"
+        raise FresnetError(f"{source}: its extraction recorded the layout {recorded}, but --features-layout says "
+                           f"{args.features_layout}; leave --features-layout out")
+    mirrored = known if known is not None else (True if said is None else said)
+    if args.flip and not mirrored:
+        raise FresnetError(f"{source}: single (faces, D) embeddings hold no mirror to add (flip-sum, F1); "
+                           "evaluate them with --no-flip")
+    return mirrored
+
+
 def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -125,8 +141,8 @@ def run_ijb(args: argparse.Namespace, embedder, console) -> None:
         features, info = _extract(args, embedder, meta, console)
         mirrored = args.flip
         report.update(info, model_kind=embedder.kind)
-    if args.flip and mirrored is False:
-        raise FresnetError(f"{args.features}: extracted without the mirror (--no-flip); evaluate it with --no-flip")
+    mirrored = _layout(args, mirrored)
+    report["features_layout"] = "mirrored" if mirrored else "single"
     result = evaluate(meta, features, target=args.target, flip=args.flip, norm_score=args.norm_score,
                       detector_score=args.detector_score, mirrored=mirrored)
     _tables(result, console)

@@ -94,24 +94,26 @@ def evaluate(
     flip: bool = True,
     norm_score: bool = True,
     detector_score: bool = True,
-    mirrored: Optional[bool] = None,
+    mirrored: bool = True,
 ) -> IJBResult:
     """The IJB protocol on per-face features, with InsightFace's numbers exactly.
 
     ``features``: float (faces, 2*D), each face's embedding then its mirror's, in the order of
-    ``meta/*_name_5pts_score.txt`` (a ``.npy`` path is memory-mapped); or (faces, D) with
-    ``flip=False``. ``flip``/``norm_score``/``detector_score`` are InsightFace's F/N/D switches.
-    ``mirrored`` says whether the rows hold the mirror's half (default: ``flip``); with
-    ``flip=False, mirrored=True`` only the first half is used, as InsightFace's F0 does.
+    ``meta/*_name_5pts_score.txt`` (a ``.npy`` path is memory-mapped): the layout InsightFace's
+    scripts write. ``flip``/``norm_score``/``detector_score`` are InsightFace's F/N/D switches; F0
+    (``flip=False``) uses the first half of each row, as InsightFace's code does.
+    ``mirrored=False`` says the rows are single (faces, D) embeddings (with ``flip=False`` only);
+    it is never guessed from the width.
     ``root`` may also be an :class:`IJBMeta` already read (to evaluate several feature sets).
     """
     clock = {"start": time.perf_counter()}
     meta = root if isinstance(root, IJBMeta) else read_meta(root, target)
     clock["read_meta"] = time.perf_counter()
     mode = Mode(flip, norm_score, detector_score)
-    mirrored = flip if mirrored is None else bool(mirrored)
+    mirrored = bool(mirrored)
     if flip and not mirrored:
-        raise FresnetError("flip=True needs features holding each face's mirror too (mirrored=True)")
+        raise FresnetError("flip=True needs features holding each face's mirror too (mirrored=True); "
+                           "single (faces, D) embeddings are evaluated with flip=False")
     feats = _as_features(features)
     faces = meta.faces
     check_features(feats, len(faces), mode, mirrored, str(faces.landmarks_path))
