@@ -440,3 +440,12 @@ def test_a_single_layout_must_be_said(small_set, tmp_path, capsys):
     assert main(["eval", "--ijb", str(root), "--features", str(path), "--features-layout", "single",
                  "--out", str(out)]) == 2
     assert "--no-flip" in capsys.readouterr().err
+
+
+def test_a_limit_hit_by_the_users_own_value_says_so(tmp_path, capsys):
+    from fresnet.cli import main as cli_main
+
+    assert cli_main(["synth", "--ijb", str(tmp_path / "ijb"), "--faces", "1000000000", "--no-pictures"]) == 2
+    err = capsys.readouterr().err
+    assert "damaged or hostile" not in err
+    assert "the size asked for" in err and "--limit max_tensor_bytes=" in err
