@@ -193,11 +193,13 @@ def _run_bins(args: argparse.Namespace, embedder, console) -> None:
 
     console.print(f"model: {escape(embedder.name)} ({embedder.kind}), input {embedder.input_size[0]}x{embedder.input_size[1]}, "
                   f"flip-sum {'on' if args.flip else 'off'}")
+    from fresnet.eval.targets import target_names
+
     evaluations = []
-    for path in args.bins:
+    for path, name in zip(args.bins, target_names(args.bins)):  # unique: mine.bin, sub/mine.bin -> mine, sub/mine
         with _progress(f"embedding {Path(path).name}", None) as progress:
             ev = evaluate_bin(embedder, path, batch_size=args.batch_size, flip=args.flip, nfolds=args.nfolds,
-                              progress=progress.advance)
+                              progress=progress.advance, name=name)
         evaluations.append(ev)
         console.print(result_table(f"{ev.name}  ({path})", ev.result, ev.embed_seconds))
         for note in ev.result.notes:
