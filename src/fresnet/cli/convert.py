@@ -76,6 +76,9 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_onnx_args(p: argparse.ArgumentParser) -> None:
+    from fresnet.cli.common import add_overwrite
+
+    add_overwrite(p)
     g = p.add_argument_group("ONNX output")
     g.add_argument("--opset", type=A.positive_int, default=17, help="ONNX opset, 17 or newer (default 17)")
     g.add_argument("--static-batch", action="store_true", help="fix the batch size at 1 (default: dynamic)")
@@ -110,8 +113,10 @@ def _read(args: argparse.Namespace):
 def _write(model, destination, args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from fresnet.interop.formats import Kind, write_model
+    from fresnet.cli.common import refuse_existing
+    from fresnet.interop.formats import Kind, output_files, write_model
 
+    refuse_existing(output_files(destination), args.overwrite)
     print(f"destination: {destination.describe()}")
     print(f"model:       {model.config.short_name()} units={list(model.config.units)} "
           f"input={model.config.input_size[0]}x{model.config.input_size[1]}")
@@ -120,7 +125,7 @@ def _write(model, destination, args: argparse.Namespace) -> int:
                    exporter=args.exporter) if onnx else {}
     console = Console(stderr=True)
     with console.status(f"writing {destination.kind.value} ..."):
-        write_model(model, destination, **options)
+        write_model(model, destination, overwrite=args.overwrite, **options)
     print(f"wrote        {destination.path if destination.kind is not Kind.MXNET else destination.describe()}")
     if onnx and args.verify:
         return _verify(model, destination.path, args, console)
@@ -191,6 +196,9 @@ def _write_int8(model, path: str, args: argparse.Namespace) -> int:
     from fresnet.inference.int8 import reduce_range_for_this_cpu
     from fresnet.interop.onnx_int8 import export_onnx_int8, verify_onnx_int8
 
+    from fresnet.cli.common import refuse_existing
+
+    refuse_existing([path], args.overwrite)
     reduce_range = reduce_range_for_this_cpu() if args.weight_bits == "auto" else args.weight_bits == "7"
     bits = f"{7 if reduce_range else 8}-bit weights"
     if args.weight_bits == "auto":

@@ -171,8 +171,17 @@ def load(path: str | os.PathLike, device: Union[str, "torch.device"] = "cpu"):
     return load_safetensors(path, device)
 
 
-def write_model(model, destination: ModelFile, **onnx_options: Any) -> None:
-    """Write ``model`` in the destination's format. ``onnx_options`` go to :func:`export_onnx`."""
+def output_files(destination: ModelFile) -> list[Path]:
+    """The files a write to ``destination`` replaces (an MXNet prefix: its epoch's params; the
+    symbol, shared by the epochs, is checked by :func:`fresnet.interop.mxnet.save_mxnet`)."""
+    if destination.kind is Kind.MXNET:
+        return [Path(f"{destination.path}-{destination.epoch or 0:04d}.params")]
+    return [Path(destination.path)]
+
+
+def write_model(model, destination: ModelFile, overwrite: bool = True, **onnx_options: Any) -> None:
+    """Write ``model`` in the destination's format. ``onnx_options`` go to :func:`export_onnx`.
+    ``overwrite=False`` refuses to replace an existing MXNet symbol of another network."""
     if destination.kind is Kind.SAFETENSORS:
         from fresnet.interop.native import save
 
@@ -184,7 +193,7 @@ def write_model(model, destination: ModelFile, **onnx_options: Any) -> None:
     elif destination.kind is Kind.MXNET:
         from fresnet.interop.mxnet import save_mxnet
 
-        save_mxnet(model, destination.path, epoch=destination.epoch or 0)
+        save_mxnet(model, destination.path, epoch=destination.epoch or 0, overwrite=overwrite)
     elif destination.kind is Kind.ONNX:
         from fresnet.interop.onnx_export import export_onnx
 
@@ -193,4 +202,5 @@ def write_model(model, destination: ModelFile, **onnx_options: Any) -> None:
         raise FresnetError(f"cannot write {destination.kind}")
 
 
-__all__ = ["Kind", "ModelFile", "detect_source", "detect_destination", "read_model", "write_model", "load"]
+__all__ = ["Kind", "ModelFile", "detect_source", "detect_destination", "read_model", "write_model", "output_files",
+           "load"]
