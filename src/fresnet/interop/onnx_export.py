@@ -20,6 +20,7 @@ import copy
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
@@ -206,6 +207,23 @@ def _set_metadata(proto, key: str, value: str) -> None:
     entry.key, entry.value = key, value
 
 
+@dataclass(frozen=True)
+class OnnxDifference:
+    """How far onnxruntime's outputs are from PyTorch's, on the same random batches:
+    ``max_abs_diff``, and ``output_scale``, the largest absolute output the difference was
+    measured on (random-weight presets reach hundreds), so a limit can be relative to it."""
+
+    max_abs_diff: float
+    output_scale: float
+
+    def limit(self, tolerance: float) -> float:
+        """The largest accepted difference: ``tolerance`` relative to ``max(1, output_scale)``."""
+        return float(tolerance) * max(1.0, self.output_scale)
+
+    def within(self, tolerance: float) -> bool:
+        return self.max_abs_diff <= self.limit(tolerance)
+
+
 def verify_onnx(
     model,
     path: Union[str, os.PathLike],
@@ -214,6 +232,16 @@ def verify_onnx(
 ) -> float:
     """Run ``path`` in onnxruntime and ``model`` in PyTorch (eval) on random 0..255 batches;
     return the largest absolute difference over all ``batch_sizes``."""
+    return compare_onnx(model, path, batch_sizes, seed).max_abs_diff
+
+
+def compare_onnx(
+    model,
+    path: Union[str, os.PathLike],
+    batch_sizes: Sequence[int] = (1, 7),
+    seed: int = 0,
+) -> OnnxDifference:
+    """Like :func:`verify_onnx`, with the scale of the outputs compared (see :class:`OnnxDifference`)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -224,7 +252,7 @@ def verify_onnx(
     fixed = shape[0] if isinstance(shape[0], int) else None
     net = copy.deepcopy(model).float().cpu().eval()
     generator = torch.Generator().manual_seed(seed)
-    worst = 0.0
+    worst = scale = 0.0
     for batch in batch_sizes:
         if fixed is not None and batch != fixed:
             continue
@@ -235,7 +263,8 @@ def verify_onnx(
         if got.shape != expected.shape:
             raise FresnetError(f"{path}: ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
         worst = max(worst, float(abs(got - expected).max()))
-    return worst
+        scale = max(scale, float(abs(expected).max()))
+    return OnnxDifference(worst, scale)
 
 
-__all__ = ["export_onnx", "verify_onnx", "reshape_prelu_slopes"]
+__all__ = ["export_onnx", "verify_onnx", "compare_onnx", "OnnxDifference", "reshape_prelu_slopes"]
