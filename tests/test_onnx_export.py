@@ -194,3 +194,24 @@ def test_the_export_check_is_relative_to_the_outputs_it_measured(tmp_path, capsy
     assert main(["export", str(src), str(tmp_path / "m.onnx"), "--tolerance", f"{tolerance:.6g}"]) == 0
     assert "(ok," in capsys.readouterr().out
     assert main(["export", str(src), str(tmp_path / "m2.onnx"), "--tolerance", f"{tolerance / 4:.6g}"]) == 1
+
+
+def test_an_asked_for_opset_is_written_or_refused(tmp_path, capsys):
+    """Issue 24 item 12 (dynamo --opset 17 wrote opset 18 and said ok) and the hostile --opset 99999
+    (a raw RuntimeError from the exporter)."""
+    from fresnet.cli import main
+
+    model = randomized(fresnet.create_model(**TINY))
+    with pytest.raises(FresnetError, match="dynamo exporter writes opset 18 or newer"):
+        fresnet.export_onnx(model, tmp_path / "d17.onnx", exporter="dynamo", opset=17)
+    assert not (tmp_path / "d17.onnx").exists()
+    proto = export_and_check(model, tmp_path / "d.onnx", exporter="dynamo")  # no opset asked: its own default
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 18
+    src = tmp_path / "m.safetensors"
+    fresnet.save(model, src)
+    for argv in (["convert", str(src), str(tmp_path / "x.onnx"), "--opset", "99999"],
+                 ["export", str(src), str(tmp_path / "y.onnx"), "--exporter", "dynamo", "--opset", "17"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "opset" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()

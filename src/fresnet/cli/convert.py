@@ -80,11 +80,13 @@ def _add_onnx_args(p: argparse.ArgumentParser) -> None:
 
     add_overwrite(p)
     g = p.add_argument_group("ONNX output")
-    g.add_argument("--opset", type=A.positive_int, default=17, help="ONNX opset, 17 or newer (default 17)")
+    g.add_argument("--opset", type=A.positive_int, default=None,
+                   help="ONNX opset: 17 or newer with torchscript, 18 or newer with dynamo (default: 17, 18); "
+                   "written exactly, or refused")
     g.add_argument("--static-batch", action="store_true", help="fix the batch size at 1 (default: dynamic)")
     g.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into conv/FC for deployment")
     g.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
-                   help="torch.onnx exporter (default torchscript: opset 17, fast)")
+                   help="torch.onnx exporter (default torchscript: opset 17, fast; dynamo: opset 18 or newer)")
     g.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the onnxruntime-versus-PyTorch check of the written file")
     g.add_argument("--tolerance", type=A.nonnegative_float, default=1e-4,
