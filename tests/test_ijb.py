@@ -449,3 +449,25 @@ def test_a_limit_hit_by_the_users_own_value_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "damaged or hostile" not in err
     assert "the size asked for" in err and "--limit max_tensor_bytes=" in err
+
+
+def test_fars_the_impostor_count_cannot_support_are_flagged(small_set, tmp_path, capsys):
+    from fresnet.cli import main as cli_main
+
+    root, _ijb, features = small_set
+    result = evaluate(root, features)
+    impostors = int(np.count_nonzero(result.labels == 0))
+    assert 1 <= impostors < 10**4
+    assert result.unsupported_fars == tuple(f for f in result.tar_at_far if f * impostors < 1)
+    assert 1e-6 in result.unsupported_fars
+    from fresnet.eval.ijb.verification import unsupported_fars
+
+    assert unsupported_fars(20) == (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # 20 impostors resolve FAR 0.1 only
+    assert unsupported_fars(10**6) == ()
+    assert set(result.tar_at_far) == {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1}  # InsightFace's numbers are kept
+    assert result.to_dict()["verification"]["unsupported_fars"] == [f"{f:g}" for f in result.unsupported_fars]
+    path = tmp_path / "f.npy"
+    np.save(path, features)
+    assert cli_main(["eval", "--ijb", str(root), "--features", str(path), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "1e-06*" in out and f"{impostors} impostor pairs" in out

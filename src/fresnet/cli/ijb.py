@@ -101,10 +101,16 @@ def _tables(result, console) -> None:
 
     table = Table(title=f"{result.target} 1:1 verification ({result.mode}): TAR (%) at FAR", header_style="bold")
     for far in result.tar_at_far:
-        table.add_column(f"{far:.0e}", justify="right")
+        table.add_column(f"{far:.0e}" + ("*" if far in result.unsupported_fars else ""), justify="right")
     table.add_column("AUC", justify="right")
     table.add_row(*[_pct(v) for v in result.tar_at_far.values()], _pct(result.auc))
     console.print(table)
+    if result.unsupported_fars:
+        impostors = int(np.count_nonzero(result.labels != 1))
+        console.print(f"* {impostors} impostor pairs cannot support FAR {min(result.unsupported_fars):g}"
+                      f"{'' if len(result.unsupported_fars) == 1 else f' to {max(result.unsupported_fars):g}'} "
+                      "(fewer than 1/FAR of them): the value is InsightFace's reading of the nearest ROC point, "
+                      "not a measured TAR at that FAR")
     if result.top_k is None:
         return
     table = Table(title=f"{result.target} 1:N identification (%)", header_style="bold")

@@ -13,7 +13,7 @@ from fresnet.errors import FresnetError
 from fresnet.eval.ijb.identification import IdentificationNumbers, identify
 from fresnet.eval.ijb.layout import IJBMeta, read_meta
 from fresnet.eval.ijb.pooling import Mode, check_features, group_faces, l2_normalize_rows, pool_templates
-from fresnet.eval.ijb.verification import pair_scores, template_index, verification_numbers
+from fresnet.eval.ijb.verification import pair_scores, template_index, unsupported_fars, verification_numbers
 
 PathLike = Union[str, os.PathLike]
 
@@ -26,6 +26,9 @@ class IJBResult:
     * ``auc``; ``scores``: one per pair, in the pair file's order; ``labels``; ``roc``: (fpr, tpr);
     * ``top_k``: ``{1, 5, 10: accuracy}`` over the merged gallery; ``tpir_at_fpir_insightface``:
       ``{0.01, 0.1: (tpir, threshold)}`` as ``ijb_1n.py`` computes them;
+    * ``unsupported_fars``: the FARs of ``tar_at_far`` that the impostor pairs cannot support (fewer
+      than 1/FAR of them): their value is still InsightFace's reading, but no false accept at that
+      rate is measurable, so it is flagged;
     * ``tpir_at_fpir``: the standard open-set metric per gallery, ``{"G1": {0.01: (tpir, threshold),
       0.1: ...}, "G2": ...}`` (IJB-B: S1, S2); ``None`` where undefined.
 
@@ -42,6 +45,7 @@ class IJBResult:
     top_k: Optional[dict[int, float]]
     tpir_at_fpir_insightface: Optional[dict[float, Optional[tuple[float, float]]]]
     tpir_at_fpir: Optional[dict[str, dict[float, Optional[tuple[float, float]]]]]
+    unsupported_fars: tuple[float, ...] = ()
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -60,6 +64,7 @@ class IJBResult:
                 "auc": self.auc,
                 "pairs": int(len(self.scores)),
                 "genuine_pairs": int(np.count_nonzero(self.labels == 1)),
+                "unsupported_fars": [f"{far:g}" for far in self.unsupported_fars],
             },
             "identification": None if self.top_k is None else {
                 "top_k": {str(k): v for k, v in self.top_k.items()},
@@ -167,6 +172,7 @@ def evaluate(
         scores=scores,
         labels=pairs.labels,
         roc=(numbers.fpr, numbers.tpr),
+        unsupported_fars=unsupported_fars(int(np.count_nonzero(pairs.labels != 1)), tuple(numbers.tar_at_far)),
         top_k=None if ident is None else ident.top_k,
         tpir_at_fpir_insightface=None if ident is None else ident.tpir_at_fpir_insightface,
         tpir_at_fpir=None if ident is None else ident.tpir_at_fpir,
