@@ -30,7 +30,7 @@ import torch
 from fresnet.errors import FresnetError
 from fresnet.network.layers import INPUT_SCALE, MXBatchNorm
 from fresnet.network.size import check_declared_size
-from fresnet.validate import describe
+from fresnet.validate import as_int, describe
 
 ARCFACE_BN_EPS = 1e-5
 ARCFACE_INPUT_SCALE = 1.0 / 127.5  # Normalize(mean=0.5, std=0.5) after ToTensor
@@ -185,7 +185,10 @@ def config_from_state_dict(
         raise FresnetError(f"an arcface_torch iresnet maps to head E (or FC/I), not {net_output!r}")
     counts = _stage_counts(state, source)
     if num_layers is not None:
-        expected = ARCFACE_LAYERS.get(int(num_layers)) or UNITS_BY_DEPTH.get(int(num_layers))
+        depths = ", ".join(map(str, ARCFACE_LAYERS))
+        num_layers = as_int(num_layers, "num_layers", source, minimum=1,
+                            fix=f"give a depth, one of {depths}, or leave it out to infer it from the blocks")
+        expected = ARCFACE_LAYERS.get(num_layers) or UNITS_BY_DEPTH.get(num_layers)
         if expected is None:
             raise FresnetError(f"unknown num_layers {num_layers!r}; arcface_torch has {', '.join(map(str, ARCFACE_LAYERS))}")
         if tuple(expected) != counts:
