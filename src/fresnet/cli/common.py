@@ -51,3 +51,35 @@ def refuse_existing(paths, overwrite: bool, resume: bool = False) -> None:
     for path in paths:
         if os.path.lexists(path):
             raise FresnetError(f"{path} already exists; choose another output, or pass --overwrite to replace it")
+
+
+# --------------------------------------------------------------------------------------------------
+# --device, parsed once for every command that runs a model
+
+
+def resolve_device(text: str) -> str:
+    """``auto`` (CUDA when there is a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a device this
+    torch cannot use is a :class:`FresnetError` naming what can be typed instead."""
+    import re
+
+    import torch
+
+    from fresnet.errors import FresnetError
+
+    name = str(text).strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise FresnetError(f"unknown device {text!r}; use --device cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+        raise FresnetError(f"--device {text}: this torch has no CUDA device ({build}); use --device cpu (or auto)")
+    index = int(match.group(1) or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise FresnetError(f"--device {text}: no CUDA device {index}, this machine has {count} "
+                           f"(cuda:0 to cuda:{count - 1}); use one of those or --device cpu")
+    return name

@@ -111,14 +111,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _embedder(args: argparse.Namespace):
-    from fresnet.network.config import parse_assignments
+    from fresnet.cli.common import resolve_device
     from fresnet.eval.model_loader import load_any
+    from fresnet.network.config import parse_assignments
 
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     return load_any(args.model, overrides=parse_assignments(args.overrides), device=device,
                     onnx_input=args.onnx_input, fast=args.fast)
 
