@@ -167,9 +167,10 @@ def run_eval(args: argparse.Namespace) -> int:
         raise FresnetError("--features goes with --ijb ROOT (the features of that release's faces)")
     if args.model is None and (args.bins or not args.features):
         raise FresnetError("MODEL is missing; it may be left out only for --ijb ROOT --features F.npy")
-    for path in args.bins:
-        if not Path(path).is_file():
-            raise FresnetError(f"{path}: no such verification pack")
+    from fresnet.ioutil import regular_file
+
+    for path in args.bins:  # before any model is built; a folder or a FIFO gets the readers' own message
+        regular_file(path, "verification pack")
     console = Console()
     embedder = _embedder(args) if args.model is not None and (args.bins or not args.features) else None
     if args.bins:
