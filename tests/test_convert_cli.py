@@ -50,7 +50,7 @@ def test_source_formats_follow_the_name(tmp_path):
         assert (spec.kind, spec.path, spec.epoch) == (Kind.MXNET, str(prefix), 1)
     assert detect_source(f"{prefix}-0007.params").epoch == 7
     (tmp_path / "r100.v2-0002.params").write_bytes(b"")
-    with pytest.raises(FresnetError, match=r"several epochs exist \(0001, 0002\); choose one with --epoch"):
+    with pytest.raises(FresnetError, match=r"several epochs: choose one \(0001, 0002\) by naming its file"):
         detect_source(str(prefix))
     assert detect_source(str(prefix), epoch=2).epoch == 2
     with pytest.raises(FresnetError, match="export-only"):

@@ -83,7 +83,7 @@ def test_a_safetensors_file_renamed_pt_is_read_by_its_content(tmp_path, capsys):
     assert "fresnet safetensors" in capsys.readouterr().out
 
 
-def test_a_run_folder_loads_its_model_and_checkpoints_point_at_it(tmp_path, capsys):
+def test_a_run_folder_loads_its_model_and_checkpoints_point_at_it(tmp_path, pack, capsys):
     from fresnet.train.checkpoint import FORMAT
 
     model = tiny_model()
@@ -98,7 +98,7 @@ def test_a_run_folder_loads_its_model_and_checkpoints_point_at_it(tmp_path, caps
         fresnet.load(run / "checkpoint.pt")
     with pytest.raises(FresnetError, match=r"plain\.pt: .*fresnet network's state dict.*fresnet\.save"):
         fresnet.load(tmp_path / "plain.pt")
-    assert main(["eval", str(run / "checkpoint.pt"), "--bin", "x.bin"]) == 2
+    assert main(["eval", str(run / "checkpoint.pt"), "--bin", str(pack), "--out", str(tmp_path / "r")]) == 2
     assert "model.safetensors" in one_line_error(capsys)
 
 
@@ -124,7 +124,7 @@ def test_several_mxnet_epochs_say_choose_one_with_something_typeable(tmp_path, p
     assert main(["eval", str(prefix), "--bin", str(pack), "--out", str(tmp_path / "r")]) == 2
     err = one_line_error(capsys)
     assert "--epoch" not in err and "model-0002.params" in err
-    assert main(["eval", f"{prefix}-0002.params", "--bin", str(pack), "--out", str(tmp_path / "r")]) == 0
+    assert main(["eval", f"{prefix}-0002.params", "--bin", str(pack), "--nfolds", "2", "--out", str(tmp_path / "r")]) == 0
 
 
 def test_a_mistyped_option_prints_the_subcommands_usage(capsys):
