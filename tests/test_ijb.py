@@ -471,3 +471,18 @@ def test_fars_the_impostor_count_cannot_support_are_flagged(small_set, tmp_path,
     assert cli_main(["eval", "--ijb", str(root), "--features", str(path), "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "1e-06*" in out and f"{impostors} impostor pairs" in out
+
+
+def test_one_features_reader_for_the_library_and_the_command_line(small_set, tmp_path):
+    """evaluate(root, path) reads features as `--features` does: an unfinished extraction is refused."""
+    from fresnet.eval.ijb.protocol import load_features
+
+    root, _ijb, features = small_set
+    path = tmp_path / "f.npy"
+    np.save(path, features)
+    array, recorded = load_features(path)
+    assert recorded is None and array.shape == features.shape
+    (tmp_path / "f.npy.progress.json").write_text(json.dumps({"done": 3, "faces": 60, "flip": True,
+                                                               "complete": False}))
+    with pytest.raises(FresnetError, match="stopped at face 3 of 60"):
+        evaluate(root, path)

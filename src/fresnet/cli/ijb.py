@@ -51,31 +51,6 @@ def _extract(args: argparse.Namespace, embedder, meta, console) -> tuple[np.ndar
     return features, info
 
 
-def _features_file(args: argparse.Namespace) -> tuple[np.ndarray, Optional[bool]]:
-    """The saved features, and whether their rows hold the mirror's half (from the progress file
-    an extraction leaves next to them; ``None`` when there is none)."""
-    path = Path(args.features)
-    if not path.is_file():
-        raise FresnetError(f"{path}: no such features file (a .npy of shape (faces, 2*D))")
-    try:
-        features = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise FresnetError(f"{path}: not a .npy array ({exc})") from None
-    sidecar = path.with_name(path.name + ".progress.json")
-    mirrored = None
-    if sidecar.is_file():
-        from fresnet.eval.ijb.extract import read_progress
-
-        state = read_progress(sidecar)
-        if not state.get("complete"):
-            raise FresnetError(
-                f"{path}: the extraction stopped at face {state.get('done')} of {state.get('faces')}; "
-                f"finish it with --features-out {path} (it resumes)"
-            )
-        mirrored = bool(state.get("flip"))
-    return features, mirrored
-
-
 def _layout(args: argparse.Namespace, known: Optional[bool]) -> bool:
     """Whether the rows hold the mirror's half: what the extraction recorded (``known``), else what
     --features-layout says, else InsightFace's layout (mirrored); a contradiction is an error."""
@@ -131,6 +106,7 @@ def _tables(result, console) -> None:
 
 def run_ijb(args: argparse.Namespace, embedder, console) -> None:
     from fresnet.eval.ijb import evaluate
+    from fresnet.eval.ijb.protocol import load_features
     from fresnet.eval.ijb.layout import read_meta
     from fresnet.eval.plots import plot_ijb_roc
     from fresnet.ioutil import atomic_write_text
@@ -141,7 +117,7 @@ def run_ijb(args: argparse.Namespace, embedder, console) -> None:
                   f"({time.perf_counter() - start:.1f} s to read {meta.paths.meta})")
     report: dict[str, Any] = {"root": str(args.ijb), "model": args.model}
     if args.features:
-        features, mirrored = _features_file(args)
+        features, mirrored = load_features(args.features)
         report["features"] = str(args.features)
     else:
         features, info = _extract(args, embedder, meta, console)

@@ -79,16 +79,31 @@ class IJBResult:
         }
 
 
-def _as_features(features: Union[np.ndarray, PathLike]) -> np.ndarray:
-    if isinstance(features, (str, os.PathLike)):
-        path = Path(features)
-        if not path.is_file():
-            raise FresnetError(f"{path}: no such features file (a .npy of shape (faces, 2*D))")
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise FresnetError(f"{path}: not a .npy array ({exc})") from None
-    return np.asarray(features) if not isinstance(features, np.ndarray) else features
+def load_features(features: Union[np.ndarray, PathLike]) -> tuple[np.ndarray, Optional[bool]]:
+    """Per-face features, and whether their rows hold the mirror's half as far as their extraction
+    recorded it (``None``: unknown, an array or a file without a progress file). A ``.npy`` path is
+    memory-mapped; one whose extraction stopped part way is refused."""
+    if not isinstance(features, (str, os.PathLike)):
+        return (features if isinstance(features, np.ndarray) else np.asarray(features)), None
+    path = Path(features)
+    if not path.is_file():
+        raise FresnetError(f"{path}: no such features file (a .npy of shape (faces, 2*D))")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise FresnetError(f"{path}: not a .npy array ({exc})") from None
+    sidecar = path.with_name(path.name + ".progress.json")
+    if not sidecar.is_file():
+        return array, None
+    from fresnet.eval.ijb.extract import read_progress
+
+    state = read_progress(sidecar)
+    if not state.get("complete"):
+        raise FresnetError(
+            f"{path}: the extraction stopped at face {state.get('done')} of {state.get('faces')}; "
+            f"finish it with --features-out {path} (it resumes)"
+        )
+    return array, bool(state.get("flip"))
 
 
 def evaluate(
@@ -119,7 +134,7 @@ def evaluate(
     if flip and not mirrored:
         raise FresnetError("flip=True needs features holding each face's mirror too (mirrored=True); "
                            "single (faces, D) embeddings are evaluated with flip=False")
-    feats = _as_features(features)
+    feats, _recorded = load_features(features)
     faces = meta.faces
     check_features(feats, len(faces), mode, mirrored, str(faces.landmarks_path))
 
