@@ -845,3 +845,16 @@ def test_arcface_torch_num_layers_must_be_a_depth(tmp_path, model, value):
     torch.save(dict(fresnet.export_arcface_torch(model)), tmp_path / "m.pth")
     with pytest.raises(FresnetError, match=r"num_layers"):
         fresnet.load_arcface_torch(tmp_path / "m.pth", num_layers=value)
+
+
+def test_every_limit_message_says_how_to_raise_it(tmp_path, rec_dir):
+    """Issue 24 leftovers: the hand-written limit messages carry limits.check's hint too."""
+    from fresnet.validate import load_json, load_yaml
+
+    with pytest.raises(FresnetError, match=r"max_nesting=64.*`fresnet --limit max_nesting=\.\.\.`"):
+        load_json("[" * 70 + "]" * 70, "x.json")
+    with pytest.raises(FresnetError, match=r"max_nesting=64.*FRESNET_MAX_NESTING=\.\.\."):
+        load_yaml("a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 70)) + "  " * 70 + "v: 1\n", "x.yaml")
+    with fresnet.limits.override(max_record_bytes=64):
+        with pytest.raises(FresnetError, match=r"max_record_bytes.*fresnet\.limits\.override\(max_record_bytes=\.\.\.\)"):
+            RecordIODataset(rec_dir)[0]
