@@ -124,7 +124,8 @@ def test_several_mxnet_epochs_say_choose_one_with_something_typeable(tmp_path, p
     assert main(["eval", str(prefix), "--bin", str(pack), "--out", str(tmp_path / "r")]) == 2
     err = one_line_error(capsys)
     assert "--epoch" not in err and "model-0002.params" in err
-    assert main(["eval", f"{prefix}-0002.params", "--bin", str(pack), "--nfolds", "2", "--out", str(tmp_path / "r")]) == 0
+    assert main(["eval", f"{prefix}-0002.params", "--bin", str(pack), "--nfolds", "2",
+                 "--out", str(tmp_path / "r")]) == 0
 
 
 def test_a_mistyped_option_prints_the_subcommands_usage(capsys):

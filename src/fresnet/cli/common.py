@@ -75,7 +75,8 @@ def resolve_device(text: str) -> str:
     if match is None:
         raise FresnetError(f"unknown device {text!r}; use --device cpu, cuda, cuda:N or auto")
     if not torch.cuda.is_available():
-        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+        build = ("a CPU-only build" if torch.version.cuda is None
+                 else f"CUDA {torch.version.cuda}, but no GPU is visible")
         raise FresnetError(f"--device {text}: this torch has no CUDA device ({build}); use --device cpu (or auto)")
     index = int(match.group(1) or 0)
     count = torch.cuda.device_count()

@@ -235,5 +235,5 @@ def write_model(model, destination: ModelFile, overwrite: bool = True, **onnx_op
         raise FresnetError(f"cannot write {destination.kind}")
 
 
-__all__ = ["Kind", "ModelFile", "UnknownName", "sniff", "detect_source", "detect_destination", "read_model", "write_model", "output_files",
-           "load"]
+__all__ = ["Kind", "ModelFile", "UnknownName", "sniff", "detect_source", "detect_destination", "read_model",
+           "write_model", "output_files", "load"]
