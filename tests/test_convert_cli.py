@@ -50,7 +50,7 @@ def test_source_formats_follow_the_name(tmp_path):
         assert (spec.kind, spec.path, spec.epoch) == (Kind.MXNET, str(prefix), 1)
     assert detect_source(f"{prefix}-0007.params").epoch == 7
     (tmp_path / "r100.v2-0002.params").write_bytes(b"")
-    with pytest.raises(FresnetError, match=r"several epochs exist \(0001, 0002\); choose one with --epoch"):
+    with pytest.raises(FresnetError, match=r"several epochs: choose one \(0001, 0002\) by naming its file"):
         detect_source(str(prefix))
     assert detect_source(str(prefix), epoch=2).epoch == 2
     with pytest.raises(FresnetError, match="export-only"):
@@ -106,7 +106,7 @@ def test_mxnet_formats_call_the_mxnet_module(tmp_path, monkeypatch, capsys):
     model = fresnet.create_model(units=[1, 1], filter_list=[8, 16, 32], input_size=28, emb_size=16).eval()
     fake = types.ModuleType("fresnet.interop.mxnet")
     fake.load_mxnet = lambda prefix, epoch=0: (calls.append(("load", prefix, epoch)), (model, model.config))[1]
-    fake.save_mxnet = lambda m, prefix, epoch=0: calls.append(("save", prefix, epoch))
+    fake.save_mxnet = lambda m, prefix, epoch=0, **options: calls.append(("save", prefix, epoch))
     monkeypatch.setitem(sys.modules, "fresnet.interop.mxnet", fake)
 
     params = tmp_path / "model-0003.params"
@@ -160,3 +160,43 @@ def test_converting_a_non_iresnet_model_to_pth_explains_why(tmp_path, capsys):
     assert main(["convert", str(src), str(tmp_path / "gdc.pth")]) == 2
     assert "no arcface_torch iresnet equivalent: net_output='GDC'" in capsys.readouterr().err
     assert not (tmp_path / "gdc.pth").exists()
+
+
+# ---- the overwrite rule (issue 24 item 10 and the overwrite policy) -------------------------------
+def test_convert_into_a_prefix_of_another_network_keeps_its_epochs(tmp_path, capsys):
+    pytest.importorskip("fresnet.interop.mxnet")
+    first = fresnet.create_model(units=[1, 1], filter_list=[8, 16, 32], input_size=28, emb_size=16).eval()
+    other = fresnet.create_model(units=[1, 1], filter_list=[8, 16, 32], input_size=28, emb_size=8).eval()
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    fresnet.save(first, a)
+    fresnet.save(other, b)
+    prefix = tmp_path / "mx" / "model"
+    assert main(["convert", str(a), str(prefix)]) == 0
+    symbol = (tmp_path / "mx" / "model-symbol.json").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["convert", str(b), str(prefix), "--dst-epoch", "1", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "model-symbol.json" in err and "another network" in err and "0000" in err
+    assert (tmp_path / "mx" / "model-symbol.json").read_bytes() == symbol
+    assert not (tmp_path / "mx" / "model-0001.params").exists()
+    assert main(["convert", str(prefix), str(tmp_path / "back.safetensors"), "--epoch", "0"]) == 0  # epoch 0 loads
+    # the same network: a new epoch is added beside; an existing epoch needs --overwrite
+    assert main(["convert", str(a), str(prefix), "--dst-epoch", "2"]) == 0
+    assert main(["convert", str(a), str(prefix), "--dst-epoch", "2"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["convert", str(a), str(prefix), "--dst-epoch", "2", "--overwrite"]) == 0
+
+
+def test_every_writing_command_refuses_an_existing_output_without_overwrite(tmp_path, pth, capsys):
+    _, src = pth
+    for name in ("x.safetensors", "x.onnx"):
+        dst = tmp_path / name
+        dst.write_bytes(b"keep")
+        assert main(["convert", str(src), str(dst)]) == 2
+        assert "already exists" in capsys.readouterr().err and dst.read_bytes() == b"keep"
+    dst = tmp_path / "y.onnx"
+    dst.write_bytes(b"keep")
+    assert main(["export", str(src), str(dst)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and dst.read_bytes() == b"keep"
+    assert main(["export", str(src), str(dst), "--overwrite"]) == 0
+    assert main(["convert", str(src), str(tmp_path / "x.safetensors"), "--overwrite"]) == 0

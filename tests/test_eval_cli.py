@@ -130,3 +130,24 @@ def test_fast_flag_refuses_onnx_models(tmp_path, capsys):
     pack = reference_path("recordio", "small_lfw.bin")
     assert main(["embed", str(tmp_path / "m.onnx"), str(pack), "--fast"]) == 2
     assert "--fast applies to PyTorch models" in capsys.readouterr().err
+
+
+def test_same_named_packs_get_unique_names_in_results_json(tmp_path, capsys):
+    """Issue 24 item 8: mine.bin and sub/mine.bin are two targets, not one overwritten by the other."""
+    from fresnet.data.verification_bin import save_bin
+    from fresnet.eval.targets import target_names
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "sub").mkdir()
+    for where in ("mine.bin", "sub/mine.bin"):
+        images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+        save_bin(tmp_path / where, images, [i % 2 == 0 for i in range(20)])
+    out = tmp_path / "report"
+    assert main(["eval", "r18", *TINY, "--bin", str(tmp_path / "mine.bin"), "--bin", str(tmp_path / "sub/mine.bin"),
+                 "--out", str(out), "--no-flip", "--nfolds", "2"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["targets"]) == {"mine", "sub/mine"}
+    assert report["targets"]["sub/mine"]["path"].endswith("sub/mine.bin")
+    assert target_names(["lfw.bin", "cfp_fp.bin"]) == ["lfw", "cfp_fp"]
+    assert target_names(["a/x/m.bin", "b/x/m.bin", "m.bin"]) == ["a/x/m", "b/x/m", "m"]
+    assert target_names(["lfw.bin", "./lfw.bin", "synthetic"]) == ["lfw", "lfw#2", "synthetic"]

@@ -788,3 +788,73 @@ def test_calibration_options_are_validated(options, match):
     size = options.pop("input_size", (32, 32))
     with pytest.raises(FresnetError, match=match):
         calibration_batches(images, size, **options)
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 24: the eight the held-out suite still found (the two resume ones are training's)
+
+
+def _valid_pack_body(issame=(True,)) -> bytes:
+    """A valid pack's pickle without its PROTO header (protocol 2), to append after crafted opcodes."""
+    return pickle.dumps(([jpeg(i) for i in range(2 * len(issame))], list(issame)), protocol=2)[2:]
+
+
+@pytest.mark.parametrize("through", ["load_bin", "eval"])
+def test_bin_whose_issame_is_a_0d_array_is_refused(tmp_path, capsys, through):
+    path = tmp_path / "zero_d.bin"
+    path.write_bytes(pickle.dumps(([jpeg(), jpeg(1)], np.array(True)), protocol=2))
+    if through == "load_bin":
+        with pytest.raises(FresnetError, match=r"zero_d\.bin: issame is a 0-d array"):
+            load_bin(path)
+    else:
+        tiny = ["--set", "units=[1,1,1,1]", "--set", "filter_list=[8,8,8,8,8]", "--set", "emb_size=16"]
+        assert cli_main(["eval", "r18", *tiny, "--bin", str(path), "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert "issame is a 0-d array" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("target", [b"cnumpy\ndtype\n", b"cnumpy\nndarray\n", b"c_codecs\nencode\n"])
+def test_bin_pickle_build_on_an_allowed_global_is_refused(tmp_path, target):
+    from fresnet.data import verification_bin
+
+    # GLOBAL target; EMPTY_DICT; 'evil' -> 1 (SETITEM); BUILD; POP; then a valid pack
+    build = target + b"}X\x04\x00\x00\x00evilK\x01sb0"
+    path = tmp_path / "build.bin"
+    path.write_bytes(b"\x80\x02" + build + _valid_pack_body())
+    with pytest.raises(FresnetError, match=r"build\.bin: .*BUILD"):
+        load_bin(path)
+    # slot state, which sets attributes with setattr, is refused as well
+    path.write_bytes(b"\x80\x02" + target + b"N}X\x04\x00\x00\x00evilK\x01s\x86b0" + _valid_pack_body())
+    with pytest.raises(FresnetError, match=r"build\.bin: .*BUILD"):
+        load_bin(path)
+    for helper in (verification_bin._safe_dtype, verification_bin._NDArrayToken, verification_bin._safe_latin1_encode):
+        assert not hasattr(helper, "evil")
+
+
+def test_mxnet_params_with_a_zero_and_a_huge_dimension_is_refused(tmp_path, model):
+    out = io.BytesIO()
+    out.write(struct.pack("<QQQ", 0x112, 0, 1) + struct.pack("<Ii", 0xF993FAC9, 0))
+    out.write(struct.pack("<i2q", 2, 0, 1 << 62) + struct.pack("<iii", 1, 0, 0) + b"\0" * 64)
+    prefix = _mxnet(tmp_path, model, params=out.getvalue())
+    with pytest.raises(FresnetError, match=r"model-0000\.params.*shape \(0, 4611686018427387904\)"):
+        fresnet.load_mxnet(prefix)
+
+
+@pytest.mark.parametrize("value", ["abc", 18.5, True, -50])
+def test_arcface_torch_num_layers_must_be_a_depth(tmp_path, model, value):
+    torch.save(dict(fresnet.export_arcface_torch(model)), tmp_path / "m.pth")
+    with pytest.raises(FresnetError, match=r"num_layers"):
+        fresnet.load_arcface_torch(tmp_path / "m.pth", num_layers=value)
+
+
+def test_every_limit_message_says_how_to_raise_it(tmp_path, rec_dir):
+    """Issue 24 leftovers: the hand-written limit messages carry limits.check's hint too."""
+    from fresnet.validate import load_json, load_yaml
+
+    with pytest.raises(FresnetError, match=r"max_nesting=64.*`fresnet --limit max_nesting=\.\.\.`"):
+        load_json("[" * 70 + "]" * 70, "x.json")
+    with pytest.raises(FresnetError, match=r"max_nesting=64.*FRESNET_MAX_NESTING=\.\.\."):
+        load_yaml("a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 70)) + "  " * 70 + "v: 1\n", "x.yaml")
+    with fresnet.limits.override(max_record_bytes=64):
+        with pytest.raises(FresnetError, match=r"max_record_bytes.*fresnet\.limits\.override\(max_record_bytes=\.\.\.\)"):
+            RecordIODataset(rec_dir)[0]

@@ -264,7 +264,7 @@ def test_wrong_feature_rows_and_layout_are_explained(small_set):
         evaluate(root, features[:-1])
     with pytest.raises(FresnetError, match="2\\*D columns"):
         evaluate(root, features[:, :-1])
-    evaluate(root, features[:, :8], flip=False)  # (faces, D) without flip is fine
+    evaluate(root, features[:, :8], flip=False, mirrored=False)  # (faces, D) said explicitly is fine
 
 
 def test_missing_and_malformed_meta_files_are_named(small_set):
@@ -360,7 +360,7 @@ def test_an_integer_beyond_int64_in_the_pair_list_names_its_line(small_set):
     lines = pairs.read_text().splitlines()
     lines[2] = "1 99999999999999999999999 1"
     pairs.write_text("\n".join(lines) + "\n")
-    with pytest.raises(FresnetError, match="pair_label.txt"):
+    with pytest.raises(FresnetError, match="pair_label.txt: line 3: expected"):
         read_meta(root)
 
 
@@ -392,3 +392,97 @@ def test_a_synthetic_release_too_large_for_memory_is_refused_before_allocating(t
     assert cli_main(["synth", "--ijb", str(tmp_path / "ijb"), "--faces", "4000000", "--no-pictures"]) == 2
     assert "4,000,000 faces (1,136,209,437 pairs)" in capsys.readouterr().err
     assert not (tmp_path / "ijb" / "meta").exists()
+
+
+# ---- the features layout rule (issue 24, item 1) ------------------------------------------------
+
+
+@pytest.mark.reference
+def test_f0_on_a_mirrored_array_uses_the_first_half_by_default(reference):
+    root, meta, features, expected = reference
+    e = expected["F0N1D1"]
+    result = evaluate(meta, features, flip=False)  # (faces, 2*D), no layout said: InsightFace's
+    for far, tar in e["tar_at_far"].items():
+        assert result.tar_at_far[float(far)] == pytest.approx(tar, abs=1e-9), far
+    assert result.counts["embedding_size"] == features.shape[1] // 2
+
+
+@pytest.mark.reference
+def test_f0_from_the_command_line_on_a_features_file_without_sidecar(reference, tmp_path, capsys):
+    from fresnet.cli import main
+
+    root, meta, features, expected = reference
+    path = tmp_path / "insightface_features.npy"
+    np.save(path, features)
+    out = tmp_path / "report"
+    assert main(["eval", "--ijb", str(root), "--features", str(path), "--no-flip", "--out", str(out)]) == 0
+    report = json.loads((out / "ijb.json").read_text())
+    for far, tar in expected["F0N1D1"]["tar_at_far"].items():
+        assert report["verification"]["tar_at_far"][f"{float(far):g}"] == pytest.approx(tar, abs=1e-9), far
+    assert report["features_layout"] == "mirrored"
+
+
+def test_a_single_layout_must_be_said(small_set, tmp_path, capsys):
+    from fresnet.cli import main
+
+    root, ijb, features = small_set
+    single = np.ascontiguousarray(features[:, :8])
+    explicit = evaluate(root, single, flip=False, mirrored=False)
+    assert explicit.counts["embedding_size"] == 8
+    with pytest.raises(FresnetError, match="mirrored=False"):
+        evaluate(root, single[:, :7], flip=False)  # odd width cannot be (faces, 2*D)
+    path = tmp_path / "single.npy"
+    np.save(path, single)
+    out = tmp_path / "r"
+    assert main(["eval", "--ijb", str(root), "--features", str(path), "--no-flip", "--features-layout", "single",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "ijb.json").read_text())["counts"]["embedding_size"] == 8
+    assert main(["eval", "--ijb", str(root), "--features", str(path), "--features-layout", "single",
+                 "--out", str(out)]) == 2
+    assert "--no-flip" in capsys.readouterr().err
+
+
+def test_a_limit_hit_by_the_users_own_value_says_so(tmp_path, capsys):
+    from fresnet.cli import main as cli_main
+
+    assert cli_main(["synth", "--ijb", str(tmp_path / "ijb"), "--faces", "1000000000", "--no-pictures"]) == 2
+    err = capsys.readouterr().err
+    assert "damaged or hostile" not in err
+    assert "the size asked for" in err and "--limit max_tensor_bytes=" in err
+
+
+def test_fars_the_impostor_count_cannot_support_are_flagged(small_set, tmp_path, capsys):
+    from fresnet.cli import main as cli_main
+
+    root, _ijb, features = small_set
+    result = evaluate(root, features)
+    impostors = int(np.count_nonzero(result.labels == 0))
+    assert 1 <= impostors < 10**4
+    assert result.unsupported_fars == tuple(f for f in result.tar_at_far if f * impostors < 1)
+    assert 1e-6 in result.unsupported_fars
+    from fresnet.eval.ijb.verification import unsupported_fars
+
+    assert unsupported_fars(20) == (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # 20 impostors resolve FAR 0.1 only
+    assert unsupported_fars(10**6) == ()
+    assert set(result.tar_at_far) == {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1}  # InsightFace's numbers are kept
+    assert result.to_dict()["verification"]["unsupported_fars"] == [f"{f:g}" for f in result.unsupported_fars]
+    path = tmp_path / "f.npy"
+    np.save(path, features)
+    assert cli_main(["eval", "--ijb", str(root), "--features", str(path), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "1e-06*" in out and f"{impostors} impostor pairs" in out
+
+
+def test_one_features_reader_for_the_library_and_the_command_line(small_set, tmp_path):
+    """evaluate(root, path) reads features as `--features` does: an unfinished extraction is refused."""
+    from fresnet.eval.ijb.protocol import load_features
+
+    root, _ijb, features = small_set
+    path = tmp_path / "f.npy"
+    np.save(path, features)
+    array, recorded = load_features(path)
+    assert recorded is None and array.shape == features.shape
+    (tmp_path / "f.npy.progress.json").write_text(json.dumps({"done": 3, "faces": 60, "flip": True,
+                                                               "complete": False}))
+    with pytest.raises(FresnetError, match="stopped at face 3 of 60"):
+        evaluate(root, path)

@@ -143,3 +143,45 @@ def test_command_line_synth_extract_evaluate_and_reuse(tmp_path, capsys):
     assert json.loads((again / "ijb.json").read_text())["mode"] == "F1N0D1"
     assert main(["eval", "--ijb", str(root)]) == 2  # neither a model nor features
     assert "MODEL is missing" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_models_features_under_the_same_name(release, tmp_path, capsys):
+    """Issue 24 item 6: the trainer rewrites model.safetensors at every checkpoint; a preset name with
+    other --set values is another network: the digest, the config and the width are compared."""
+    import fresnet
+
+    root, _ = release
+    out, model = tmp_path / "report", tmp_path / "model.safetensors"
+    torch.manual_seed(0)
+    fresnet.save(fresnet.create_model("r18", units=[1, 1, 1, 1], filter_list=[8, 8, 8, 8, 8], emb_size=16), model)
+    args = ["eval", str(model), "--ijb", str(root), "--out", str(out), "--batch-size", "20"]
+    assert main(args) == 0
+    capsys.readouterr()
+    torch.manual_seed(1)  # the same file name, other weights
+    fresnet.save(fresnet.create_model("r18", units=[1, 1, 1, 1], filter_list=[8, 8, 8, 8, 8], emb_size=16), model)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "weights" in err and "SHA-256" in err and "--features-out" in err
+    # a preset with another config under the same name
+    out2 = tmp_path / "report2"
+    assert main(["eval", "r18", *TINY, "--ijb", str(root), "--out", str(out2), "--batch-size", "20"]) == 0
+    capsys.readouterr()
+    tiny64 = [a if a != "emb_size=16" else "emb_size=8" for a in TINY]
+    assert main(["eval", "r18", *tiny64, "--ijb", str(root), "--out", str(out2), "--batch-size", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "config" in err or "weights" in err
+
+
+def test_a_resumed_store_refuses_rows_of_another_width(release, tmp_path):
+    _, meta = release
+    out = tmp_path / "f.npy"
+    from fresnet.eval.ijb.extract import FeatureStore
+
+    store = FeatureStore(out, 4, {"model": "m"})
+    store.resume()
+    store.write(0, np.zeros((2, 6), np.float32))
+    store.checkpoint()
+    again = FeatureStore(out, 4, {"model": "m"})
+    assert again.resume() == 2
+    with pytest.raises(FresnetError, match="6 numbers per face.*this model gives 8"):
+        again.write(2, np.zeros((2, 8), np.float32))

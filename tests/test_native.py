@@ -154,3 +154,21 @@ def test_tensors_that_do_not_match_the_config_are_listed(tmp_path):
     save_file(extra, path, metadata=meta)
     with pytest.raises(FresnetError, match=r"unexpected \['head.extra'\]"):
         fresnet.load(path)
+
+
+def test_a_load_parses_the_safetensors_header_once(tmp_path, monkeypatch):
+    """Issue 24 leftovers: metadata, tensor index and tensors came from three parses of the header."""
+    import safetensors
+    import safetensors.torch
+
+    model = fresnet.create_model(units=[1, 1], filter_list=[8, 16, 32], input_size=28, emb_size=16).eval()
+    fresnet.save(model, tmp_path / "m.safetensors")
+    opened = []
+    real_open, real_load = safetensors.safe_open, safetensors.torch.load_file
+    monkeypatch.setattr(safetensors, "safe_open", lambda *a, **k: (opened.append("safe_open"), real_open(*a, **k))[1])
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: (opened.append("load_file"), real_load(*a, **k))[1])
+    loaded = fresnet.load(tmp_path / "m.safetensors")
+    assert opened == ["safe_open"]
+    x = torch.rand(1, 3, 28, 28) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

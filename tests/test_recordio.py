@@ -371,3 +371,25 @@ def test_bad_arguments_are_clear(tmp_path):
         RecordIODataset(tmp_path, on_error="ignore")
     with pytest.raises(FresnetError, match="no such RecordIO file"):
         RecordIODataset(tmp_path / "nothing.rec")
+
+
+def test_a_second_dataset_in_a_folder_may_not_rewrite_the_first_ones_property(tmp_path):
+    """Issue 24 item 9: InsightFace's format keeps one `property` per folder; packing `small` next to
+    `mydata.rec` rewrote it and mydata no longer opened. Refused, with --overwrite too."""
+    with RecordIOWriter(tmp_path / "mydata") as writer:
+        for label in range(3):
+            writer.add_image(_jpeg(label), label)
+    before = (tmp_path / "property").read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(FresnetError, match=r"property.*mydata.rec.*own folder"):
+            RecordIOWriter(tmp_path / "small", overwrite=overwrite)
+    assert (tmp_path / "property").read_bytes() == before
+    assert RecordIODataset(tmp_path / "mydata").num_classes == 3
+    assert not (tmp_path / "small.rec").exists()
+    # a property left without any dataset is not silently replaced either
+    (tmp_path / "mydata.rec").unlink()
+    (tmp_path / "mydata.idx").unlink()
+    with pytest.raises(FresnetError, match="property already exists"):
+        RecordIOWriter(tmp_path / "small")
+    with RecordIOWriter(tmp_path / "small", overwrite=True) as writer:
+        writer.add_image(_jpeg(0), 0)

@@ -105,16 +105,15 @@ def test_same_named_packs_log_unique_columns(tmp_path):
     targets = [str(tmp_path / "mine.bin"), str(tmp_path / "sub" / "mine.bin")]
     result = fresnet.train.run(tiny(tmp_path / "run", val_targets=targets, max_steps=2, checkpoint_every=0))
     columns, rows = read_log(tmp_path / "run" / "log.csv")
-    assert [c for c in columns if c.startswith("val_")] == ["val_mine", "val_sub_mine"]
-    assert set(result.metrics) == {"mine", "sub_mine"} and rows[-1]["val_mine"] and rows[-1]["val_sub_mine"]
+    assert [c for c in columns if c.startswith("val_")] == ["val_mine", "val_sub/mine"]
+    assert set(result.metrics) == {"mine", "sub/mine"} and rows[-1]["val_mine"] and rows[-1]["val_sub/mine"]
 
 
-def test_unique_pack_names():
-    from fresnet.eval.verification import unique_pack_names
+def test_training_and_eval_name_targets_by_one_rule():
+    from fresnet.eval.targets import target_names
 
-    assert unique_pack_names(["mine.bin", "sub/mine.bin"]) == ["mine", "sub_mine"]
-    assert unique_pack_names(["a/x/lfw.bin", "b/x/lfw.bin", "cfp_fp.bin"]) == ["a_x_lfw", "b_x_lfw", "cfp_fp"]
-    assert unique_pack_names(["lfw.bin", "lfw.bin", "synthetic"]) == ["lfw", "lfw_2", "synthetic"]
+    assert target_names(["mine.bin", "sub/mine.bin"]) == ["mine", "sub/mine"]
+    assert target_names(["lfw.bin", "lfw.bin", "synthetic"]) == ["lfw", "lfw#2", "synthetic"]
 
 
 def test_ctrl_c_keeps_a_checkpoint_and_says_how_to_resume(tmp_path, monkeypatch, capsys):

@@ -241,6 +241,11 @@ def test_make_bin_command_from_a_simple_pairs_list(tmp_path):
     encoded, issame = read_bin(tmp_path / "out.bin")
     assert issame == [True, False]
     assert encoded[0] == (tmp_path / "a/1.jpg").read_bytes() and encoded[3] == (tmp_path / "b/1.jpg").read_bytes()
+    # the one overwrite rule: an existing output is refused unless --overwrite
+    before = (tmp_path / "out.bin").read_bytes()
+    assert cli_main(["make-bin", str(tmp_path / "pairs.txt"), str(tmp_path / "out.bin")]) == 2
+    assert (tmp_path / "out.bin").read_bytes() == before
+    assert cli_main(["make-bin", str(tmp_path / "pairs.txt"), str(tmp_path / "out.bin"), "--overwrite"]) == 0
 
 
 def test_lfw_pairs_format(tmp_path):

@@ -146,15 +146,30 @@ def override(**caps: Union[int, float, str]) -> Iterator[Limits]:
         _current.reset(token)
 
 
-def check(name: str, needed: int, what: str, where: str = "") -> None:
-    """Refuse ``needed`` (a Python int) when it is above the limit ``name``."""
+#: what a limit hit says about where the value came from (``check(..., origin=...)``)
+ORIGINS = {
+    "input": "The input is damaged or hostile; if it is trusted",
+    "request": "This is the size asked for (an option or argument given), not a damaged input; if it is meant",
+    "config": "The network config asks for this (a preset with overrides, or a file's stored config); if it is meant",
+}
+
+
+def raise_hint(name: str) -> str:
+    """How to raise the limit ``name``: in code, in the environment, on the command line."""
+    return (f"fresnet.limits.override({name}=...), {ENV_PREFIX}{name.upper()}=... or "
+            f"`fresnet --limit {name}=...` (see docs/security.md)")
+
+
+def check(name: str, needed: int, what: str, where: str = "", *, origin: str = "input") -> None:
+    """Refuse ``needed`` (a Python int) when it is above the limit ``name``. ``origin`` says where
+    the value came from: ``"input"`` (a file declared it), ``"request"`` (the caller's own value,
+    e.g. ``--faces``) or ``"config"`` (a network config); the message says which."""
     cap = getattr(current(), name)
     if needed > cap:
         prefix = f"{where}: " if where else ""
         raise FresnetError(
-            f"{prefix}{what} needs {needed:,}, above the limit {name}={cap:,}. The input is damaged or hostile; "
-            f"if it is trusted, raise the limit: fresnet.limits.override({name}=...), "
-            f"{ENV_PREFIX}{name.upper()}=... or `fresnet --limit {name}=...` (see docs/security.md)"
+            f"{prefix}{what} needs {needed:,}, above the limit {name}={cap:,}. {ORIGINS[origin]}, "
+            f"raise the limit: {raise_hint(name)}"
         )
 
 
@@ -166,4 +181,5 @@ def product(values) -> int:
     return out
 
 
-__all__ = ["Limits", "DEFAULTS", "NAMES", "current", "override", "check", "product", "parse_cap"]
+__all__ = ["Limits", "DEFAULTS", "NAMES", "ORIGINS", "current", "override", "check", "product", "parse_cap",
+           "raise_hint"]

@@ -206,14 +206,14 @@ def nesting_depth(text: str) -> int:
 
 def load_json(text: str, source: str, what: str = "JSON") -> Any:
     """``json.loads`` with the depth bounded by ``max_nesting`` and every failure a FresnetError."""
-    from fresnet.limits import current
+    from fresnet.limits import current, raise_hint
 
     limit = current().max_nesting
     depth = nesting_depth(text)
     if depth > limit:
         raise FresnetError(
             f"{source}: the {what} is nested {depth} levels deep, above the limit max_nesting={limit}; "
-            "the file is damaged or crafted (see docs/security.md to raise the limit for a trusted file)"
+            f"the file is damaged or crafted; if it is trusted, raise the limit: {raise_hint('max_nesting')}"
         )
     try:
         return json.loads(text)
@@ -229,7 +229,7 @@ def load_yaml(text: str, source: str) -> Any:
     the nesting bounded by ``max_nesting``; every failure is a FresnetError naming ``source``."""
     import yaml
 
-    from fresnet.limits import current
+    from fresnet.limits import current, raise_hint
 
     limit = current().max_nesting
 
@@ -246,7 +246,8 @@ def load_yaml(text: str, source: str) -> Any:
             self.depth += 1
             if self.depth > limit:
                 raise FresnetError(f"{source}: the YAML is nested more than max_nesting={limit} levels deep; "
-                                   "the file is damaged or crafted")
+                                   "the file is damaged or crafted; if it is trusted, raise the limit: "
+                                   f"{raise_hint('max_nesting')}")
             try:
                 return super().compose_node(parent, index)
             finally:

@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         # `train CONFIG a=1 --no-progress b=2`: argparse ends a positional list at the first option
         if getattr(args, "intermixed_overrides", False) and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        else:  # the sub-command's usage, not the top level's
+            _subparser(parser, getattr(args, "command", None)).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -105,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fresnet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The parser of ``command`` (the top-level one when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
 def _limit(item: str) -> tuple[str, str]:

@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", metavar="OUT.bin", help="the .bin to write")
     p.add_argument("--root", help="folder the image paths are relative to")
     p.add_argument("--format", choices=("auto", "simple", "lfw"), default="auto", help="pairs file format (default: auto)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT.bin if it exists (without it, it is refused)")
     p.set_defaults(func=run_make_bin)
 
     p = sub.add_parser(
@@ -109,8 +110,10 @@ def run_pack(args: argparse.Namespace) -> int:
 
 
 def run_make_bin(args: argparse.Namespace) -> int:
+    from fresnet.cli.common import refuse_existing
     from fresnet.data.verification_bin import make_bin, read_pairs_list
 
+    refuse_existing([args.out], args.overwrite)
     pairs = read_pairs_list(args.pairs, root=args.root, fmt=args.format)
     with _progress("encoding", 2 * len(pairs)) as track:
         out = make_bin(pairs, args.out, progress=track)

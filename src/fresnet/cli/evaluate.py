@@ -68,6 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="which release ROOT holds (default IJBC)")
     ijb.add_argument("--features", metavar="F.npy",
                      help="evaluate saved per-face features instead of extracting them (MODEL not needed)")
+    ijb.add_argument("--features-layout", choices=("mirrored", "single"), default=None,
+                     help="what a row of --features holds: mirrored = the face's embedding then its mirror's, "
+                     "(faces, 2*D), InsightFace's layout and the default; single = one embedding, (faces, D), "
+                     "with --no-flip only. The progress file an extraction leaves beside F.npy says it already")
     ijb.add_argument("--features-out", metavar="F.npy",
                      help="where extraction writes the features (default OUT/ijb_features.npy); an interrupted "
                      "extraction resumes from there")
@@ -107,14 +111,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _embedder(args: argparse.Namespace):
-    from fresnet.network.config import parse_assignments
+    from fresnet.cli.common import resolve_device
     from fresnet.eval.model_loader import load_any
+    from fresnet.network.config import parse_assignments
 
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     return load_any(args.model, overrides=parse_assignments(args.overrides), device=device,
                     onnx_input=args.onnx_input, fast=args.fast)
 
@@ -166,9 +167,10 @@ def run_eval(args: argparse.Namespace) -> int:
         raise FresnetError("--features goes with --ijb ROOT (the features of that release's faces)")
     if args.model is None and (args.bins or not args.features):
         raise FresnetError("MODEL is missing; it may be left out only for --ijb ROOT --features F.npy")
-    for path in args.bins:
-        if not Path(path).is_file():
-            raise FresnetError(f"{path}: no such verification pack")
+    from fresnet.ioutil import regular_file
+
+    for path in args.bins:  # before any model is built; a folder or a FIFO gets the readers' own message
+        regular_file(path, "verification pack")
     console = Console()
     embedder = _embedder(args) if args.model is not None and (args.bins or not args.features) else None
     if args.bins:
@@ -189,11 +191,13 @@ def _run_bins(args: argparse.Namespace, embedder, console) -> None:
 
     console.print(f"model: {escape(embedder.name)} ({embedder.kind}), input {embedder.input_size[0]}x{embedder.input_size[1]}, "
                   f"flip-sum {'on' if args.flip else 'off'}")
+    from fresnet.eval.targets import target_names
+
     evaluations = []
-    for path in args.bins:
+    for path, name in zip(args.bins, target_names(args.bins)):  # unique: mine.bin, sub/mine.bin -> mine, sub/mine
         with _progress(f"embedding {Path(path).name}", None) as progress:
             ev = evaluate_bin(embedder, path, batch_size=args.batch_size, flip=args.flip, nfolds=args.nfolds,
-                              progress=progress.advance)
+                              progress=progress.advance, name=name)
         evaluations.append(ev)
         console.print(result_table(f"{ev.name}  ({path})", ev.result, ev.embed_seconds))
         for note in ev.result.notes:

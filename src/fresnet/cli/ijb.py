@@ -51,29 +51,20 @@ def _extract(args: argparse.Namespace, embedder, meta, console) -> tuple[np.ndar
     return features, info
 
 
-def _features_file(args: argparse.Namespace) -> tuple[np.ndarray, Optional[bool]]:
-    """The saved features, and whether their rows hold the mirror's half (from the progress file
-    an extraction leaves next to them; ``None`` when there is none)."""
-    path = Path(args.features)
-    if not path.is_file():
-        raise FresnetError(f"{path}: no such features file (a .npy of shape (faces, 2*D))")
-    try:
-        features = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise FresnetError(f"{path}: not a .npy array ({exc})") from None
-    sidecar = path.with_name(path.name + ".progress.json")
-    mirrored = None
-    if sidecar.is_file():
-        from fresnet.eval.ijb.extract import read_progress
-
-        state = read_progress(sidecar)
-        if not state.get("complete"):
-            raise FresnetError(
-                f"{path}: the extraction stopped at face {state.get('done')} of {state.get('faces')}; "
-                f"finish it with --features-out {path} (it resumes)"
-            )
-        mirrored = bool(state.get("flip"))
-    return features, mirrored
+def _layout(args: argparse.Namespace, known: Optional[bool]) -> bool:
+    """Whether the rows hold the mirror's half: what the extraction recorded (``known``), else what
+    --features-layout says, else InsightFace's layout (mirrored); a contradiction is an error."""
+    said = None if args.features_layout is None else args.features_layout == "mirrored"
+    source = args.features or args.features_out or "the extraction"
+    if known is not None and said is not None and known != said:
+        recorded = "mirrored (faces, 2*D)" if known else "single (faces, D)"
+        raise FresnetError(f"{source}: its extraction recorded the layout {recorded}, but --features-layout says "
+                           f"{args.features_layout}; leave --features-layout out")
+    mirrored = known if known is not None else (True if said is None else said)
+    if args.flip and not mirrored:
+        raise FresnetError(f"{source}: single (faces, D) embeddings hold no mirror to add (flip-sum, F1); "
+                           "evaluate them with --no-flip")
+    return mirrored
 
 
 def _pct(value: Optional[float]) -> str:
@@ -85,10 +76,16 @@ def _tables(result, console) -> None:
 
     table = Table(title=f"{result.target} 1:1 verification ({result.mode}): TAR (%) at FAR", header_style="bold")
     for far in result.tar_at_far:
-        table.add_column(f"{far:.0e}", justify="right")
+        table.add_column(f"{far:.0e}" + ("*" if far in result.unsupported_fars else ""), justify="right")
     table.add_column("AUC", justify="right")
     table.add_row(*[_pct(v) for v in result.tar_at_far.values()], _pct(result.auc))
     console.print(table)
+    if result.unsupported_fars:
+        impostors = int(np.count_nonzero(result.labels != 1))
+        console.print(f"* {impostors} impostor pairs cannot support FAR {min(result.unsupported_fars):g}"
+                      f"{'' if len(result.unsupported_fars) == 1 else f' to {max(result.unsupported_fars):g}'} "
+                      "(fewer than 1/FAR of them): the value is InsightFace's reading of the nearest ROC point, "
+                      "not a measured TAR at that FAR")
     if result.top_k is None:
         return
     table = Table(title=f"{result.target} 1:N identification (%)", header_style="bold")
@@ -109,6 +106,7 @@ def _tables(result, console) -> None:
 
 def run_ijb(args: argparse.Namespace, embedder, console) -> None:
     from fresnet.eval.ijb import evaluate
+    from fresnet.eval.ijb.protocol import load_features
     from fresnet.eval.ijb.layout import read_meta
     from fresnet.eval.plots import plot_ijb_roc
     from fresnet.ioutil import atomic_write_text
@@ -119,14 +117,14 @@ def run_ijb(args: argparse.Namespace, embedder, console) -> None:
                   f"({reading.wall:.1f} s to read {meta.paths.meta})")
     report: dict[str, Any] = {"root": str(args.ijb), "model": args.model}
     if args.features:
-        features, mirrored = _features_file(args)
+        features, mirrored = load_features(args.features)
         report["features"] = str(args.features)
     else:
         features, info = _extract(args, embedder, meta, console)
         mirrored = args.flip
         report.update(info, model_kind=embedder.kind)
-    if args.flip and mirrored is False:
-        raise FresnetError(f"{args.features}: extracted without the mirror (--no-flip); evaluate it with --no-flip")
+    mirrored = _layout(args, mirrored)
+    report["features_layout"] = "mirrored" if mirrored else "single"
     result = evaluate(meta, features, target=args.target, flip=args.flip, norm_score=args.norm_score,
                       detector_score=args.detector_score, mirrored=mirrored)
     _tables(result, console)

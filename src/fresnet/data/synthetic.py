@@ -351,7 +351,7 @@ class SyntheticFaces(Dataset):
                 f"need at least 1 identity and 1 image each, got {num_identities} x {images_per_identity}"
             )
         check_size(size)
-        check("max_identities", int(num_identities) + int(identity_offset), "synthetic identities")
+        check("max_identities", int(num_identities) + int(identity_offset), "synthetic identities", origin="request")
         self.num_identities, self.images_per_identity = int(num_identities), int(images_per_identity)
         self.seed, self.identity_offset, self.size = int(seed), int(identity_offset), int(size)
         self.transform, self.nuisance = transform, float(nuisance)
@@ -411,7 +411,8 @@ def synthetic_pairs(
     if num_pairs < 2 or num_identities < 2:
         raise FresnetError(f"need at least 2 pairs and 2 identities, got {num_pairs} pairs over {num_identities}")
     check_size(size)
-    check("max_pack_pixels", 2 * int(num_pairs) * size * size, f"{num_pairs} synthetic pairs at {size}x{size}")
+    check("max_pack_pixels", 2 * int(num_pairs) * size * size, f"{num_pairs} synthetic pairs at {size}x{size}",
+          origin="request")
     rng = np.random.default_rng([seed, _PAIRS_STREAM, identity_offset, num_identities])
     ids, ims, issame = [], [], []
     for pair in range(num_pairs):

@@ -31,8 +31,38 @@ PICKLE_PROTOCOL = 4  # readable by every Python 3 InsightFace tool; protocol 2 w
 # the restricted unpickler
 
 
+class _RefusedBuild(pickle.UnpicklingError):
+    pass
+
+
+def _refuse_build(name: str):
+    def __setstate__(*_state) -> None:
+        raise _RefusedBuild(f"the pickle sets attributes (BUILD) on {name}, which a verification pack never does; "
+                            "the file is crafted")
+    return staticmethod(__setstate__)
+
+
 class _NDArrayToken:
     """Stands in for ``numpy.ndarray`` so the pickle can name it but never call it directly."""
+
+    __setstate__ = _refuse_build("numpy.ndarray")  # BUILD on the class itself, not on an array
+
+
+class _Allowed:
+    """One allowed global: callable (REDUCE), but BUILD on it (pickle's ``__setstate__`` or
+    ``setattr`` of slot state) is refused, so a pickle cannot mutate the reader's own helpers."""
+
+    __slots__ = ("function", "name")
+
+    def __init__(self, function: Callable, name: str):
+        self.function, self.name = function, name
+
+    def __call__(self, *args):
+        return self.function(*args)
+
+    def __setstate__(self, _state) -> None:
+        raise _RefusedBuild(f"the pickle sets attributes (BUILD) on {self.name}, which a verification pack never "
+                            "does; the file is crafted")
 
 
 def _plain_dtype(dtype) -> np.dtype:
@@ -95,6 +125,8 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Callable] = {
     ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
     ("_codecs", "encode"): _safe_latin1_encode,
 }
+_ALLOWED_GLOBALS = {key: value if isinstance(value, type) else _Allowed(value, ".".join(key))
+                    for key, value in _ALLOWED_GLOBALS.items()}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -167,6 +199,9 @@ def read_bin(path: PathLike) -> tuple[list[bytes], list[bool]]:
             "this is not an InsightFace verification pack"
         )
     bins, issame = content
+    if isinstance(issame, np.ndarray) and issame.ndim != 1:
+        raise FresnetError(f"{path}: issame is a {issame.ndim}-d array of shape {issame.shape}; expected a list "
+                           "(or 1-d array) of bools, one per pair; re-create the pack with `fresnet make-bin`")
     if not isinstance(bins, (list, tuple)) or not isinstance(issame, (list, tuple, np.ndarray)):
         raise FresnetError(
             f"{path}: expected (list of images, list of bools), got ({type(bins).__name__}, {type(issame).__name__})"

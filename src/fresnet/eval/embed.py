@@ -117,12 +117,15 @@ def evaluate_bin(
     flip: bool = True,
     nfolds: int = 10,
     progress: ProgressCallback = None,
+    name: Optional[str] = None,
 ) -> BinEvaluation:
-    """Load a ``.bin`` pack (resized to the model's input size, as ``load_bin`` does) and evaluate it."""
+    """Load a ``.bin`` pack (resized to the model's input size, as ``load_bin`` does) and evaluate it.
+    ``name``: the target's name (default: the file's stem; :func:`fresnet.eval.targets.target_names`
+    names several packs uniquely)."""
     from fresnet.data.verification_bin import load_bin
 
     images, issame = load_bin(path, image_size=tuple(embedder.input_size))
-    name = Path(path).stem
+    name = name or Path(path).stem
     return evaluate_images(
         embedder, images, issame, name=name, batch_size=batch_size, flip=flip, nfolds=nfolds, progress=progress,
         path=os.fspath(path),

@@ -50,14 +50,48 @@ def _as_float_nchw(batch: Any, input_size: tuple[int, int], who: str) -> np.ndar
     return x.astype(np.float32, copy=False)
 
 
+def weights_sha256(model: Any) -> str:
+    """SHA-256 of a network's state: every tensor's name, dtype, shape and bytes, in name order.
+    The same weights give the same digest whatever file (or preset and seed) they came from."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_identity(embedder: Any) -> dict[str, Any]:
+    """What makes two models the same for stored embeddings: the weights' SHA-256 and the network
+    config (``{}`` for an embedder that cannot say, which then is known by its name only)."""
+    identity = getattr(embedder, "identity", None)
+    return dict(identity()) if callable(identity) else {}
+
+
 @dataclass
 class TorchEmbedder:
-    """A PyTorch network (a fresnet model) in eval mode."""
+    """A PyTorch network (a fresnet model) in eval mode. ``digest``: the weights' SHA-256 when it was
+    taken before the network was transformed (the fast path), else computed when first asked."""
 
     model: Any
     name: str
     kind: str
     device: str = "cpu"
+    digest: Optional[str] = None
     input_size: tuple[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +111,13 @@ class TorchEmbedder:
                 "use an embedding head (E, FC, GDC, ...) rather than Z"
             )
         return out.float().cpu().numpy()
+
+    def identity(self) -> dict[str, Any]:
+        if self.digest is None:
+            self.digest = weights_sha256(self.model)
+        config = getattr(self.model, "config", None)
+        return {"weights_sha256": self.digest,
+                "config": config.to_dict() if hasattr(config, "to_dict") else None}
 
     def fast_choice(self) -> Optional[str]:
         """What the fast path runs (after the first batch, when it calibrates); None without --fast."""
@@ -115,6 +156,12 @@ class OnnxEmbedder:
         self.input_range = input_range
         self.name = os.path.basename(path)
         self.kind = "onnx"
+        self.path = path
+
+    def identity(self) -> dict[str, Any]:
+        meta = self.session.get_modelmeta().custom_metadata_map
+        return {"weights_sha256": file_sha256(self.path), "config": meta.get("fresnet_config"),
+                "input_range": self.input_range}
 
     def embed(self, batch: Any) -> np.ndarray:
         x = _as_float_nchw(batch, self.input_size, self.name)
@@ -227,8 +274,10 @@ def load_any(
 
 
 def _torch_embedder(model: Any, name: str, kind: str, device: str, fast: bool) -> "TorchEmbedder":
+    digest = None
     if fast:
         from fresnet.inference.fast import optimize_for_inference
 
+        digest = weights_sha256(model)  # of the weights as loaded, before folding and casting
         model = optimize_for_inference(model.eval(), device=device)
-    return TorchEmbedder(model, name=name, kind=kind, device=device)
+    return TorchEmbedder(model, name=name, kind=kind, device=device, digest=digest)

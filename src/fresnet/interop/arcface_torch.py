@@ -30,7 +30,7 @@ import torch
 from fresnet.errors import FresnetError
 from fresnet.network.layers import INPUT_SCALE, MXBatchNorm
 from fresnet.network.size import check_declared_size
-from fresnet.validate import describe
+from fresnet.validate import as_int, describe
 
 ARCFACE_BN_EPS = 1e-5
 ARCFACE_INPUT_SCALE = 1.0 / 127.5  # Normalize(mean=0.5, std=0.5) after ToTensor
@@ -98,6 +98,8 @@ def fresnet_to_arcface_key(key: str) -> str:
 
 
 # ---- reading ------------------------------------------------------------------------------------
+TRAIN_CHECKPOINT_FORMAT = "fresnet-train-checkpoint"  # fresnet.train.checkpoint.FORMAT starts so
+
 def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)`` with errors that name the file; unwraps training checkpoints."""
     from fresnet.interop.torch_files import load_weights
@@ -110,7 +112,13 @@ def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
 
 def unwrap_state_dict(obj: Any, source: str = "state dict") -> dict[str, torch.Tensor]:
     """Accept a bare state dict, an arcface_torch checkpoint (``state_dict_backbone``), or a
-    ``{'state_dict': ...}`` wrapper; strip a ``module.`` (DDP) or ``backbone.`` prefix."""
+    ``{'state_dict': ...}`` wrapper; strip a ``module.`` (DDP) or ``backbone.`` prefix. fresnet's own
+    training checkpoints and fresnet state dicts are refused with a pointer to what to load instead."""
+    if isinstance(obj, Mapping) and str(obj.get("format", "")).startswith(TRAIN_CHECKPOINT_FORMAT):
+        model = os.path.join(os.path.dirname(source) or ".", "model.safetensors")
+        where = "beside it" if os.path.isfile(model) else "by every checkpoint of the run"
+        raise FresnetError(f"{source}: this is a fresnet training checkpoint (for `fresnet train ... --resume`), not a "
+                           f"model file; load the run's model instead: {model} (written {where})")
     if isinstance(obj, Mapping):
         for wrapper in ("state_dict_backbone", "state_dict", "model", "backbone"):
             if isinstance(obj.get(wrapper), Mapping):
@@ -134,6 +142,13 @@ def unwrap_state_dict(obj: Any, source: str = "state dict") -> dict[str, torch.T
     for prefix in ("module.", "backbone."):
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
+    if "stem.conv0.weight" in state or any(k.startswith("stage1.unit1.") for k in state):
+        raise FresnetError(
+            f"{source}: this is a fresnet network's state dict (torch.save(model.state_dict())), which holds no "
+            "config to rebuild the network from; save models with fresnet.save(model, 'model.safetensors') (a "
+            "training run writes OUTPUT/model.safetensors), or load it into the network you build: "
+            "model = fresnet.create_model(...); model.load_state_dict(torch.load(path, weights_only=True))"
+        )
     return state
 
 
@@ -185,7 +200,10 @@ def config_from_state_dict(
         raise FresnetError(f"an arcface_torch iresnet maps to head E (or FC/I), not {net_output!r}")
     counts = _stage_counts(state, source)
     if num_layers is not None:
-        expected = ARCFACE_LAYERS.get(int(num_layers)) or UNITS_BY_DEPTH.get(int(num_layers))
+        depths = ", ".join(map(str, ARCFACE_LAYERS))
+        num_layers = as_int(num_layers, "num_layers", source, minimum=1,
+                            fix=f"give a depth, one of {depths}, or leave it out to infer it from the blocks")
+        expected = ARCFACE_LAYERS.get(num_layers) or UNITS_BY_DEPTH.get(num_layers)
         if expected is None:
             raise FresnetError(f"unknown num_layers {num_layers!r}; arcface_torch has {', '.join(map(str, ARCFACE_LAYERS))}")
         if tuple(expected) != counts:

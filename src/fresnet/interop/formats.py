@@ -67,6 +67,29 @@ def _by_suffix(path: str) -> Optional[Kind]:
     return None
 
 
+class UnknownName(FresnetError):
+    """Neither the name nor the content of a path says which model format it holds."""
+
+
+def sniff(path: str) -> Optional[Kind]:
+    """The format a file's first bytes say (``None``: they say nothing): a zip (torch.save) or a
+    pickle (the legacy torch format) is a PyTorch file, an 8-byte length then ``{`` a safetensors
+    file. Names can lie (a ``.safetensors`` renamed ``.pt``); contents do not."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return None
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return Kind.ARCFACE_TORCH
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < (1 << 40):
+        return Kind.SAFETENSORS
+    return None
+
+
+RUN_MODEL = "model.safetensors"  # what a training run folder holds
+
+
 def _mxnet_epochs(prefix: str) -> list[int]:
     found = []
     for name in glob.glob(glob.escape(prefix) + "-[0-9][0-9][0-9][0-9].params"):
@@ -88,12 +111,20 @@ def detect_source(path: str | os.PathLike, epoch: Optional[int] = None) -> Model
         return ModelFile(Kind.MXNET, match.group("prefix"), int(match.group("epoch")))
     if os.path.exists(path + SYMBOL_SUFFIX):  # a bare prefix (it may contain dots: r100.v2)
         return _mxnet_source(path, epoch, path)
+    if os.path.isdir(path):  # a training run's folder
+        model = os.path.join(path, RUN_MODEL)
+        if os.path.isfile(model):
+            return ModelFile(Kind.SAFETENSORS, model)
+        raise FresnetError(f"{path}: a folder without {RUN_MODEL}; give a model file (a training run folder holds "
+                           f"{RUN_MODEL} once its first checkpoint is written)")
     kind = _by_suffix(path)
     if kind is Kind.ONNX:
         raise FresnetError(f"{path}: ONNX is an export-only format here; convert from the .safetensors, .pth or MXNet files")
+    content = sniff(path) if os.path.isfile(path) else None
+    kind = content or kind  # the bytes decide where they say something
     if kind is None:
         hint = " (and no MXNet checkpoint has this prefix)" if not Path(path).suffix else ""
-        raise FresnetError(f"cannot tell the format of {path!r} from its name{hint}; {HELP}")
+        raise UnknownName(f"cannot tell the format of {path!r} from its name or its content{hint}; {HELP}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     return ModelFile(kind, path)
@@ -108,8 +139,8 @@ def _mxnet_source(prefix: str, epoch: Optional[int], shown: str) -> ModelFile:
     if not epochs:
         raise FresnetError(f"{shown}: no {prefix}-NNNN.params file next to it; an MXNet checkpoint needs the weights too")
     raise FresnetError(
-        f"{shown}: several epochs exist ({', '.join(f'{e:04d}' for e in epochs)}); choose one with --epoch N "
-        f"or name the file, e.g. {prefix}-{epochs[-1]:04d}.params"
+        f"{shown}: several epochs: choose one ({', '.join(f'{e:04d}' for e in epochs)}) by naming its file, "
+        f"e.g. {prefix}-{epochs[-1]:04d}.params"
     )
 
 
@@ -154,25 +185,36 @@ def read_model(source: ModelFile, **options: Any):
 def load(path: str | os.PathLike, device: Union[str, "torch.device"] = "cpu"):
     """Rebuild a fresnet model from a ``.safetensors`` file written by :func:`fresnet.save` (eval mode).
 
-    Other formats are read too, by file name: an arcface_torch ``.pth``/``.pt`` and an MXNet
-    checkpoint (``prefix-symbol.json`` / ``prefix-0000.params``) go through their importers.
+    Other formats are read too, by content where the first bytes say it, else by name: an
+    arcface_torch ``.pth``/``.pt`` and an MXNet checkpoint (``prefix-symbol.json`` /
+    ``prefix-0000.params``, or the bare prefix when it has one epoch) go through their importers; a
+    training run's folder loads its ``model.safetensors``.
     """
     from fresnet.interop.native import load_safetensors
 
     path = os.fspath(path)
     try:
         spec = detect_source(path)
-    except FresnetError:
-        if path.lower().endswith(".onnx"):
-            raise
-        spec = None  # an unusual name: read it as safetensors, whose errors explain themselves
+    except UnknownName:
+        spec = None  # an unusual name and content: read it as safetensors, whose errors explain themselves
+    except FileNotFoundError:
+        spec = None
     if spec is not None and spec.kind is not Kind.SAFETENSORS:
         return read_model(spec).to(device).eval()
-    return load_safetensors(path, device)
+    return load_safetensors(spec.path if spec is not None else path, device)
 
 
-def write_model(model, destination: ModelFile, **onnx_options: Any) -> None:
-    """Write ``model`` in the destination's format. ``onnx_options`` go to :func:`export_onnx`."""
+def output_files(destination: ModelFile) -> list[Path]:
+    """The files a write to ``destination`` replaces (an MXNet prefix: its epoch's params; the
+    symbol, shared by the epochs, is checked by :func:`fresnet.interop.mxnet.save_mxnet`)."""
+    if destination.kind is Kind.MXNET:
+        return [Path(f"{destination.path}-{destination.epoch or 0:04d}.params")]
+    return [Path(destination.path)]
+
+
+def write_model(model, destination: ModelFile, overwrite: bool = True, **onnx_options: Any) -> None:
+    """Write ``model`` in the destination's format. ``onnx_options`` go to :func:`export_onnx`.
+    ``overwrite=False`` refuses to replace an existing MXNet symbol of another network."""
     if destination.kind is Kind.SAFETENSORS:
         from fresnet.interop.native import save
 
@@ -184,7 +226,7 @@ def write_model(model, destination: ModelFile, **onnx_options: Any) -> None:
     elif destination.kind is Kind.MXNET:
         from fresnet.interop.mxnet import save_mxnet
 
-        save_mxnet(model, destination.path, epoch=destination.epoch or 0)
+        save_mxnet(model, destination.path, epoch=destination.epoch or 0, overwrite=overwrite)
     elif destination.kind is Kind.ONNX:
         from fresnet.interop.onnx_export import export_onnx
 
@@ -193,4 +235,5 @@ def write_model(model, destination: ModelFile, **onnx_options: Any) -> None:
         raise FresnetError(f"cannot write {destination.kind}")
 
 
-__all__ = ["Kind", "ModelFile", "detect_source", "detect_destination", "read_model", "write_model", "load"]
+__all__ = ["Kind", "ModelFile", "UnknownName", "sniff", "detect_source", "detect_destination", "read_model",
+           "write_model", "output_files", "load"]

@@ -154,12 +154,17 @@ def mxnet_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def save_mxnet(model: torch.nn.Module, prefix: PathLike, epoch: int = 0) -> tuple[Path, Path]:
+def save_mxnet(model: torch.nn.Module, prefix: PathLike, epoch: int = 0, overwrite: bool = True) -> tuple[Path, Path]:
     """Write ``prefix-symbol.json`` and ``prefix-<epoch:04d>.params`` (atomically); returns both paths.
 
     ``prefix`` may also be the path of either file. The symbol is what the original ``get_symbol()``
     builds for ``model.config`` (byte-identical); the params hold ``arg:``/``aux:`` arrays like
     ``mx.model.save_checkpoint``, with the ignored fix_gamma gammas written as ones.
+
+    The symbol is shared by every epoch of the prefix: a prefix whose symbol describes another
+    network and that holds other epochs is refused (replacing the symbol would break them), whatever
+    ``overwrite`` says. ``overwrite=False`` also refuses an existing params file of this epoch, or
+    another network's symbol.
     """
     config = getattr(model, "config", None)
     if not isinstance(config, NetConfig):
@@ -170,12 +175,39 @@ def save_mxnet(model: torch.nn.Module, prefix: PathLike, epoch: int = 0) -> tupl
     arrays = mxnet_arrays(model)
     text = to_json(build_graph(config))
     _check_reads_back(text, arrays, config, str(symbol_path))
+    _check_prefix_is_free(symbol_path, params_path, text, overwrite)
     atomic_write_text(symbol_path, text)
     write_params(params_path, arrays)
     return symbol_path, params_path
 
 
 MAX_EPOCH = 9999
+
+
+def _check_prefix_is_free(symbol_path: Path, params_path: Path, text: str, overwrite: bool) -> None:
+    """Refuse a write that would break the epochs already saved under the prefix, or replace files
+    without ``overwrite``."""
+    if not overwrite and os.path.lexists(params_path):
+        raise FresnetError(f"{params_path} already exists; choose another prefix or epoch, or pass --overwrite")
+    if not os.path.lexists(symbol_path):
+        return
+    try:
+        same = symbol_path.read_bytes().decode("utf-8", errors="replace") == text
+    except OSError:
+        same = False
+    if same:
+        return
+    base = symbol_path.name[: -len("-symbol.json")]
+    pattern = f"{base}-[0-9][0-9][0-9][0-9].params"
+    epochs = sorted(p.name[len(base) + 1: -len(".params")] for p in symbol_path.parent.glob(pattern) if p != params_path)
+    if epochs:
+        raise FresnetError(
+            f"{symbol_path} describes another network, and epochs {', '.join(epochs[:6])} use it; writing this "
+            "network's symbol would break them (they would read as edited, damaged or crafted). Choose another prefix"
+        )
+    if not overwrite:
+        raise FresnetError(f"{symbol_path} already exists and describes another network; choose another prefix, "
+                           "or pass --overwrite")
 _STRUCTURE = ("units", "filter_list", "net_unit", "net_se", "net_act", "net_input", "net_output", "emb_size",
               "bottle_neck", "input_size")
 

@@ -162,7 +162,9 @@ def _read_array(reader: _Reader, index: int, count: int) -> tuple[Optional[np.nd
         raise reader.fail(f"{what} has unsupported type flag {type_flag} (supported: {sorted(DTYPES)})", flag_at)
     dtype = DTYPES[type_flag]
     nbytes = product(shape) * dtype.itemsize  # Python ints: an int64 product wraps past this check
-    check("max_tensor_bytes", nbytes, f"{what} with shape {tuple(shape)}", f"{reader.path} (byte offset {start})")
+    # the nonzero dimensions too: numpy refuses (0, 2**62) ("array is too big") though it holds nothing
+    check("max_tensor_bytes", max(nbytes, product(d for d in shape if d) * dtype.itemsize),
+          f"{what} with shape {tuple(shape)}", f"{reader.path} (byte offset {start})")
     if nbytes > reader.remaining:
         raise FresnetError(
             f"{reader.path}: truncated MXNet .params file at byte offset {reader.offset}: {what} with shape "

@@ -12,8 +12,7 @@ import re
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from fresnet.errors import FresnetError
-from fresnet.limits import check
-from fresnet.validate import as_int, as_int_tuple, describe
+from fresnet.validate import describe
 from fresnet.interop.mxnet_symbol import Node, SymbolGraph
 from fresnet.interop.mxnet_symbol_build import build_graph
 from fresnet.network.config import NetConfig
@@ -202,10 +201,8 @@ def _infer_config(
     )
     if num_layers is None:
         options.update(units=units_list, filter_list=filter_list, bottle_neck=bottle_neck)
-    # checked before any arithmetic on them (a width of 0 would divide by zero below)
-    as_int_tuple(filter_list, "filter_list (num_filter of conv0 and the stage shortcuts)", g.source, minimum=1)
-    as_int(emb_size, "emb_size (num_hidden of the embedding layer)", g.source, minimum=1)
-    check("max_units", sum(units_list), f"stages of {list(units_list)} units", g.source)
+    # widths, emb_size and the unit count are NetConfig's to check (below); the input size is inferred
+    # only from a trunk width that can divide (a width of 0 is left to NetConfig's message)
     options["input_size"] = _infer_input_size(g, head, trunk_channels, units_list, net_input, arg_shapes,
                                                input_size, fc_name)
     try:
@@ -223,7 +220,8 @@ def _infer_input_size(g, head, channels, units, net_input, arg_shapes, input_siz
         return shape[2], shape[3]
     halvings = len(units) + (1 if net_input == 0 else 0)
     weight = (arg_shapes or {}).get(f"{fc_name}_weight")
-    if head in ("E", "FC", "I", "J", "F", "G", "H", "SFC", "GDC") and weight is not None and len(weight) == 2:
+    if (head in ("E", "FC", "I", "J", "F", "G", "H", "SFC", "GDC") and weight is not None and len(weight) == 2
+            and isinstance(channels, int) and channels >= 1):
         area = weight[1] / channels
         side = _square_side(area)
         if side is None:

@@ -11,9 +11,10 @@ code on load, unlike a pickle.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-from typing import Mapping, Optional, Union
+from collections.abc import Iterator
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
@@ -74,28 +75,44 @@ def _check_writable(state: Mapping[str, torch.Tensor], config, path: str) -> Non
         )
 
 
-def read_metadata(path: PathLike) -> dict[str, str]:
-    """The safetensors header metadata of ``path``, with clear errors for non-safetensors files."""
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Any]:
+    """The file's safetensors handle: its header parsed once, for the metadata, the tensor index
+    and the tensors alike; a file that is not safetensors is one clear error."""
     from safetensors import safe_open
 
-    path = os.fspath(path)
     _require_file(path)
     try:
-        with safe_open(path, framework="pt") as handle:
-            return {str(k): str(v) for k, v in (handle.metadata() or {}).items()}
+        handle = safe_open(path, framework="pt")
     except Exception as exc:
         raise FresnetError(
             f"{path}: not a readable safetensors file ({_first_line(exc)}); the file is corrupt or truncated, "
             "or has another format (see `fresnet convert --help` for the formats and their file names)"
         ) from None
+    with handle:
+        yield handle
+
+
+def _metadata(handle) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (handle.metadata() or {}).items()}
+
+
+def read_metadata(path: PathLike) -> dict[str, str]:
+    """The safetensors header metadata of ``path``, with clear errors for non-safetensors files."""
+    path = os.fspath(path)
+    with _opened(path) as handle:
+        return _metadata(handle)
 
 
 def read_config(path: PathLike):
     """The :class:`NetConfig` stored in a fresnet ``.safetensors`` file."""
+    return _config_of(os.fspath(path), read_metadata(path))
+
+
+def _config_of(path: str, meta: Mapping[str, str]):
+    """The :class:`NetConfig` in a fresnet file's metadata, every problem named."""
     from fresnet.network.config import NetConfig
 
-    path = os.fspath(path)
-    meta = read_metadata(path)
     if meta.get("format") != FORMAT_NAME or "config" not in meta:
         raise FresnetError(
             f"{path}: a safetensors file, but not a fresnet one (no 'format': 'fresnet' and 'config' in its metadata; "
@@ -124,37 +141,29 @@ def read_config(path: PathLike):
 
 
 def load_safetensors(path: PathLike, device: Union[str, torch.device] = "cpu"):
-    """Rebuild a fresnet model from a ``.safetensors`` file written by :func:`save` (eval mode)."""
-    from safetensors.torch import load_file
-
+    """Rebuild a fresnet model from a ``.safetensors`` file written by :func:`save` (eval mode).
+    The header is parsed once; the network's size is checked against the limits before the
+    network or any tensor is allocated."""
+    from fresnet.limits import product
     from fresnet.network.model import FResNet
-
     from fresnet.network.size import check_declared_size
 
     path = os.fspath(path)
-    config = read_config(path)
-    check_declared_size(config, _stored_values(path), path)  # before the network or any tensor is allocated
-    try:
-        tensors = load_file(path, device="cpu")
-    except Exception as exc:
-        raise FresnetError(f"{path}: the tensor data cannot be read ({_first_line(exc)}); the file is corrupt") from None
+    with _opened(path) as handle:
+        config = _config_of(path, _metadata(handle))
+        try:  # safetensors has checked that every tensor's bytes lie in the file
+            keys = list(handle.keys())
+            stored = sum(product(handle.get_slice(key).get_shape()) for key in keys)
+        except Exception as exc:
+            raise FresnetError(f"{path}: the tensor index cannot be read ({_first_line(exc)}); the file is corrupt") from None
+        check_declared_size(config, stored, path)
+        try:
+            tensors = {key: handle.get_tensor(key) for key in keys}
+        except Exception as exc:
+            raise FresnetError(f"{path}: the tensor data cannot be read ({_first_line(exc)}); the file is corrupt") from None
     model = FResNet(config)
     load_checked(model, tensors, path)
     return model.to(device).eval()
-
-
-def _stored_values(path: str) -> int:
-    """How many values the file's tensors hold, from the header alone (safetensors has checked
-    that every tensor's bytes lie in the file)."""
-    from safetensors import safe_open
-
-    from fresnet.limits import product
-
-    try:
-        with safe_open(path, framework="pt") as handle:
-            return sum(product(handle.get_slice(key).get_shape()) for key in handle.keys())
-    except Exception as exc:
-        raise FresnetError(f"{path}: the tensor index cannot be read ({_first_line(exc)}); the file is corrupt") from None
 
 
 def load_checked(model, tensors: Mapping[str, torch.Tensor], source: str) -> None:

@@ -5,8 +5,9 @@ the PyTorch model; it returns ``embedding`` (the 4-D map for head Z). Details th
 
 * **Exporter.** The TorchScript-based exporter (``torch.onnx.export(dynamo=False)``) is used by
   default: it honours opset 17, takes well under a second for small nets and emits PReLU slopes as
-  (C, 1, 1). The torch.export-based one (``exporter='dynamo'``) is slower, needs opset >= 18, and is
-  used automatically when the legacy exporter is gone from torch.
+  (C, 1, 1). The torch.export-based one (``exporter='dynamo'``) is slower, writes opset 18 or newer
+  (its default 18; a lower opset asked of it is refused, never silently raised), and is used
+  automatically when the legacy exporter is gone from torch. The file holds the opset asked for.
 * **PReLU slopes** are reshaped to (C, 1, 1) for 4-D inputs whatever the exporter emitted: TensorRT
   and onnxruntime both accept that shape.
 * **GNAP** averages the L2 norms over the *whole batch* (the original's cross-sample coupling); the
@@ -20,6 +21,7 @@ import copy
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
@@ -27,7 +29,8 @@ import torch
 from fresnet.errors import FresnetError
 
 MIN_OPSET = 17
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = 17  # the TorchScript exporter's
+DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter has no implementations below 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
 EXPORTERS = ("torchscript", "dynamo")
@@ -37,7 +40,7 @@ def export_onnx(
     model,
     path: Union[str, os.PathLike],
     dynamic_batch: bool = True,
-    opset: int = DEFAULT_OPSET,
+    opset: Optional[int] = None,
     *,
     fold_bn: bool = False,
     exporter: str = "torchscript",
@@ -47,7 +50,8 @@ def export_onnx(
 
     Args:
         dynamic_batch: leave the batch dimension symbolic (``batch``); else it is fixed at 1.
-        opset: ONNX opset, 17 or newer.
+        opset: ONNX opset: 17 or newer for 'torchscript' (its default 17), 18 or newer for 'dynamo'
+            (its default 18). The file holds exactly that opset, or nothing is written.
         fold_bn: fold BatchNorm into conv/FC first (exact up to float rounding; smaller, faster graph).
         exporter: 'torchscript' (default) or 'dynamo'.
         input_size: (H, W) of the traced input; defaults to ``model.config.input_size``. The graph is
@@ -57,10 +61,11 @@ def export_onnx(
     """
     import onnx
 
-    if int(opset) < MIN_OPSET:
-        raise FresnetError(f"opset {opset} is too old; use {MIN_OPSET} or newer (e.g. --opset 17)")
     if exporter not in EXPORTERS:
         raise FresnetError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    if exporter == "torchscript" and not _has_legacy_exporter():
+        exporter = "dynamo"  # this torch has no TorchScript exporter any more
+    opset = _check_opset(opset, exporter)
     config = getattr(model, "config", None)
     size = tuple(input_size or (config.input_size if config is not None else ()))
     if len(size) != 2:
@@ -68,11 +73,19 @@ def export_onnx(
 
     net = _deployable_copy(model, fold_bn)
     example = torch.rand(2 if dynamic_batch else 1, 3, *size, generator=torch.Generator().manual_seed(0)) * 255
-    if exporter == "torchscript" and not _has_legacy_exporter():
-        exporter = "dynamo"
-    proto = _export_dynamo(net, example, dynamic_batch, opset) if exporter == "dynamo" else _export_torchscript(
-        net, example, dynamic_batch, opset
-    )
+    try:
+        proto = _export_dynamo(net, example, dynamic_batch, opset) if exporter == "dynamo" else _export_torchscript(
+            net, example, dynamic_batch, opset
+        )
+    except Exception as exc:  # the exporters raise RuntimeError and their own types for an opset they lack
+        if "opset" not in str(exc).lower():
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise FresnetError(f"opset {opset}: the {exporter} exporter of this torch cannot write it ({first})") from None
+    written = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
+    if written != opset:
+        raise FresnetError(f"asked for opset {opset}, but the {exporter} exporter produced opset {written}; "
+                           "nothing was written. Ask for that opset, or try the other exporter")
     reshape_prelu_slopes(proto)
     if config is not None:
         _set_metadata(proto, "fresnet_config", config.to_json())
@@ -84,6 +97,28 @@ def export_onnx(
 
     atomic_write_bytes(path, proto.SerializeToString())
     return os.fspath(path)
+
+
+def _check_opset(opset: Optional[int], exporter: str) -> int:
+    """The opset to write: the exporter's default, or the one asked for when the exporter and this
+    onnx can write it (else a FresnetError saying which range works)."""
+    import onnx
+
+    lowest = DYNAMO_MIN_OPSET if exporter == "dynamo" else MIN_OPSET
+    if opset is None:
+        return max(DEFAULT_OPSET, lowest)
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise FresnetError(f"opset must be an integer, got {opset!r}")
+    if opset < MIN_OPSET:
+        raise FresnetError(f"opset {opset} is too old; use {MIN_OPSET} or newer (e.g. --opset 17)")
+    if opset < lowest:
+        raise FresnetError(f"opset {opset}: the dynamo exporter writes opset {lowest} or newer; ask for --opset "
+                           f"{lowest}, or use the torchscript exporter (--exporter torchscript) for opset {opset}")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise FresnetError(f"opset {opset} does not exist yet: this onnx ({onnx.__version__}) knows opsets up to "
+                           f"{newest}; use {lowest} to {newest}")
+    return opset
 
 
 def _deployable_copy(model, fold_bn: bool):
@@ -126,7 +161,6 @@ def _export_torchscript(net, example, dynamic_batch: bool, opset: int):
 
 
 def _export_dynamo(net, example, dynamic_batch: bool, opset: int):
-    opset = max(int(opset), 18)  # the torch.export-based exporter has no implementations below 18
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -206,6 +240,23 @@ def _set_metadata(proto, key: str, value: str) -> None:
     entry.key, entry.value = key, value
 
 
+@dataclass(frozen=True)
+class OnnxDifference:
+    """How far onnxruntime's outputs are from PyTorch's, on the same random batches:
+    ``max_abs_diff``, and ``output_scale``, the largest absolute output the difference was
+    measured on (random-weight presets reach hundreds), so a limit can be relative to it."""
+
+    max_abs_diff: float
+    output_scale: float
+
+    def limit(self, tolerance: float) -> float:
+        """The largest accepted difference: ``tolerance`` relative to ``max(1, output_scale)``."""
+        return float(tolerance) * max(1.0, self.output_scale)
+
+    def within(self, tolerance: float) -> bool:
+        return self.max_abs_diff <= self.limit(tolerance)
+
+
 def verify_onnx(
     model,
     path: Union[str, os.PathLike],
@@ -214,6 +265,16 @@ def verify_onnx(
 ) -> float:
     """Run ``path`` in onnxruntime and ``model`` in PyTorch (eval) on random 0..255 batches;
     return the largest absolute difference over all ``batch_sizes``."""
+    return compare_onnx(model, path, batch_sizes, seed).max_abs_diff
+
+
+def compare_onnx(
+    model,
+    path: Union[str, os.PathLike],
+    batch_sizes: Sequence[int] = (1, 7),
+    seed: int = 0,
+) -> OnnxDifference:
+    """Like :func:`verify_onnx`, with the scale of the outputs compared (see :class:`OnnxDifference`)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -224,7 +285,7 @@ def verify_onnx(
     fixed = shape[0] if isinstance(shape[0], int) else None
     net = copy.deepcopy(model).float().cpu().eval()
     generator = torch.Generator().manual_seed(seed)
-    worst = 0.0
+    worst = scale = 0.0
     for batch in batch_sizes:
         if fixed is not None and batch != fixed:
             continue
@@ -235,7 +296,8 @@ def verify_onnx(
         if got.shape != expected.shape:
             raise FresnetError(f"{path}: ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
         worst = max(worst, float(abs(got - expected).max()))
-    return worst
+        scale = max(scale, float(abs(expected).max()))
+    return OnnxDifference(worst, scale)
 
 
-__all__ = ["export_onnx", "verify_onnx", "reshape_prelu_slopes"]
+__all__ = ["export_onnx", "verify_onnx", "compare_onnx", "OnnxDifference", "reshape_prelu_slopes"]

@@ -27,7 +27,7 @@ def export_onnx_int8(
     calibration: Any,
     *,
     dynamic_batch: bool = True,
-    opset: int = 17,
+    opset: Optional[int] = None,
     calibration_method: str = CALIBRATION_METHOD,
     weight_type: str = "QInt8",
     reduce_range: Optional[bool] = None,

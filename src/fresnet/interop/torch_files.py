@@ -9,6 +9,7 @@ tensor whose declared elements are not backed by its storage, before anything co
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from typing import Any, Union
 
@@ -49,11 +50,26 @@ def load_weights(path: Union[str, os.PathLike], what: str, fix: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors come in many types; all mean "not a readable file"
-        text = str(exc).strip()
-        first_line = text.splitlines()[0][:300] if text else type(exc).__name__
-        raise FresnetError(
-            f"{path}: cannot read it as a {what} (torch.load with weights_only=True failed: {first_line}). {fix}"
-        ) from None
+        raise FresnetError(f"{path}: cannot read it as a {what} ({explain_load_error(exc)}). {fix}") from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def explain_load_error(exc: BaseException, limit: int = 300) -> str:
+    """What torch.load(weights_only=True) said, in one plain sentence: a pickled Python object is
+    named as such, terminal colour codes are removed, and a long message is cut at a word."""
+    text = _ANSI.sub("", str(exc))
+    found = _UNSUPPORTED_GLOBAL.search(text)
+    if found:
+        return (f"it holds a pickled Python object, {found.group(1)}, not only tensors: a whole module saved "
+                "with torch.save(model) rather than model.state_dict(), or another program's pickle; fresnet "
+                "never unpickles objects")
+    text = " ".join(text.split()) or type(exc).__name__
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"torch.load with weights_only=True failed: {text}"
 
 
 def check_tensor(tensor: torch.Tensor, name: str, source: str) -> torch.Tensor:

@@ -137,7 +137,22 @@ class FResNet(nn.Module):
         return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        try:
+            return self.forward_head(self.forward_features(x))
+        except RuntimeError:
+            self._check_input_size(x)  # a shape error from deep inside: say what the network takes
+            raise
+
+    def _check_input_size(self, x: torch.Tensor) -> None:
+        from fresnet.errors import FresnetError
+
+        (h, w), got = self.config.input_size, tuple(x.shape[-2:])
+        if x.dim() == 4 and got != (h, w):
+            raise FresnetError(
+                f"this network ({self.config.short_name()}) takes {h}x{w} images (its input_size), got "
+                f"{got[0]}x{got[1]}; resize or align the images to {h}x{w}, or build the model with "
+                f"input_size=({got[0]}, {got[1]})"
+            ) from None
 
     # ---- activation checkpointing ----------------------------------------------------------
     def set_grad_checkpointing(self, enable_or_plan: Union[bool, Iterable[str], Any] = True) -> "FResNet":

@@ -224,11 +224,11 @@ def build_dataset(cfg: TrainConfig, input_size: tuple[int, int]) -> Any:
 def verification_sets(cfg: TrainConfig, input_size: tuple[int, int],
                       names: Optional[list[str]] = None) -> dict[str, tuple[np.ndarray, list]]:
     """``name -> (images uint8 (2P, H, W, 3), issame)`` for every ``val_targets`` entry; ``names``
-    (default :func:`fresnet.eval.verification.unique_pack_names`) names them, one name per target."""
+    (default :func:`fresnet.eval.targets.target_names`) names them, one name per target."""
     if names is None:
-        from fresnet.eval.verification import unique_pack_names
+        from fresnet.eval.targets import target_names
 
-        names = unique_pack_names([str(t) for t in cfg.val_targets])
+        names = target_names([str(t) for t in cfg.val_targets])
     out = {}
     for target, name in zip(cfg.val_targets, names):
         target = str(target)

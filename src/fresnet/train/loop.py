@@ -74,7 +74,7 @@ class Trainer:
     ``elapsed``), a resumed run's state, and the callbacks that run between steps."""
 
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = (), info: Optional[D.DistInfo] = None):
-        from fresnet.eval.verification import unique_pack_names
+        from fresnet.eval.targets import target_names
         from fresnet.train.data import verification_sets
 
         self.cfg, self.callbacks = cfg, list(callbacks)
@@ -90,7 +90,7 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         resume_step = self._resume() if cfg.resume else None
         is_main, input_size = self.info.is_main, self.parts.net_config.input_size
-        names = unique_pack_names([str(t) for t in cfg.val_targets])
+        names = target_names([str(t) for t in cfg.val_targets])
         self.verification = Verification(verification_sets(cfg, input_size, names) if is_main else {}, cfg.verbose,
                                          bool(cfg.val_targets), cfg.val_batch_size, is_main)
         progress = Progress("train", cfg.max_steps, unit="steps", start=self.step, rate_unit="samples",

@@ -17,7 +17,7 @@ import numpy as np
 
 from fresnet.errors import FresnetError
 from fresnet.ioutil import atomic_write, regular_file
-from fresnet.limits import current
+from fresnet.limits import current, raise_hint
 from fresnet.validate import as_int, describe
 
 PathLike = Union[str, os.PathLike]
@@ -82,7 +82,7 @@ def image_label(header: IRHeader, where: str) -> int:
     if value >= limit:
         raise FresnetError(
             f"{where}: label {value:g} is above the limit max_identities={limit:,} (float32 labels are exact only "
-            "below 2**24); the record is corrupt, or raise the limit (docs/security.md)"
+            f"below 2**24); the record is corrupt; if it is trusted, raise the limit: {raise_hint('max_identities')}"
         )
     return int(value)
 
@@ -197,8 +197,8 @@ class RecFile:
             if total > limit:
                 raise FresnetError(
                     f"{self.path}: {where}: the record at offset {offset} is over {limit:,} bytes (max_record_bytes) "
-                    f"by offset {pos}; a face record is a few KB, so the file is corrupt (or raise the limit, "
-                    "docs/security.md)"
+                    f"by offset {pos}; a face record is a few KB, so the file is corrupt; if it is trusted, raise the "
+                    f"limit: {raise_hint('max_record_bytes')}"
                 )
             if first and cflag not in (0, 1):
                 raise FresnetError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import io
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -44,7 +45,15 @@ class RecordIOWriter:
 
     def __init__(self, out_prefix: PathLike, image_size: tuple[int, int] = (112, 112), overwrite: bool = False):
         self.paths = output_paths(out_prefix)
-        existing = [p for p in (self.paths.rec, self.paths.idx) if p.exists()]
+        others = sorted(p.name for p in self.paths.rec.parent.glob("*.rec") if p != self.paths.rec)
+        if others and os.path.lexists(self.paths.property):
+            # one property file per folder (InsightFace's format): it is theirs, not only this prefix's
+            raise FresnetError(
+                f"{self.paths.property} belongs to {', '.join(others[:3])} too (InsightFace's format keeps one "
+                f"property file per folder), so writing {self.paths.rec.name} there would break it; pack into "
+                "its own folder"
+            )
+        existing = [p for p in (self.paths.rec, self.paths.idx, self.paths.property) if os.path.lexists(p)]
         if existing and not overwrite:
             raise FresnetError(f"{existing[0]} already exists; choose another output or pass overwrite=True (--overwrite)")
         fix = "give the (H, W) of the images, e.g. (112, 112)"

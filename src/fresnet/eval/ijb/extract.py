@@ -30,7 +30,7 @@ from fresnet.eval.ijb.layout import FaceTable, IJBPaths
 PathLike = Union[str, os.PathLike]
 ProgressCallback = Optional[Callable[[int], None]]  # called with the faces just finished (Progress.advance)
 CHECKPOINT_SECONDS = 2.0
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model's weights digest and config are recorded and compared
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,6 +150,22 @@ def read_progress(sidecar: Path, features: Optional[Path] = None) -> dict[str, A
     return as_mapping(state, "progress", str(sidecar), fix=fix)
 
 
+def _difference(key: str, stored: dict[str, Any], mine: dict[str, Any]) -> str:
+    """Why stored features are not this run's, in words."""
+    old, new = stored.get(key), mine.get(key)
+    if key == "version":
+        return (f"written by another version of the extraction (format {old!r}, this one writes {new!r}, and "
+                "records the model's weights digest, which the old file lacks), so it cannot tell the model")
+    if key == "weights_sha256":
+        return (f"extracted from other weights (SHA-256 {str(old)[:16]}..., this model's is {str(new)[:16]}...): "
+                "a different model under the same name (a training run rewrites its model.safetensors)")
+    if key == "config" and isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        changes = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4])
+        return f"extracted with another network config ({changes})"
+    return f"these features were extracted with {key} = {old!r}, this run has {new!r}"
+
+
 @dataclass
 class FeatureStore:
     """A (faces, width) float32 ``.npy`` written front to back, and its progress sidecar."""
@@ -188,11 +204,9 @@ class FeatureStore:
         mine = {"version": FORMAT_VERSION, **self.identity, "faces": self.faces}
         different = [k for k, v in mine.items() if state.get(k) != v]
         if different:
-            key = different[0]
-            raise FresnetError(
-                f"{self.sidecar}: these features were extracted with {key} = {state.get(key)!r}, this run has "
-                f"{mine[key]!r}; choose another --features-out, or delete {self.path.name} and its progress file"
-            )
+            key = "config" if "config" in different else different[0]  # the most telling difference
+            raise FresnetError(f"{self.sidecar}: {_difference(key, state, mine)}; choose another "
+                               f"--features-out, or delete {self.path.name} and its progress file")
         if not self.path.exists():
             return 0  # stopped between writing the progress file and creating the array
         try:
@@ -215,6 +229,11 @@ class FeatureStore:
     def write(self, start: int, rows: np.ndarray) -> None:
         if start != self.done:
             raise RuntimeError(f"rows must arrive in order: expected {self.done}, got {start}")
+        if self.width is not None and rows.shape[1] != self.width:
+            raise FresnetError(
+                f"{self.path}: holds {self.width} numbers per face, but this model gives {rows.shape[1]}: "
+                "another model's features; choose another --features-out, or delete it and its progress file"
+            )
         if self.array is None:
             self.width = int(rows.shape[1])
             self._write_sidecar()  # first the sidecar, so an array on disk always has one
@@ -246,7 +265,8 @@ def extract_features(
     on_start: Optional[Callable[[int], None]] = None,
 ) -> np.ndarray:
     """Embed every face into ``out`` (a ``.npy``), resuming an earlier run; returns the array
-    (memory-mapped). ``model`` names the model in the progress file (a resume must use the same).
+    (memory-mapped). ``model`` names the model in the progress file; a resume must use the same
+    name, and the same weights (SHA-256) and config when the embedder can say them.
     ``on_start(done)`` is told how many rows were already there. ``workers``: decoding processes
     (default: 1 when the model runs on CPU, every core but one for a GPU)."""
     import torch
@@ -257,8 +277,10 @@ def extract_features(
     if batch_size < 1:
         raise FresnetError(f"batch size must be >= 1, got {batch_size}")
     device = torch.device(getattr(embedder, "device", "cpu") if isinstance(getattr(embedder, "model", None), torch.nn.Module) else "cpu")
-    identity = {"model": model, "flip": bool(flip), "landmarks_file": faces.landmarks_path.name,
-                "landmarks_sha1": landmarks_fingerprint(faces)}
+    from fresnet.eval.model_loader import model_identity
+
+    identity = {"model": model, **model_identity(embedder), "flip": bool(flip),
+                "landmarks_file": faces.landmarks_path.name, "landmarks_sha1": landmarks_fingerprint(faces)}
     store = FeatureStore(Path(out), len(faces), identity)
     done = store.resume()
     if on_start is not None:

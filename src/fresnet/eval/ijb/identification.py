@@ -172,7 +172,9 @@ class OpenSetTally:
         return {name: open_set_tpir(self.mated_best[name], self.nonmated_best[name]) for name in self.columns}
 
 
-def _check_has_faces(enrolment: Enrolment, lists: Sequence[TemplateList], template_ids: np.ndarray) -> None:
+def _positions(enrolment: Enrolment, lists: Sequence[TemplateList], template_ids: np.ndarray) -> np.ndarray:
+    """Each enrolled template's index among the sorted ``template_ids`` (one binary search, used for
+    the rows and the pair grid both); a template with no faces is an error naming its line."""
     pos = np.minimum(np.searchsorted(template_ids, enrolment.templates), len(template_ids) - 1)
     missing = np.flatnonzero(template_ids[pos] != enrolment.templates)
     if missing.size:
@@ -182,12 +184,14 @@ def _check_has_faces(enrolment: Enrolment, lists: Sequence[TemplateList], templa
             f"{source.path}: line {source.line_of(t)}: template {t} has no faces in the face list "
             "(meta/*_face_tid_mid.txt); every 1:N template needs at least one face"
         )
+    return pos
 
 
-def _rows_of(template_ids: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """For every template index: its row among ``members`` (-1: not a member)."""
-    table = np.full(len(template_ids), -1, dtype=np.int32)
-    table[np.searchsorted(template_ids, members)] = np.arange(len(members), dtype=np.int32)
+def _rows_of(count: int, positions: np.ndarray) -> np.ndarray:
+    """For every template index (``count`` of them): its row among the members at ``positions``
+    (-1: not a member)."""
+    table = np.full(count, -1, dtype=np.int32)
+    table[positions] = np.arange(len(positions), dtype=np.int32)
     return table
 
 
@@ -208,20 +212,20 @@ def identify(
     """
     gallery = Enrolment.of(list(galleries.values()))
     probes = Enrolment.of([probe_list])
-    _check_has_faces(gallery, list(galleries.values()), template_ids)
-    _check_has_faces(probes, [probe_list], template_ids)
+    gallery_at = _positions(gallery, list(galleries.values()), template_ids)
+    probes_at = _positions(probes, [probe_list], template_ids)
     mates = insightface_mates(probes, gallery, probe_list)
     q, g = len(probes.templates), len(gallery.templates)
-    probe_rows = templates[np.searchsorted(template_ids, probes.templates)]
-    gallery_t = np.ascontiguousarray(templates[np.searchsorted(template_ids, gallery.templates)].T)
+    probe_rows = templates[probes_at]
+    gallery_t = np.ascontiguousarray(templates[gallery_at].T)
     step = max(1, block_bytes // (8 * g))  # probes per block of the score matrix
 
     grid = scores = None
     if pairs is not None:
         from fresnet.eval.ijb.verification import PairGrid
 
-        grid = PairGrid.locate(pairs[0], pairs[1], _rows_of(template_ids, probes.templates),
-                               _rows_of(template_ids, gallery.templates), q, g, step)
+        count = len(template_ids)
+        grid = PairGrid.locate(pairs[0], pairs[1], _rows_of(count, probes_at), _rows_of(count, gallery_at), q, g, step)
         scores = None if grid is None else np.empty(len(pairs[0]), dtype=np.float64)
     insightface = InsightFaceTally(q)
     open_set = OpenSetTally(q, {name: np.flatnonzero(np.isin(gallery.templates, lst.templates))

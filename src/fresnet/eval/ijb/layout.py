@@ -178,7 +178,7 @@ def _int_column(rows: list[list[str]], column: int, path: Path, lines: np.ndarra
     if parsed is not None:
         return parsed
     for i, value in enumerate(values):
-        if not _is_int(value):
+        if not _is_int64(value):
             raise FresnetError(f"{path}: line {lines[i]}: {value!r} is not an integer; expected {expected}")
     raise FresnetError(f"{path}: cannot parse column {column + 1} as integers")
 
@@ -283,11 +283,11 @@ def read_pairs(paths: IJBPaths) -> PairTable:
         table = None
     if table is None or (table.size and table.shape[1] != 3):
         rows, lines = _rows(_read_text(path, "the 1:1 template pairs"))
-        for i, row in enumerate(rows):
-            if len(row) != 3 or not all(_is_int(v) for v in row):
+        for i, row in enumerate(rows):  # the line numpy could not read: the same rule, named
+            if len(row) != 3 or not all(_is_int64(v) for v in row):
                 raise FresnetError(
-                    f"{path}: line {lines[i]}: expected 'template1 template2 label' (three integers), "
-                    f"got {' '.join(row)!r}"
+                    f"{path}: line {lines[i]}: expected 'template1 template2 label' (three integers below 2**63), "
+                    f"got {' '.join(row)[:120]!r}"
                 )
         raise FresnetError(f"{path}: cannot parse the pairs")
     if table.size == 0:
@@ -301,12 +301,14 @@ def read_pairs(paths: IJBPaths) -> PairTable:
     return PairTable(path, table[:, 0].copy(), table[:, 1].copy(), labels.astype(np.int8))
 
 
-def _is_int(text: str) -> bool:
+def _is_int64(text: str) -> bool:
+    """What np.loadtxt(dtype=int64) reads: an integer that fits int64 (a Python int check alone
+    passed 99999999999999999999999, leaving the bad line unnamed)."""
     try:
-        int(text)
+        value = int(text)
     except ValueError:
         return False
-    return True
+    return -(1 << 63) <= value < (1 << 63)
 
 
 def line_of_row(path: Path, row: int) -> int:
@@ -331,7 +333,7 @@ def read_template_list(path: Path) -> TemplateList:
     subjects = _numbers([c[1] for c in cells], np.int64) if templates is not None else None
     if subjects is None:
         for n, c in zip(numbers, cells):
-            if len(c) < 2 or not _is_int(c[0]) or not _is_int(c[1]):
+            if len(c) < 2 or not _is_int64(c[0]) or not _is_int64(c[1]):
                 raise FresnetError(
                     f"{path}: line {n}: expected 'TEMPLATE_ID,SUBJECT_ID,...' (two integers first), "
                     f"got {lines[n - 1]!r}"

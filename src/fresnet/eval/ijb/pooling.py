@@ -170,8 +170,9 @@ def check_features(features: np.ndarray, num_faces: int, mode: Mode, mirrored: b
         )
     if (mode.flip or mirrored) and features.shape[1] % 2:
         raise FresnetError(
-            f"features have {features.shape[1]} columns; with flip, each row is the face's embedding then its "
-            "mirror's (2*D columns); for (faces, D) features use flip=False (--no-flip)"
+            f"features have {features.shape[1]} columns, but each row should be the face's embedding then its "
+            "mirror's (2*D columns, InsightFace's layout); for single (faces, D) embeddings say so: flip=False, "
+            "mirrored=False (--no-flip --features-layout single)"
         )
     if not np.issubdtype(features.dtype, np.floating):
         raise FresnetError(f"features must be floating point, got {features.dtype}")

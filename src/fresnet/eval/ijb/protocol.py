@@ -11,18 +11,8 @@ import numpy as np
 from fresnet.errors import FresnetError
 from fresnet.eval.ijb.identification import IdentificationNumbers, identify
 from fresnet.eval.ijb.layout import IJBMeta, read_meta
-from fresnet.eval.ijb.pooling import (
-    Mode,
-    check_features,
-    group_faces,
-    l2_normalize_rows,
-    pool_templates,
-)
-from fresnet.eval.ijb.verification import (
-    pair_scores,
-    template_index,
-    verification_numbers,
-)
+from fresnet.eval.ijb.pooling import Mode, check_features, group_faces, l2_normalize_rows, pool_templates
+from fresnet.eval.ijb.verification import pair_scores, template_index, unsupported_fars, verification_numbers
 from fresnet.timing import Timing
 
 PathLike = Union[str, os.PathLike]
@@ -36,6 +26,9 @@ class IJBResult:
     * ``auc``; ``scores``: one per pair, in the pair file's order; ``labels``; ``roc``: (fpr, tpr);
     * ``top_k``: ``{1, 5, 10: accuracy}`` over the merged gallery; ``tpir_at_fpir_insightface``:
       ``{0.01, 0.1: (tpir, threshold)}`` as ``ijb_1n.py`` computes them;
+    * ``unsupported_fars``: the FARs of ``tar_at_far`` that the impostor pairs cannot support (fewer
+      than 1/FAR of them): their value is still InsightFace's reading, but no false accept at that
+      rate is measurable, so it is flagged;
     * ``tpir_at_fpir``: the standard open-set metric per gallery, ``{"G1": {0.01: (tpir, threshold),
       0.1: ...}, "G2": ...}`` (IJB-B: S1, S2); ``None`` where undefined.
 
@@ -52,6 +45,7 @@ class IJBResult:
     top_k: Optional[dict[int, float]]
     tpir_at_fpir_insightface: Optional[dict[float, Optional[tuple[float, float]]]]
     tpir_at_fpir: Optional[dict[str, dict[float, Optional[tuple[float, float]]]]]
+    unsupported_fars: tuple[float, ...] = ()
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -70,6 +64,7 @@ class IJBResult:
                 "auc": self.auc,
                 "pairs": int(len(self.scores)),
                 "genuine_pairs": int(np.count_nonzero(self.labels == 1)),
+                "unsupported_fars": [f"{far:g}" for far in self.unsupported_fars],
             },
             "identification": None if self.top_k is None else {
                 "top_k": {str(k): v for k, v in self.top_k.items()},
@@ -84,16 +79,31 @@ class IJBResult:
         }
 
 
-def _as_features(features: Union[np.ndarray, PathLike]) -> np.ndarray:
-    if isinstance(features, (str, os.PathLike)):
-        path = Path(features)
-        if not path.is_file():
-            raise FresnetError(f"{path}: no such features file (a .npy of shape (faces, 2*D))")
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise FresnetError(f"{path}: not a .npy array ({exc})") from None
-    return np.asarray(features) if not isinstance(features, np.ndarray) else features
+def load_features(features: Union[np.ndarray, PathLike]) -> tuple[np.ndarray, Optional[bool]]:
+    """Per-face features, and whether their rows hold the mirror's half as far as their extraction
+    recorded it (``None``: unknown, an array or a file without a progress file). A ``.npy`` path is
+    memory-mapped; one whose extraction stopped part way is refused."""
+    if not isinstance(features, (str, os.PathLike)):
+        return (features if isinstance(features, np.ndarray) else np.asarray(features)), None
+    path = Path(features)
+    if not path.is_file():
+        raise FresnetError(f"{path}: no such features file (a .npy of shape (faces, 2*D))")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise FresnetError(f"{path}: not a .npy array ({exc})") from None
+    sidecar = path.with_name(path.name + ".progress.json")
+    if not sidecar.is_file():
+        return array, None
+    from fresnet.eval.ijb.extract import read_progress
+
+    state = read_progress(sidecar)
+    if not state.get("complete"):
+        raise FresnetError(
+            f"{path}: the extraction stopped at face {state.get('done')} of {state.get('faces')}; "
+            f"finish it with --features-out {path} (it resumes)"
+        )
+    return array, bool(state.get("flip"))
 
 
 def evaluate(
@@ -104,15 +114,16 @@ def evaluate(
     flip: bool = True,
     norm_score: bool = True,
     detector_score: bool = True,
-    mirrored: Optional[bool] = None,
+    mirrored: bool = True,
 ) -> IJBResult:
     """The IJB protocol on per-face features, with InsightFace's numbers exactly.
 
     ``features``: float (faces, 2*D), each face's embedding then its mirror's, in the order of
-    ``meta/*_name_5pts_score.txt`` (a ``.npy`` path is memory-mapped); or (faces, D) with
-    ``flip=False``. ``flip``/``norm_score``/``detector_score`` are InsightFace's F/N/D switches.
-    ``mirrored`` says whether the rows hold the mirror's half (default: ``flip``); with
-    ``flip=False, mirrored=True`` only the first half is used, as InsightFace's F0 does.
+    ``meta/*_name_5pts_score.txt`` (a ``.npy`` path is memory-mapped): the layout InsightFace's
+    scripts write. ``flip``/``norm_score``/``detector_score`` are InsightFace's F/N/D switches; F0
+    (``flip=False``) uses the first half of each row, as InsightFace's code does.
+    ``mirrored=False`` says the rows are single (faces, D) embeddings (with ``flip=False`` only);
+    it is never guessed from the width.
     ``root`` may also be an :class:`IJBMeta` already read (to evaluate several feature sets).
     """
     watch = Timing.start()
@@ -120,10 +131,11 @@ def evaluate(
     meta = root if isinstance(root, IJBMeta) else read_meta(root, target)
     clock["read_meta"] = watch.wall
     mode = Mode(flip, norm_score, detector_score)
-    mirrored = flip if mirrored is None else bool(mirrored)
+    mirrored = bool(mirrored)
     if flip and not mirrored:
-        raise FresnetError("flip=True needs features holding each face's mirror too (mirrored=True)")
-    feats = _as_features(features)
+        raise FresnetError("flip=True needs features holding each face's mirror too (mirrored=True); "
+                           "single (faces, D) embeddings are evaluated with flip=False")
+    feats, _recorded = load_features(features)
     faces = meta.faces
     check_features(feats, len(faces), mode, mirrored, str(faces.landmarks_path))
 
@@ -176,6 +188,7 @@ def evaluate(
         scores=scores,
         labels=pairs.labels,
         roc=(numbers.fpr, numbers.tpr),
+        unsupported_fars=unsupported_fars(int(np.count_nonzero(pairs.labels != 1)), tuple(numbers.tar_at_far)),
         top_k=None if ident is None else ident.top_k,
         tpir_at_fpir_insightface=None if ident is None else ident.tpir_at_fpir_insightface,
         tpir_at_fpir=None if ident is None else ident.tpir_at_fpir,

@@ -70,7 +70,7 @@ def sizes_for(faces: int, target: str = "IJBC") -> IJBSizes:
     from fresnet.limits import check
 
     check("max_tensor_bytes", (impostors + genuine) * 3 * 8,
-          f"a synthetic IJB set of {faces:,} faces ({impostors + genuine:,} pairs)")
+          f"a synthetic IJB set of {faces:,} faces ({impostors + genuine:,} pairs)", origin="request")
     return IJBSizes(faces, templates, subjects, min(first, subjects - 1), impostors + genuine, genuine)
 
 

@@ -12,6 +12,7 @@ with few impostor pairs a low FAR reads the nearest point there is, often FPR 0.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,6 +123,12 @@ def tar_at_far_nearest(fpr: np.ndarray, tpr: np.ndarray, fars=FAR_LABELS) -> dic
     so the highest-TPR point among equally near ones)."""
     fpr_r, tpr_r = fpr[::-1], tpr[::-1]
     return {far: float(tpr_r[int(np.argmin(np.abs(fpr_r - far)))]) for far in fars}
+
+
+def unsupported_fars(num_impostors: int, fars=FAR_LABELS) -> tuple[float, ...]:
+    """The FARs that ``num_impostors`` impostor pairs cannot resolve: below one false accept
+    (``floor(far * impostors) < 1``, the rule the ``.bin`` tables use to say "undefined")."""
+    return tuple(far for far in fars if math.floor(far * num_impostors + 1e-9) < 1)
 
 
 def verification_numbers(scores: np.ndarray, labels: np.ndarray, source: str) -> VerificationNumbers:
