@@ -10,7 +10,10 @@ import torch
 
 import fresnet
 from fresnet import FresnetError, create_model
+from fresnet.inference import candidates as policy
+from fresnet.inference import compiling
 from fresnet.inference import fast as fast_module
+from fresnet.inference import fast_model
 from fresnet.inference.fast import FastModel, compiler_available, optimize_for_inference
 from fresnet.network.layers import MXBatchNorm
 
@@ -135,13 +138,13 @@ def fixed_times(monkeypatch, **ms):
             runner(x)  # each candidate still runs
         return {name: ms.get(name.replace("/", "_"), 1000.0) / 1e3 for name in runners}
 
-    monkeypatch.setattr(fast_module, "_time_paths", fake)
+    monkeypatch.setattr(fast_model, "_time_paths", fake)
 
 
 def test_auto_without_native_bf16_times_eager_and_float32(monkeypatch):
     """An AVX2-only CPU has no native bf16: auto's candidates are eager and the two float32 layouts,
     and the fastest one on the first batch wins."""
-    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: False)
     assert fast_module.default_candidates(torch.device("cpu")) == [(torch.float32, torch.float32, 0)]
     fixed_times(monkeypatch, eager=30.0, float32=20.0, float32_nchw=25.0)
     model = tiny()
@@ -158,7 +161,7 @@ def test_auto_without_native_bf16_times_eager_and_float32(monkeypatch):
 def test_auto_never_returns_something_slower_than_eager(monkeypatch):
     """When eager is fastest on the first batch (it was once on a 2-core AVX2 EPYC at batch 1), auto
     keeps the model as given: same numbers, bit for bit."""
-    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: False)
     fixed_times(monkeypatch, eager=10.0, float32=11.5, float32_nchw=12.0)
     model = tiny()
     x = images(3, seed=5)
@@ -171,7 +174,7 @@ def test_auto_never_returns_something_slower_than_eager(monkeypatch):
 
 def test_auto_calibrates_on_first_call(monkeypatch):
     # forced, so this branch runs on every CPU: bf16 is emulated (slow, same numbers) without AVX512-BF16
-    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: True)
     first = fast_module.default_candidates(torch.device("cpu"))[0]
     fixed_times(monkeypatch, **{"bfloat16_bfloat16": 5.0, "eager": 10.0, "float32": 8.0})
     model = tiny()
@@ -189,8 +192,8 @@ def test_auto_calibrates_on_first_call(monkeypatch):
 
 
 def test_auto_falls_back_to_float32_when_low_precision_misses(monkeypatch):
-    monkeypatch.setattr(fast_module, "CALIBRATION_COSINE", 1.01)  # nothing low-precision can pass
-    monkeypatch.setattr(fast_module, "default_candidates", lambda device: [
+    monkeypatch.setattr(policy, "CALIBRATION_COSINE", 1.01)  # nothing low-precision can pass
+    monkeypatch.setattr(policy, "default_candidates", lambda device: [
         (torch.bfloat16, torch.bfloat16, 0), (torch.bfloat16, torch.float32, 0), (torch.bfloat16, torch.float32, 1),
         (torch.float32, torch.float32, 0)])
     fixed_times(monkeypatch, eager=30.0, float32=20.0)
@@ -236,7 +239,7 @@ def test_public_name_and_errors():
 
 
 def test_compile_without_a_compiler_runs_uncompiled(monkeypatch):
-    monkeypatch.setattr(fast_module, "compiler_available", lambda device: False)
+    monkeypatch.setattr(compiling, "compiler_available", lambda device: False)
     model = tiny()
     with pytest.warns(RuntimeWarning, match="compiler"):
         fast = optimize_for_inference(model, dtype="float32", compile=True)
@@ -249,8 +252,8 @@ def test_compile_failure_at_first_call_falls_back(monkeypatch):
     def broken(net, choice):
         raise RuntimeError("no inductor here")
 
-    monkeypatch.setattr(fast_module, "compiler_available", lambda device: True)
-    monkeypatch.setattr(fast_module, "_compile", broken)
+    monkeypatch.setattr(compiling, "compiler_available", lambda device: True)
+    monkeypatch.setattr(compiling, "compile_path", broken)
     model = tiny()
     fast = optimize_for_inference(model, dtype="float32", compile=True)
     x = images(2, seed=10)
@@ -454,7 +457,7 @@ LADDER = [(torch.bfloat16, torch.bfloat16, 0), (torch.bfloat16, torch.float32, 0
     (dict(float32_units=2, residual_dtype="float32"), [(torch.bfloat16, torch.float32, 2), LADDER[3]]),
 ])
 def test_auto_with_fixed_options_keeps_the_float32_fallback(monkeypatch, options, expected):
-    monkeypatch.setattr(fast_module, "default_candidates", lambda device: list(LADDER))
+    monkeypatch.setattr(policy, "default_candidates", lambda device: list(LADDER))
     fast = optimize_for_inference(tiny(), compile=False, **options)
     assert [(c.dtype, c.residual_dtype, c.float32_units) for c in fast._candidates] == expected
 

@@ -122,9 +122,8 @@ def _no_qat_conv_bn_folding():
 
 def float_module_names(model: nn.Module) -> list[str]:
     """The names in ``model`` of :data:`FLOAT_MODULES`: ``['stem', 'stage1.unit1']``."""
-    first_stage = model.stage_names[0]
-    first_unit = next(iter(getattr(model, first_stage).named_children()))[0]
-    return [name.format(first_unit=f"{first_stage}.{first_unit}") for name in FLOAT_MODULES]
+    first_unit = next(model.iter_units())[0]
+    return [name.format(first_unit=first_unit) for name in FLOAT_MODULES]
 
 
 def _float_stream_quantizer(x86):

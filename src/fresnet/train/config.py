@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from fresnet.inference.compiling import COMPILE_MODES
 from fresnet.network.config import FIELDS as NET_FIELDS
 from fresnet.network.config import NetConfig, normalize_options, parse_value
 from fresnet.errors import FresnetError
@@ -23,7 +24,6 @@ from fresnet.validate import as_mapping
 LR_SCHEDULES = ("step", "poly")
 AMP_MODES = ("none", "bf16", "fp16")
 DECODERS = ("cpu", "gpu")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # original train.py / config.py spellings -> ours
 KEY_ALIASES = {
