@@ -95,10 +95,12 @@ def test_set_grad_checkpointing_true_uses_the_planner_and_false_turns_it_off():
 def test_bad_segments_are_refused():
     model = create_model(**TINY)
 
-    class Plan:
-        segments = (("stage1.unit1", "stage2.unit1"),)
+    class Plan:  # a look-alike of MemoryPlan is not one
+        segments = (("stage1.unit1",),)
 
-    with pytest.raises(FresnetError, match="consecutive"):
+    with pytest.raises(FresnetError, match="must list consecutive units"):
+        model.set_grad_checkpointing([("stage1.unit1", "stage2.unit1")])
+    with pytest.raises(FresnetError, match="takes True/False, a MemoryPlan"):
         model.set_grad_checkpointing(Plan())
     with pytest.raises(FresnetError, match="unknown unit"):
         model.set_grad_checkpointing(["stage9.unit1"])
