@@ -433,6 +433,26 @@ def test_auto_with_calibration_can_pick_the_onnxruntime_backend(monkeypatch):
     assert min_cosine(out, model(x).detach()) >= INT8_CALIBRATION_COSINE
 
 
+@needs_onnxruntime_int8
+def test_onnxruntime_quantiser_output_goes_to_the_log(capfd, caplog):
+    """onnxruntime's quantiser logs ~10 ``WARNING:root:`` lines and prints its calibration steps;
+    they reach fresnet's log at DEBUG, not the terminal, and the root logger is left as it was."""
+    import logging
+
+    from fresnet.inference.fuse import fold_batchnorm
+    from fresnet.inference.onnxruntime_int8 import OnnxRuntimeInt8Net
+
+    root = logging.getLogger()
+    handlers, filters = list(root.handlers), list(root.filters)
+    with caplog.at_level(logging.DEBUG, logger="fresnet.inference.onnxruntime_int8"):
+        OnnxRuntimeInt8Net(fold_batchnorm(tiny(**WIDE).eval()), [faces(16)])
+    out, err = capfd.readouterr()
+    assert "Collecting tensor data" not in out and "WARNING" not in err and "Expected bias" not in err
+    assert not [r for r in caplog.records if r.name == "root"]
+    assert any("onnxruntime: " in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+    assert root.handlers == handlers and root.filters == filters
+
+
 def test_int8_backend_without_int8_is_refused():
     with pytest.raises(FresnetError, match="int8_backend applies to dtype='int8' or 'auto'"):
         optimize_for_inference(tiny(), dtype="float32", int8_backend="onnxruntime")
