@@ -115,11 +115,8 @@ def build_fast(model, name: str, device: torch.device, calibration=None):
         return optimize_for_inference(model, device=device, dtype="int8", calibration=calibration,
                                       int8_backend="onnxruntime")
     if name in ("int8-8bit", "int8-7bit"):  # PT2E with the activation width forced, whatever this CPU's default
-        from unittest import mock
-
-        with mock.patch("fresnet.inference.int8.reduce_range_for_this_cpu", lambda: name == "int8-7bit"):
-            return optimize_for_inference(model, device=device, dtype="int8", calibration=calibration,
-                                          int8_backend="pytorch")
+        return optimize_for_inference(model, device=device, dtype="int8", calibration=calibration,
+                                      int8_backend="pytorch", reduce_range=name == "int8-7bit")
     tokens = name.split("-")
     base, _, units = tokens[0].partition("+")
     dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[base]

@@ -62,8 +62,6 @@ class Embedder:
 
 def build_int8(model, path: str, calibration):
     """optimize_for_inference(dtype='int8') for one of the torch-int8* / int8-onnxruntime paths."""
-    from unittest import mock
-
     from fresnet.inference.fast import optimize_for_inference
 
     if path == "int8-onnxruntime":
@@ -71,8 +69,8 @@ def build_int8(model, path: str, calibration):
     if path == "torch-int8":
         return optimize_for_inference(model, dtype="int8", calibration=calibration)
     seven = {"torch-int8-8bit": False, "torch-int8-7bit": True}[path]
-    with mock.patch("fresnet.inference.int8.reduce_range_for_this_cpu", lambda: seven):
-        return optimize_for_inference(model, dtype="int8", calibration=calibration, int8_backend="pytorch")
+    return optimize_for_inference(model, dtype="int8", calibration=calibration, int8_backend="pytorch",
+                                  reduce_range=seven)
 
 
 def main(argv=None) -> int:

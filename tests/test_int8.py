@@ -372,6 +372,20 @@ def test_dtype_int8_names_the_backend_it_picked_and_why(monkeypatch):
     assert "onnxruntime backend: no C++ compiler" in fast.choice.describe()
 
 
+@pytest.mark.parametrize("seven", [True, False])
+def test_reduce_range_forces_the_int8_bit_width(monkeypatch, seven):
+    _backends(monkeypatch, compiler=False, dot_product=seven)  # the CPU's default is the other width
+    monkeypatch.setattr(fast_model, "build_path", lambda model, choice, calibration=None: torch.nn.Identity())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fast = optimize_for_inference(tiny(), dtype="int8", calibration=faces(16), int8_backend="pytorch",
+                                      reduce_range=seven)
+    assert fast.choice.reduce_range is seven
+    assert f"{7 if seven else 8}-bit activations" in fast.choice.describe()
+    with pytest.raises(FresnetError, match="reduce_range is True \\(7-bit int8\\) or False"):
+        optimize_for_inference(tiny(), dtype="float32", reduce_range=seven)
+
+
 @pytest.mark.parametrize("case,expected", [
     (dict(), ["pytorch", "onnxruntime"]),
     (dict(compiler=False), ["onnxruntime"]),  # PyTorch's reference kernels are slower than float32

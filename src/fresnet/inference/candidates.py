@@ -64,7 +64,8 @@ def candidates_for(model: nn.Module, options: FastOptions) -> Candidates:
     batches = None
     if options.calibration is not None and device.type == "cpu":
         batches = _int8_calibration(model, options.calibration)
-        extras += int8_candidates(device, options.fold_bn, batches, reason, options.int8_backend)
+        extras += int8_candidates(device, options.fold_bn, batches, reason, options.int8_backend,
+                                  reduce_range=options.reduce_range)
     return Candidates(ladder, extras, batches)
 
 
@@ -161,8 +162,9 @@ def check_int8_backend(backend: Optional[str]) -> None:
 
 
 def int8_choice(device: torch.device, fold_bn: bool, batches: Sequence[torch.Tensor], reason: str,
-                backend: str, warn: bool = True) -> FastChoice:
-    """The int8 path on ``backend``, compiled where its kernels need inductor and a compiler is there."""
+                backend: str, warn: bool = True, reduce_range: Optional[bool] = None) -> FastChoice:
+    """The int8 path on ``backend``, compiled where its kernels need inductor and a compiler is there;
+    7-bit where ``reduce_range`` says, or by default where this CPU needs it."""
     from fresnet.inference.int8 import reduce_range_for_this_cpu
 
     compiled = backend == "pytorch" and compiling.compiler_available(device)
@@ -170,13 +172,15 @@ def int8_choice(device: torch.device, fold_bn: bool, batches: Sequence[torch.Ten
         warnings.warn("int8 without a C++ compiler runs PyTorch's reference quantised kernels, slower than "
                       "float32; install g++ (inductor builds the int8 kernels) or use int8_backend='onnxruntime'",
                       RuntimeWarning, stacklevel=5)
-    settings = Int8Settings(backend, reduce_range=reduce_range_for_this_cpu(),
+    if reduce_range is None:
+        reduce_range = reduce_range_for_this_cpu()
+    settings = Int8Settings(backend, reduce_range=reduce_range,
                             calibration_images=sum(int(b.shape[0]) for b in batches))
     return FastChoice(str(device), torch.int8, False, compiled, fold_bn, reason=reason, int8=settings)
 
 
 def int8_candidates(device: torch.device, fold_bn: bool, batches: Sequence[torch.Tensor], reason: str,
-                    backend: Optional[str]) -> list[FastChoice]:
+                    backend: Optional[str], reduce_range: Optional[bool] = None) -> list[FastChoice]:
     """auto's int8 candidates: every backend that can run here (or the one asked for). PyTorch
     without a compiler is left out when onnxruntime is there: its reference kernels are slower than
     float32, so timing them would only cost the first call."""
@@ -189,7 +193,7 @@ def int8_candidates(device: torch.device, fold_bn: bool, batches: Sequence[torch
         backends = [backend]
     if not backends:
         raise FresnetError("no int8 backend here: " + "; ".join(str(reason) for reason in missing.values()))
-    return [int8_choice(device, fold_bn, batches, reason, b, warn=False) for b in backends]
+    return [int8_choice(device, fold_bn, batches, reason, b, warn=False, reduce_range=reduce_range) for b in backends]
 
 
 def _int8_request(model: nn.Module, options: FastOptions) -> Candidates:
@@ -203,7 +207,8 @@ def _int8_request(model: nn.Module, options: FastOptions) -> Candidates:
         backend, why = default_int8_backend(options.device)
         reason = f"{reason}; {backend} backend: {why}"
     batches = _int8_calibration(model, options.calibration)
-    return Candidates([int8_choice(options.device, options.fold_bn, batches, reason, backend)], [], batches)
+    choice = int8_choice(options.device, options.fold_bn, batches, reason, backend, reduce_range=options.reduce_range)
+    return Candidates([choice], [], batches)
 
 
 def _int8_calibration(model: nn.Module, calibration: Any) -> list[torch.Tensor]:

@@ -100,6 +100,7 @@ def optimize_for_inference(
     float32_units: Optional[int] = None,
     calibration: Any = None,
     int8_backend: Optional[str] = None,
+    reduce_range: Optional[bool] = None,
 ) -> FastModel:
     """A fast inference module computing the same embeddings as ``model`` (which is not modified).
 
@@ -129,13 +130,16 @@ def optimize_for_inference(
         int8_backend: 'pytorch' (PT2E, inductor's oneDNN kernels) or 'onnxruntime' (a QDQ session).
             Default: with ``dtype='int8'``, the per-CPU table of :func:`default_int8_backend`; with
             ``dtype='auto'``, every backend that can run here is a candidate, timed like the others.
+        reduce_range: int8 in 7 bits (True: activations on PyTorch, weights on onnxruntime) or 8
+            (False). Default: 7 bits on a CPU without VNNI/AMX, where AVX2's int16 sums saturate.
 
     Returns:
         A :class:`FastModel`; ``fast(x)`` takes the same input as ``model(x)``.
     """
     options = parse_options(model, device=device, dtype=dtype, channels_last=channels_last, compile=compile,
                             fold_bn=fold_bn, calibrate=calibrate, residual_dtype=residual_dtype,
-                            float32_units=float32_units, calibration=calibration, int8_backend=int8_backend)
+                            float32_units=float32_units, calibration=calibration, int8_backend=int8_backend,
+                            reduce_range=reduce_range)
     tried = candidates_for(model, options)
     return FastModel(model, tried.ladder, calibrate=options.calibrate, extras=tried.extras,
                      calibration=tried.calibration)

@@ -35,6 +35,7 @@ class FastOptions:
     float32_units: Optional[int] = None
     calibration: Any = None
     int8_backend: Optional[str] = None
+    reduce_range: Optional[bool] = None  # int8's bit width; None: the per-CPU default
 
     @property
     def auto(self) -> bool:
@@ -44,7 +45,7 @@ class FastOptions:
 def parse_options(model: FResNet, *, device: Union[str, torch.device, None], dtype: Union[str, torch.dtype],
                   channels_last: bool, compile: Union[bool, str], fold_bn: bool, calibrate: Optional[bool],
                   residual_dtype: Union[str, torch.dtype, None], float32_units: Optional[int], calibration: Any,
-                  int8_backend: Optional[str]) -> FastOptions:
+                  int8_backend: Optional[str], reduce_range: Optional[bool] = None) -> FastOptions:
     """The arguments of :func:`fresnet.inference.fast.optimize_for_inference`, checked (a
     :class:`FresnetError` names the bad one and the fix) and resolved."""
     if not isinstance(model, FResNet):
@@ -62,9 +63,13 @@ def parse_options(model: FResNet, *, device: Union[str, torch.device, None], dty
         raise FresnetError(f"unknown int8_backend {int8_backend!r}; choose one of {', '.join(INT8_BACKENDS)}")
     if int8_backend is not None and low not in (None, torch.int8):
         raise FresnetError(f"int8_backend applies to dtype='int8' or 'auto'; got dtype={dtype!r}")
+    if reduce_range is not None and (low not in (None, torch.int8) or not isinstance(reduce_range, bool)):
+        raise FresnetError(f"reduce_range is True (7-bit int8) or False (8-bit) with dtype='int8' or 'auto'; "
+                           f"got reduce_range={reduce_range!r} with dtype={dtype!r}")
     return FastOptions(device, low, bool(channels_last), _compile_mode(compile, device), bool(fold_bn),
                        calibrate=bool(low is None if calibrate is None else calibrate), residual_dtype=stream,
-                       float32_units=float32_units, calibration=calibration, int8_backend=int8_backend)
+                       float32_units=float32_units, calibration=calibration, int8_backend=int8_backend,
+                       reduce_range=reduce_range)
 
 
 def _device(model: FResNet, device: Union[str, torch.device, None]) -> torch.device:
