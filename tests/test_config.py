@@ -85,6 +85,14 @@ def test_presets():
         create_model("resnet50")
 
 
+def test_short_name_names_a_depth_only_for_its_units():
+    assert NetConfig(num_layers=18).short_name() == "r18-u3-E512"
+    assert NetConfig(num_layers=18, filter_list=[32, 32, 64, 128, 256]).short_name() == "r18-u3-E512"
+    custom = NetConfig.from_dict(dict(num_layers=18, units=[1, 1, 1, 1], emb_size=64))  # --set units=[1,1,1,1]
+    assert custom.short_name() == "r[1,1,1,1]-u3-E64"
+    assert NetConfig(num_layers=None, units=[2, 2, 2, 2]).short_name() == "r[2,2,2,2]-u3-E512"
+
+
 def test_bottleneck_rule_and_trunk_size():
     assert NetConfig(num_layers=None, units=[3, 4, 6, 3], bottle_neck=True).trunk_channels == 512
     assert NetConfig(num_layers=18, input_size=(112, 96)).trunk_hw == (7, 6)

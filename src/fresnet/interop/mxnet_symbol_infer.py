@@ -190,17 +190,14 @@ def _infer_config(
         emb_size = _int_attr(g.node(fc_name), "num_hidden", 512)
     elif head == "GNAP" and g.node("convx") is not None:
         emb_size = _int_attr(g.node("convx"), "num_filter", 512)
-    # depth
-    num_layers: Optional[int] = None
-    if not bottle_neck and filter_list == BASIC_FILTERS:
-        matches = [d for d, u in UNITS_BY_DEPTH.items() if u == units_list]
-        if matches:
-            num_layers = 50 if 50 in matches else matches[0]
+    # depth: the one whose units these are, whatever the widths (a custom-width r18 stays an r18)
+    matches = [d for d, u in UNITS_BY_DEPTH.items() if u == units_list]
+    num_layers: Optional[int] = (50 if 50 in matches else matches[0]) if matches else None
     options: dict[str, Any] = dict(
         num_layers=num_layers, net_unit=net_unit, net_se=net_se, net_act=net_act, net_input=net_input,
         net_output=head, emb_size=emb_size, bn_mom=bn_mom,
     )
-    if num_layers is None:
+    if num_layers is None or bottle_neck or filter_list != BASIC_FILTERS:
         options.update(units=units_list, filter_list=filter_list, bottle_neck=bottle_neck)
     # checked before any arithmetic on them (a width of 0 would divide by zero below)
     as_int_tuple(filter_list, "filter_list (num_filter of conv0 and the stage shortcuts)", g.source, minimum=1)

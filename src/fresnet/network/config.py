@@ -145,7 +145,10 @@ class NetConfig(metaclass=_CoercedOnConstruction):
         return cls.from_dict(data)
 
     def short_name(self) -> str:
-        depth = f"r{self.num_layers}" if self.num_layers is not None else "r[" + ",".join(map(str, self.units)) + "]"
+        """``r50-u3-E512``: depth, unit, head and embedding size. The depth is named only when the
+        units are that depth's; custom units are spelt out (``r[1,1,1,1]-u3-E512``)."""
+        named = self.num_layers is not None and UNITS_BY_DEPTH.get(self.num_layers) == self.units
+        depth = f"r{self.num_layers}" if named else "r[" + ",".join(map(str, self.units)) + "]"
         return f"{depth}-u{self.net_unit}-{self.net_output}{self.emb_size}"
 
 
