@@ -165,3 +165,16 @@ def test_plot_command_draws_a_picture_without_dot(tmp_path, capsys, monkeypatch)
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "matplotlib" in printed
     assert "stage4.unit1" in out.read_text()
+
+
+def test_plot_command_reads_a_model_file_and_names_the_output_after_it(tmp_path, capsys, monkeypatch):
+    import fresnet
+    from fresnet.cli import main
+
+    fresnet.save(create_model("r18", **TINY), tmp_path / "mine.safetensors")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(viz.shutil, "which", lambda name: None)
+    assert main(["plot", "mine.safetensors", "--collapse", "-o", "mine.dot"]) == 0
+    assert "stage2_unit2" in (tmp_path / "mine.dot").read_text()
+    assert main(["plot", "mine", "--collapse"]) == 2  # neither a preset nor a file
+    assert "'mine' is neither a preset" in capsys.readouterr().err
