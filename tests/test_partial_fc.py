@@ -103,3 +103,17 @@ def test_two_ranks_equal_one_rank(loss_name):
         assert torch.allclose(grad_x, xr.grad[rank * 4:(rank + 1) * 4], atol=1e-6, rtol=1e-4)
         assert torch.equal(w, weight)
         assert torch.allclose(grad_w, full.weight.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_classes,world_size,rate", [(99, 1, 0.1), (101, 2, 0.3), (1000, 3, 0.07), (7, 1, 0.1)])
+def test_sampled_class_count_is_arcface_torchs_floor(num_classes, world_size, rate):
+    """arcface_torch's PartialFC_V2 keeps ``int(sample_rate * num_local)`` classes (floor): so does
+    fresnet, so a sampled run keeps the same number of centres per step (at least one)."""
+    for rank in range(world_size):
+        pfc = PartialFC(4, num_classes, margin_spec("arcface"), sample_rate=rate, rank=rank, world_size=world_size)
+        assert pfc.num_sample == max(1, int(rate * pfc.num_local))
+        labels = torch.full((2,), -1, dtype=torch.long)  # no positives on this rank: only the sampled count
+        index, _ = pfc._sample(labels)
+        assert len(index) == pfc.num_sample
+    # 99 classes at 0.1: 9.9 -> 9 (ceil would keep 10)
+    assert PartialFC(4, 99, margin_spec("arcface"), sample_rate=0.1, rank=0, world_size=1).num_sample == 9

@@ -78,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from fresnet.cli.terminal import show_library_messages
     from fresnet.errors import FresnetError
     from fresnet.limits import override
+
+    show_library_messages()
 
     def fail(message: str) -> int:
         print(f"fresnet {args.command}: error: {message}", file=sys.stderr)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from fresnet.errors import FresnetError
 from fresnet.progress import Progress
+from fresnet.timing import Timing, timed
 
 
 def _extract(args: argparse.Namespace, embedder, meta, console) -> tuple[np.ndarray, dict[str, Any]]:
@@ -26,7 +26,7 @@ def _extract(args: argparse.Namespace, embedder, meta, console) -> tuple[np.ndar
     info: dict[str, Any] = {"features": str(out)}
     # a bar on a terminal, plain lines with faces/s and ETA in a log
     with Progress("extracting features", faces, unit="faces", transient=True) as progress:
-        state = {"start": time.perf_counter(), "first": 0, "done": 0}
+        state = {"clock": Timing.start(), "first": 0, "done": 0}
 
         def on_start(done: int) -> None:
             state.update(first=done, done=done)
@@ -41,7 +41,7 @@ def _extract(args: argparse.Namespace, embedder, meta, console) -> tuple[np.ndar
         features = extract_features(embedder, meta.paths, meta.faces, out, model=args.model, flip=args.flip,
                                     batch_size=args.batch_size, workers=args.workers, progress=advance,
                                     on_start=on_start)
-    seconds = time.perf_counter() - state["start"]
+    seconds = state["clock"].wall
     new = state["done"] - state["first"]
     info.update(extracted_faces=new, extract_seconds=seconds, faces_per_second=new / seconds if seconds > 0 and new else None)
     if new:
@@ -113,10 +113,10 @@ def run_ijb(args: argparse.Namespace, embedder, console) -> None:
     from fresnet.eval.plots import plot_ijb_roc
     from fresnet.ioutil import atomic_write_text
 
-    start = time.perf_counter()
-    meta = read_meta(args.ijb, args.target)
+    with timed() as reading:
+        meta = read_meta(args.ijb, args.target)
     console.print(f"{args.target}: {len(meta.faces)} faces, {len(meta.pairs)} pairs "
-                  f"({time.perf_counter() - start:.1f} s to read {meta.paths.meta})")
+                  f"({reading.wall:.1f} s to read {meta.paths.meta})")
     report: dict[str, Any] = {"root": str(args.ijb), "model": args.model}
     if args.features:
         features, mirrored = _features_file(args)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,14 +21,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. output=runs/a max_steps=100")
     p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT from its checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="start over even if OUTPUT holds a checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress display (neither the bar nor the periodic progress lines); messages, "
+                        "verification results and the closing summary still print")
     p.add_argument("--list", action="store_true", help="list the built-in configs and exit")
     p.set_defaults(func=run_train, intermixed_overrides=True)  # key=value pairs may follow the flags
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 alone)."""
+    value = os.environ.get("RANK", "0").strip()
+    return int(value) if value.isdigit() else 0
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run from its checkpoint."""
+    kept = [o for o in args.overrides if o.split("=", 1)[0].strip() not in ("resume", "overwrite")]
+    words = ["fresnet", "train", args.config, *kept]
+    if args.no_progress:
+        words.append("--no-progress")
+    return shlex.join(words + ["--resume"])
+
+
 def run_train(args: argparse.Namespace) -> int:
     from fresnet.train.config import builtin_names, load_config
-    from fresnet.train.loop import train
+    from fresnet.train.loop import TrainingInterrupted, train
 
     if args.list:
         print("\n".join(builtin_names()))
@@ -42,10 +62,15 @@ def run_train(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides.append("progress=false")
     cfg = load_config(args.config, overrides)
-    result = train(cfg)
-    from fresnet.train import distributed as D
-
-    if D.world()[0] == 0:
+    try:
+        result = train(cfg)
+    except TrainingInterrupted as stop:
+        if _rank() == 0:
+            print(f"fresnet train: {stop}", file=sys.stderr)
+            if stop.checkpoint_step is not None:
+                print(f"continue with: {resume_command(args)}", file=sys.stderr)
+        return 130
+    if _rank() == 0:  # the process group is gone by now: ask torchrun's environment
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}" + (f", {metrics}" if metrics else ""))
         print(f"throughput: {result.samples_per_s:.1f} samples/s after warm-up ({result.settings})")

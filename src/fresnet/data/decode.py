@@ -109,7 +109,8 @@ def image_dimensions(data: bytes, where: str) -> tuple[int, int]:
 def _undecodable(where: str, exc: BaseException) -> FresnetError:
     return FresnetError(
         f"{where}: cannot decode the image ({type(exc).__name__}: {str(exc)[:200]}); "
-        "the bytes are corrupt or not an image; re-create it, or load with on_error='skip'"
+        "the bytes are corrupt or not an image; re-create or remove it, or skip bad images (fresnet train "
+        "on_error=skip; the datasets' on_error='skip')"
     )
 
 

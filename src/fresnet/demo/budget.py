@@ -11,7 +11,6 @@ is the most it trains on a fast one. The report says what was measured and chose
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 TRAIN_BUDGET_S = 100.0  # for the training steps; the other demo steps take ~30-40 s on 2 AVX2 cores
@@ -54,6 +53,7 @@ def measure_steps_per_s(cfg, net_config, num_classes: int, steps: int = CALIBRAT
     import torch
 
     from fresnet.network.model import FResNet
+    from fresnet.timing import timed
     from fresnet.train.optim import build_optimizer
     from fresnet.train.partial_fc import PartialFC
     from fresnet.train.step import StepSettings, TrainStep
@@ -77,6 +77,6 @@ def measure_steps_per_s(cfg, net_config, num_classes: int, steps: int = CALIBRAT
             float(loss)  # waits for the device
 
         run(2)
-        start = time.perf_counter()
-        run(steps)
-        return steps / max(time.perf_counter() - start, 1e-9)
+        with timed(device) as clock:
+            run(steps)
+        return steps / max(clock.wall, 1e-9)

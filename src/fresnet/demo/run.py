@@ -6,7 +6,6 @@ report; an optional step (a picture) that fails is recorded as skipped and the d
 from __future__ import annotations
 
 import shutil
-import time
 import traceback
 from typing import Callable, Optional
 
@@ -23,6 +22,7 @@ from fresnet.demo.state import (
     StepRecord,
 )
 from fresnet.errors import FresnetError
+from fresnet.timing import Timing
 
 
 def run_demo(options: DemoOptions, console=None) -> DemoResult:
@@ -30,7 +30,7 @@ def run_demo(options: DemoOptions, console=None) -> DemoResult:
     from rich.console import Console
 
     # soft_wrap: in a log (no terminal, rich assumes 80 columns) a long line stays one line
-    state = DemoState(options, console or Console(soft_wrap=True), time.perf_counter())
+    state = DemoState(options, console or Console(soft_wrap=True), Timing.start())
     prepare_folder(state)
     state.results["machine"] = machine.describe()
     write_report(state)  # marks the folder as a demo report at once, so an interrupted run can be redone
@@ -53,7 +53,7 @@ def run_demo(options: DemoOptions, console=None) -> DemoResult:
     )
     for title, stage, optional in steps:
         run_step(state, title, stage, optional)
-    total = time.perf_counter() - state.start
+    total = state.start.wall
     state.results["machine"]["load_average_end"] = machine.load_average()
     report = write_report(state, total=total)
     return DemoResult(state.out, state.results["trained"]["accuracy"], state.results["untrained"]["accuracy"],
@@ -78,11 +78,11 @@ def run_step(state: DemoState, title: str, stage: Callable[[DemoState], Optional
     """Run one stage, timed, and record it; a failure of a required stage ends the demo."""
     index = len(state.records) + 1
     state.console.print(f"[bold cyan][{index}] {title}[/]")
-    t0, c0 = time.perf_counter(), time.process_time()
+    clock = Timing.start()
     try:
         note = stage(state) or ""
     except Exception as exc:  # noqa: BLE001 -- every failure is recorded, required ones re-raised
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        seconds, cpu = clock.wall, clock.cpu
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         if optional:
             state.records.append(StepRecord(title, "skipped", seconds, reason, cpu))
@@ -92,6 +92,6 @@ def run_step(state: DemoState, title: str, stage: Callable[[DemoState], Optional
         state.console.print(f"    [red]failed[/] after {seconds:.1f} s: {reason}")
         write_report(state, failed=traceback.format_exc())
         raise DemoFailed(f"demo step '{title}' failed: {reason} (partial report in {state.out})") from exc
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    seconds, cpu = clock.wall, clock.cpu
     state.records.append(StepRecord(title, "ok", seconds, note, cpu))
     state.console.print(f"    done in {seconds:.1f} s (CPU {cpu:.1f} s)" + (f": {note}" if note else ""))

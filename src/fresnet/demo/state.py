@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fresnet.errors import FresnetError
+from fresnet.timing import Timing
 
 MARKER = "results.json"  # a folder holding this is a previous demo report and may be overwritten
 DATA_DIR, TRAIN_DIR = "data", "train"
@@ -69,7 +70,7 @@ class DemoState:
 
     options: DemoOptions
     console: Any
-    start: float
+    start: Timing  # the whole demo's stopwatch
     records: list[StepRecord] = field(default_factory=list)
     doc_parts: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)

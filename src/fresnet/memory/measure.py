@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import time
 from dataclasses import dataclass
 from itertools import chain
 from typing import Callable, Iterator, Optional, Sequence
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from fresnet.errors import FresnetError
+from fresnet.timing import timed
 
 MB = 2**20
 
@@ -241,20 +241,13 @@ def time_step(model: nn.Module, batch: int, input_size=None, *, seed: int = 0) -
     device = device_of(model)
     x = random_batch(batch, resolve_input_size(model, input_size), seed).to(device)
     with training_step_sandbox(model):
-        _synchronize(device)
-        wall, cpu = time.perf_counter(), time.process_time()
-        probe_loss(model(x)).backward()
-        _synchronize(device)
-        return StepTime(time.perf_counter() - wall, time.process_time() - cpu)
+        with timed(device) as step:
+            probe_loss(model(x)).backward()
+        return StepTime(step.wall, step.cpu)
 
 
 def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def best_step_time(times: Sequence[StepTime]) -> Optional[StepTime]:

@@ -18,12 +18,13 @@ from fresnet.inference.compiling import COMPILE_MODES
 from fresnet.network.config import FIELDS as NET_FIELDS
 from fresnet.network.config import NetConfig, normalize_options, parse_value
 from fresnet.errors import FresnetError
-from fresnet.train.losses import LOSS_PRESETS, margin_spec
+from fresnet.train.losses import margin_spec
 from fresnet.validate import as_mapping
 
 LR_SCHEDULES = ("step", "poly")
 AMP_MODES = ("none", "bf16", "fp16")
 DECODERS = ("cpu", "gpu")
+ON_ERROR = ("raise", "skip")
 
 # original train.py / config.py spellings -> ours
 KEY_ALIASES = {
@@ -71,6 +72,8 @@ class TrainConfig:
             want them).
         num_workers [auto]: DataLoader processes decoding images (auto: 0 for the in-memory
             synthetic set and on CPU, else up to 8 on CUDA); batches are pinned on CUDA.
+        on_error [raise]: a training image that cannot be read stops the run (raise) or is counted,
+            warned about and replaced by the next good one (skip).
         decode [cpu]: where RecordIO JPEGs are decoded: cpu (the workers) or gpu
             (``torchvision.io.decode_jpeg`` on the device; needs torchvision with CUDA).
         grad_checkpointing [false]: recompute activations (``FResNet.set_grad_checkpointing``).
@@ -111,6 +114,7 @@ class TrainConfig:
     compile: Any = "auto"
     channels_last: Any = "auto"
     decode: str = "cpu"
+    on_error: str = "raise"
     grad_checkpointing: bool = False
     sync_bn: bool = True
     rand_mirror: bool = True
@@ -144,6 +148,13 @@ class TrainConfig:
         opts.update(self.synthetic)
         return opts
 
+    @staticmethod
+    def synthetic_render_size(input_size: tuple[int, int]) -> int:
+        """The side the synthetic faces are rendered at: the network's (square inputs, at least 16),
+        else 112 (resized to the input afterwards)."""
+        height, width = input_size
+        return max(16, height if height == width else 112)
+
     def compile_mode(self, device: str = "cpu", compiler_available: bool = True) -> Optional[str]:
         """The ``torch.compile`` mode for a run on ``device`` (None: eager)."""
         value = self.compile
@@ -176,7 +187,12 @@ class TrainConfig:
 
         check_fields(self, origins)
         check_net(self, origins)  # raises FresnetError on bad network keys
-        self.margin()
+        try:
+            self.margin()
+        except FresnetError as exc:
+            keys = ("loss", "loss_s", "loss_m1", "loss_m2", "loss_m3")
+            where = next((origins[k] for k in keys if (origins or {}).get(k) == "override"), None)
+            raise FresnetError(f"{where or (origins or {}).get('loss', 'training config')}: {exc}") from None
         # the step counts, sample_rate, lr_steps and val_targets are typed, ranged and split by check_fields
         if self.lr_schedule not in LR_SCHEDULES:
             raise FresnetError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
@@ -187,11 +203,11 @@ class TrainConfig:
         if self.num_workers != "auto" and (isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int)
                                           or self.num_workers < 0):
             raise FresnetError(f"num_workers must be auto or an integer >= 0, got {self.num_workers!r}")
+        if self.on_error not in ON_ERROR:
+            raise FresnetError(f"unknown on_error {self.on_error!r}; choose one of {', '.join(ON_ERROR)}")
         if self.decode not in DECODERS:
             raise FresnetError(f"unknown decode {self.decode!r}; choose one of {', '.join(DECODERS)}")
         self.lr_steps = sorted(self.lr_steps)
-        if self.loss not in LOSS_PRESETS:  # margin() already raised; keeps the reason explicit
-            raise FresnetError(f"unknown loss {self.loss!r}")
         return self
 
 
@@ -253,8 +269,10 @@ def load_config(
                 pairs[key.strip()] = parse_value(value.strip())
             overrides = pairs
         extra = _normalize(dict(overrides), "overrides")
-        net = {**merged.pop("net", {}), **extra.pop("net", {})}
-        origins.update({key: "override" for key in extra if key != "net"})
+        override_net = extra.pop("net", {})
+        net = {**merged.pop("net", {}), **override_net}
+        origins.update({key: "override" for key in extra})
+        origins.update({f"net.{key}": "override" for key in override_net})  # blamed by key (schema.check_net)
         merged.update(extra)
         merged["net"] = net
     return TrainConfig(**merged).validate(origins)

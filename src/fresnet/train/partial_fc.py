@@ -4,7 +4,8 @@ Like arcface_torch's ``PartialFC_V2`` + ``DistCrossEntropy``: each rank owns a c
 the classes (``num_classes // W`` each, the first ``num_classes % W`` ranks one more). Each step:
 
 1. the embeddings and labels of the *global* batch are gathered on every rank;
-2. with ``sample_rate < 1`` each rank keeps ``ceil(rate * local classes)`` of its centres, always
+2. with ``sample_rate < 1`` each rank keeps ``int(rate * local classes)`` (floor, as arcface_torch;
+   at least 1) of its centres, always
    including every class that is a label in the global batch (positives), the rest at random;
 3. the logits against the kept local centres are computed (margin logits for normalised losses,
    ``x @ W.T + b`` for plain softmax);
@@ -16,7 +17,6 @@ The loss is the mean over the global batch and identical on every rank. With one
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -91,12 +91,18 @@ class PartialFC(nn.Module):
     def local_slice(self, full: torch.Tensor) -> torch.Tensor:
         return full[self.class_start:self.class_start + self.num_local]
 
+    @property
+    def num_sample(self) -> int:
+        """Classes kept per step on this rank: ``int(rate * num_local)`` like arcface_torch's
+        ``PartialFC_V2`` (floor, so a sampled run keeps the same count), at least 1."""
+        return max(1, int(self.sample_rate * self.num_local))
+
     # ---- forward ----------------------------------------------------------------------------
     def _sample(self, local_labels: torch.Tensor) -> tuple[Optional[torch.Tensor], torch.Tensor]:
         """Indices of the kept local classes (None = all) and the labels remapped into them."""
         if self.sample_rate >= 1.0:
             return None, local_labels
-        num_sample = max(1, math.ceil(self.sample_rate * self.num_local))
+        num_sample = self.num_sample
         device = local_labels.device
         if num_sample >= local_labels.numel():
             # the global batch cannot hold more positives than num_sample: the kept set always has

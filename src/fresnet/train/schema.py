@@ -9,6 +9,7 @@ refused with the key, the value, where it came from and what is expected. A key 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping, Optional
 
 import fresnet.validate as V
@@ -106,13 +107,22 @@ def check_net(cfg: Any, origins: Optional[Mapping[str, str]] = None, default: st
     try:
         net = cfg.net_config()
     except FresnetError as exc:
-        where = origins.get("net") or origins.get("network") or default
-        raise FresnetError(f"{where}: network: {exc}") from None
+        raise FresnetError(f"{_net_origin(cfg, str(exc), origins, default)}: network: {exc}") from None
     if str(cfg.dataset) == "synthetic":  # rendered once and kept in memory: bound it before rendering
         options = cfg.synthetic_options()
-        height, width = net.input_size
-        side = max(16, height if height == width else 112)  # the size train.data renders at
+        side = cfg.synthetic_render_size(net.input_size)
         images = int(options["num_identities"]) * int(options["images_per_identity"])
         check("max_tensor_bytes", images * 3 * side * side,
               f"the synthetic set in memory ({images:,} images at {side}x{side})", origins.get("synthetic", default))
     return net
+
+
+def _net_origin(cfg: Any, message: str, origins: Mapping[str, str], default: str) -> str:
+    """Where the network key a message names came from: an override's key (``net.KEY`` in
+    ``origins``, or ``network``) is blamed on the override, the rest on the config file."""
+    overridden = [key[len("net."):] for key, origin in origins.items() if key.startswith("net.") and origin == "override"]
+    if any(re.search(rf"(?<![\w.]){re.escape(key)}\b", message) for key in overridden):
+        return "override"
+    if origins.get("network") == "override" and repr(str(cfg.network)) in message:
+        return "override"
+    return origins.get("net") or origins.get("network") or default

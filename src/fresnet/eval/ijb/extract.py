@@ -28,7 +28,7 @@ from fresnet.errors import FresnetError
 from fresnet.eval.ijb.layout import FaceTable, IJBPaths
 
 PathLike = Union[str, os.PathLike]
-Progress = Optional[Callable[[int], None]]
+ProgressCallback = Optional[Callable[[int], None]]  # called with the faces just finished (Progress.advance)
 CHECKPOINT_SECONDS = 2.0
 FORMAT_VERSION = 1
 
@@ -242,7 +242,7 @@ def extract_features(
     flip: bool = True,
     batch_size: int = 64,
     workers: Optional[int] = None,
-    progress: Progress = None,
+    progress: ProgressCallback = None,
     on_start: Optional[Callable[[int], None]] = None,
 ) -> np.ndarray:
     """Embed every face into ``out`` (a ``.npy``), resuming an earlier run; returns the array
