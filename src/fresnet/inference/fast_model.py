@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from dataclasses import replace
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -21,6 +20,7 @@ from fresnet.inference import candidates as policy
 from fresnet.inference import compiling
 from fresnet.inference.choice import FastChoice
 from fresnet.inference.mixed_precision import MixedPrecisionNet
+from fresnet.timing import timed
 
 TIMED_ROUNDS = 2  # interleaved rounds per candidate on the first batch, after one untimed warm call
 
@@ -194,16 +194,11 @@ def _time_paths(runners: dict[str, Any], x: torch.Tensor, device: str, rounds: i
     rotated each round) so that load from elsewhere hits every candidate alike."""
     names = list(runners)
     best = dict.fromkeys(names, float("inf"))
-    cuda = torch.device(device).type == "cuda"
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            runners[name](x)
-            if cuda:
-                torch.cuda.synchronize()
-            best[name] = min(best[name], time.perf_counter() - start)
+            with timed(device) as t:
+                runners[name](x)
+            best[name] = min(best[name], t.wall)
     return best
 
 
