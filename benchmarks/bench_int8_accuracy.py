@@ -15,17 +15,16 @@ to float32 (min, mean). Use a pack of a few thousand pairs: on 600, one pair is 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from common import set_threads  # noqa: E402
+from common import set_threads
 
 TARGET_POINTS = 0.2
 
@@ -116,8 +115,14 @@ def main(argv=None) -> int:
         cosine = torch.nn.functional.cosine_similarity(torch.from_numpy(embeddings[name]), ref, dim=1)
         result.update(points_vs_float32=100 * (result["accuracy"] - base), cosine_min=cosine.min().item(),
                       cosine_mean=cosine.mean().item())
-        verdict = "" if name == "float32" else (
-            f"  ({'within' if abs(result['points_vs_float32']) <= TARGET_POINTS else 'NOT within'} {TARGET_POINTS} points)")
+        verdict = (
+            ""
+            if name == "float32"
+            else (
+                f"  ({'within' if abs(result['points_vs_float32']) <= TARGET_POINTS else 'NOT within'} "
+                f"{TARGET_POINTS} points)"
+            )
+        )
         print(f"{name:17s} accuracy {100 * result['accuracy']:.2f}% +- {100 * result['accuracy_std']:.2f}, "
               f"{result['points_vs_float32']:+.2f} points vs float32{verdict}; cosine to float32 min "
               f"{result['cosine_min']:.5f}, mean {result['cosine_mean']:.5f}")

@@ -73,7 +73,9 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
-        "cpu_isa": sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"}),
+        "cpu_isa": sorted(
+            f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"}
+        ),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "load_average_start": _load_average(),
     }

@@ -1,12 +1,14 @@
 """NetConfig: original key names, aliases, validation, round trips, presets."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import fresnet
 from fresnet import NetConfig, create_model, list_models
-from fresnet.network.config import parse_assignments
 from fresnet.errors import FresnetError
+from fresnet.network.config import parse_assignments
 
 
 def test_original_keys_and_aliases_agree():
@@ -33,7 +35,7 @@ def test_round_trip(fmt):
 
 def test_config_is_frozen_and_replace_validates():
     config = NetConfig(num_layers=18)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.num_layers = 50  # type: ignore[misc]
     assert config.replace(head="FC").net_output == "FC"
     with pytest.raises(FresnetError, match="unknown head 'Q'"):

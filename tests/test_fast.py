@@ -11,9 +11,8 @@ import torch
 import fresnet
 from fresnet import FresnetError, create_model
 from fresnet.inference import candidates as policy
-from fresnet.inference import compiling
+from fresnet.inference import compiling, fast_model
 from fresnet.inference import fast as fast_module
-from fresnet.inference import fast_model
 from fresnet.inference.fast import FastModel, compiler_available, optimize_for_inference
 from fresnet.network.layers import MXBatchNorm
 
@@ -89,8 +88,11 @@ def test_float32_path_matches_eager(options):
         isinstance(m, MXBatchNorm) for m in model.modules())
 
 
-@pytest.mark.parametrize("options", [dict(), dict(net_output="GNAP", emb_size=64), dict(net_unit=1, net_se=1, filter_list=[16, 16, 16, 32, 32])],
-                         ids=_id)
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(net_output="GNAP", emb_size=64), dict(net_unit=1, net_se=1, filter_list=[16, 16, 16, 32, 32])],
+    ids=_id,
+)
 def test_bfloat16_path_cosine_on_cpu(options):
     model = tiny(**options)
     x = images(4, seed=2)
@@ -184,7 +186,11 @@ def test_auto_calibrates_on_first_call(monkeypatch):
     fast = optimize_for_inference(model, compile=False)
     assert "calibrates on first call" in repr(fast)
     out = fast(x)
-    assert (fast.choice.dtype, fast.choice.residual_dtype, fast.choice.float32_units) == first  # a tiny settled network passes the check
+    assert (
+        fast.choice.dtype,
+        fast.choice.residual_dtype,
+        fast.choice.float32_units,
+    ) == first  # a tiny settled network passes the check
     assert fast.choice.cosine is not None and fast.choice.cosine >= fast_module.CALIBRATION_COSINE
     assert min_cosine(out, expected) >= COSINE_BOUND
     # later calls use the chosen path directly
@@ -321,7 +327,12 @@ def test_cuda_auto_path():
 # the mixed-precision network: what stays float32, the residual stream, pre-packed convolutions
 
 from fresnet.inference.mixed_precision import (  # noqa: E402
-    DtypeFollowingPReLU, InferenceConv2d, InferenceLinear, MixedPrecisionNet, onednn_can_pack)
+    DtypeFollowingPReLU,
+    InferenceConv2d,
+    InferenceLinear,
+    MixedPrecisionNet,
+    onednn_can_pack,
+)
 
 packing = pytest.mark.skipif(not onednn_can_pack(torch.float32), reason="needs oneDNN (mkldnn) on CPU")
 
@@ -403,7 +414,9 @@ def test_mixed_net_keeps_stem_bn_and_head_in_float32(residual):
     assert all(b.running_mean.dtype == torch.float32 for b in net.modules() if isinstance(b, MXBatchNorm))
     head_fc = [m for m in net.head.modules() if isinstance(m, InferenceLinear)]
     assert len(head_fc) == 1 and head_fc[0].weight.dtype == torch.bfloat16 and head_fc[0].bias.dtype == torch.float32
-    assert all(t.dtype == torch.float32 for name, t in net.head.state_dict().items() if not name.endswith("pre_fc1.weight"))
+    assert all(
+        t.dtype == torch.float32 for name, t in net.head.state_dict().items() if not name.endswith("pre_fc1.weight")
+    )
     # the stream really has the asked-for dtype between units
     seen = []
     hooks = [u.register_forward_hook(lambda m, i, o: seen.append(o.dtype))

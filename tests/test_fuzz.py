@@ -31,7 +31,7 @@ from hypothesis import strategies as st  # noqa: E402
 import fresnet  # noqa: E402
 import fresnet.train  # noqa: E402
 from fresnet.errors import FresnetError  # noqa: E402
-from hostile_fixtures import TINY, jpeg, tiny_model, write_recordio, write_safetensors  # noqa: E402
+from hostile_fixtures import jpeg, tiny_model, write_recordio, write_safetensors  # noqa: E402
 
 GiB = 1 << 30
 MEMORY_HEADROOM = 3 * GiB

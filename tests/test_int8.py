@@ -9,17 +9,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_fast import TINY, fixed_times, images, min_cosine, settled, tiny
 
 from fresnet import FresnetError, create_model
 from fresnet.inference import candidates as policy
-from fresnet.inference import compiling
+from fresnet.inference import compiling, fast_model
 from fresnet.inference import fast as fast_module
-from fresnet.inference import fast_model
 from fresnet.inference import int8 as int8_module
 from fresnet.inference.calibration import CalibrationWarning, calibration_batches
 from fresnet.inference.fast import INT8_CALIBRATION_COSINE, compiler_available, optimize_for_inference
 from fresnet.inference.int8 import Int8Net, float_module_names, int8_unavailable
+from test_fast import TINY, fixed_times, images, min_cosine, settled, tiny
 
 needs_int8 = pytest.mark.skipif(int8_unavailable() is not None, reason=str(int8_unavailable()))
 pytestmark = needs_int8
@@ -186,7 +185,9 @@ def test_compiled_int8():
     # no worker pool, as test_fast's compiled test (config.patch: see there)
     with warnings.catch_warnings(), inductor_config.patch(compile_threads=1):
         warnings.simplefilter("ignore", CalibrationWarning)
-        warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to the reference kernels would hide a failure
+        warnings.simplefilter(
+            "error", RuntimeWarning
+        )  # a silent fallback to the reference kernels would hide a failure
         fast = optimize_for_inference(model, dtype="int8", calibration=faces(64, seed=1), int8_backend="pytorch")
         x = faces(4, seed=7)
         out = fast(x)
@@ -491,7 +492,9 @@ def test_onnxruntime_histogram_calibration_is_capped_to_its_memory(tmp_path, mon
     def keep(module, inputs, output):
         seen.extend(t for t in (inputs[0], output) if not any(t is other for other in seen))
 
-    hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [
+        m.register_forward_hook(keep) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.no_grad():
         model(faces(1))
     for hook in hooks:

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from fresnet.errors import FresnetError
-from fresnet.network.layers import MXBatchNorm
 from fresnet.memory import MB, feature_map_cost, plan, probe_loss, profile_units, random_batch
+from fresnet.network.layers import MXBatchNorm
 from fresnet.network.model import create_model
 
 TINY = dict(units=[2, 2, 1, 1], input_size=32, emb_size=32)

@@ -8,11 +8,11 @@ import warnings
 import pytest
 
 from conftest import load_reference_rows
-from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
 from fresnet.interop.mxnet_symbol import parse_symbol, read_symbol
 from fresnet.interop.mxnet_symbol_build import build_graph, config_to_json
 from fresnet.interop.mxnet_symbol_infer import check_fresnet_graph, graph_signature, infer_config
+from fresnet.network.config import NetConfig
 from test_names import row_config
 
 ROWS = [row for row in load_reference_rows() if row.get("symbol_json_sha1") and not row["config"].get("fp16")]

@@ -45,14 +45,18 @@ def model_from_args(args: argparse.Namespace) -> Any:
             raise FresnetError(f"--epoch applies to an MXNet checkpoint; {args.name} is a preset")
         return create_model(args.name, **parse_assignments(args.overrides))
     if args.overrides:
-        raise FresnetError(f"--set applies to preset names only; {args.name} is a model file and carries its own config")
+        raise FresnetError(
+            f"--set applies to preset names only; {args.name} is a model file and carries its own config"
+        )
     try:
         source = detect_source(args.name, epoch=args.epoch)
     except FileNotFoundError:
         raise FresnetError(f"{args.name}: no such model file") from None
     except FresnetError as exc:
         if not os.path.exists(args.name) and os.sep not in args.name and "." not in args.name:
-            raise FresnetError(f"{args.name!r} is neither a preset (see `fresnet list`) nor a model file: {exc}") from None
+            raise FresnetError(
+                f"{args.name!r} is neither a preset (see `fresnet list`) nor a model file: {exc}"
+            ) from None
         raise
     return read_model(source)
 

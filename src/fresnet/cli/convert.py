@@ -69,7 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epoch", type=A.epoch, default=None, help="epoch of an MXNet source given as a prefix")
-    p.add_argument("--num-layers", type=A.positive_int, default=None, help=".pth source: depth (default: from the block counts)")
+    p.add_argument(
+        "--num-layers", type=A.positive_int, default=None, help=".pth source: depth (default: from the block counts)"
+    )
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help=".pth/MXNet source: input size when the file does not fix it (default: from the FC width, "
                         "112x112 for a 7x7 trunk)")
@@ -140,7 +142,10 @@ def _verify(model, path: str, args: argparse.Namespace, console) -> int:
             scale = float(model.eval()(torch.full((1, 3, h, w), 127.0)).abs().max())
     limit = args.tolerance * max(1.0, scale)
     verdict = "ok" if diff <= limit else "FAILED"
-    print(f"onnxruntime: max abs diff {diff:.3g} vs PyTorch over batch sizes {list(batches)} ({verdict}, limit {limit:.3g})")
+    print(
+        f"onnxruntime: max abs diff {diff:.3g} vs PyTorch over batch sizes {list(batches)} "
+        f"({verdict}, limit {limit:.3g})"
+    )
     return 0 if diff <= limit else 1
 
 
@@ -201,8 +206,14 @@ def _write_int8(model, path: str, args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
         with console.status("calibrating and quantising (a minute or more for r50) ..."):
-            export_onnx_int8(model.eval(), path, args.calibration, dynamic_batch=not args.static_batch, opset=args.opset,
-                             reduce_range=reduce_range)
+            export_onnx_int8(
+                model.eval(),
+                path,
+                args.calibration,
+                dynamic_batch=not args.static_batch,
+                opset=args.opset,
+                reduce_range=reduce_range,
+            )
     for warning in caught:
         if issubclass(warning.category, CalibrationWarning):
             print(f"warning:     {warning.message}")

@@ -43,7 +43,9 @@ def _extract(args: argparse.Namespace, embedder, meta, console) -> tuple[np.ndar
                                     on_start=on_start)
     seconds = state["clock"].wall
     new = state["done"] - state["first"]
-    info.update(extracted_faces=new, extract_seconds=seconds, faces_per_second=new / seconds if seconds > 0 and new else None)
+    info.update(
+        extracted_faces=new, extract_seconds=seconds, faces_per_second=new / seconds if seconds > 0 and new else None
+    )
     if new:
         console.print(f"extracted {new} faces in {seconds:.1f} s ({new / seconds:,.0f} faces/s) into {out}")
     else:

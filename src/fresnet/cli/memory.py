@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "deep networks at large batches take minutes.",
     )
     add_model_args(p)
-    p.add_argument("--batch", type=A.positive_int, default=64, help="batch size (default 64, as in the original's figures)")
+    p.add_argument(
+        "--batch", type=A.positive_int, default=64, help="batch size (default 64, as in the original's figures)"
+    )
     p.add_argument("--budget", type=A.positive_float, default=None, metavar="MB",
                    help="MB of saved tensors allowed: recompute as little as fits (default: the sqrt(n) plan)")
     p.add_argument("--ratio", type=A.positive_float, default=None,

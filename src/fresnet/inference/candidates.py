@@ -29,9 +29,11 @@ INT8_CALIBRATION_COSINE = 0.98
 # Measured on an AVX2-only EPYC (docs/performance.md): both backends meet the accuracy target with 7
 # bits; onnxruntime was as fast or faster and builds once for every batch size
 INT8_BACKEND_WITHOUT_VNNI = "onnxruntime"
-INT8_WHY_WITHOUT_VNNI = ("no VNNI on this CPU, so 7-bit int8 (AVX2's int16 pair sums saturate at 8 bits); measured on "
-                         "an AVX2-only CPU, onnxruntime was as accurate as PyTorch's PT2E kernels and faster (r50 batch "
-                         "32: 2.26x vs 2.14x arcface_torch's eager), and it builds once for every batch size")
+INT8_WHY_WITHOUT_VNNI = (
+    "no VNNI on this CPU, so 7-bit int8 (AVX2's int16 pair sums saturate at 8 bits); measured on "
+    "an AVX2-only CPU, onnxruntime was as accurate as PyTorch's PT2E kernels and faster (r50 batch "
+    "32: 2.26x vs 2.14x arcface_torch's eager), and it builds once for every batch size"
+)
 
 Rung = tuple[torch.dtype, torch.dtype, int]  # (convolution dtype, residual stream dtype, float32 units)
 

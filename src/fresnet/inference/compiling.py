@@ -74,7 +74,9 @@ class FrozenCompiled:
             return self.compiled(x)
 
 
-def compiled_or_none(net: nn.Module, choice: FastChoice, x: torch.Tensor) -> tuple[Optional[object], Optional[torch.Tensor]]:
+def compiled_or_none(
+    net: nn.Module, choice: FastChoice, x: torch.Tensor
+) -> tuple[Optional[object], Optional[torch.Tensor]]:
     """(compiled runner, its output on x), or (None, None) with a warning when compiling fails."""
     try:
         runner = compile_path(net, choice)

@@ -180,7 +180,10 @@ def count_quantized(graph_module: nn.Module) -> dict[str, int]:
     """How many convolutions/linears of the graph take int8 input (``quantized``) and how many do not."""
     counts = {"quantized": 0, "float": 0}
     for node in graph_module.graph.nodes:
-        if node.op != "call_function" or node.target not in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default):
+        if node.op != "call_function" or node.target not in (
+            torch.ops.aten.conv2d.default,
+            torch.ops.aten.linear.default,
+        ):
             continue
         source = node.args[0]
         quantized = getattr(source, "op", None) == "call_function" and "dequantize" in str(source.target)

@@ -73,7 +73,13 @@ def quantize_onnx(float_path: Union[str, os.PathLike], int8_path: Union[str, os.
     model's min cosine to float32 from 0.988 to 0.995); ``QUInt8`` is left to experiments.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     if calibration_method not in CALIBRATION_METHODS:
         raise FresnetError(f"unknown calibration method {calibration_method!r}; choose one of "

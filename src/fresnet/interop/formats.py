@@ -90,7 +90,9 @@ def detect_source(path: str | os.PathLike, epoch: Optional[int] = None) -> Model
         return _mxnet_source(path, epoch, path)
     kind = _by_suffix(path)
     if kind is Kind.ONNX:
-        raise FresnetError(f"{path}: ONNX is an export-only format here; convert from the .safetensors, .pth or MXNet files")
+        raise FresnetError(
+            f"{path}: ONNX is an export-only format here; convert from the .safetensors, .pth or MXNet files"
+        )
     if kind is None:
         hint = " (and no MXNet checkpoint has this prefix)" if not Path(path).suffix else ""
         raise FresnetError(f"cannot tell the format of {path!r} from its name{hint}; {HELP}")
@@ -106,7 +108,9 @@ def _mxnet_source(prefix: str, epoch: Optional[int], shown: str) -> ModelFile:
     if len(epochs) == 1:
         return ModelFile(Kind.MXNET, prefix, epochs[0])
     if not epochs:
-        raise FresnetError(f"{shown}: no {prefix}-NNNN.params file next to it; an MXNet checkpoint needs the weights too")
+        raise FresnetError(
+            f"{shown}: no {prefix}-NNNN.params file next to it; an MXNet checkpoint needs the weights too"
+        )
     raise FresnetError(
         f"{shown}: several epochs exist ({', '.join(f'{e:04d}' for e in epochs)}); choose one with --epoch N "
         f"or name the file, e.g. {prefix}-{epochs[-1]:04d}.params"
@@ -151,7 +155,7 @@ def read_model(source: ModelFile, **options: Any):
     raise FresnetError(f"{source.path}: {source.kind.value} cannot be read, only written")
 
 
-def load(path: str | os.PathLike, device: Union[str, "torch.device"] = "cpu"):
+def load(path: str | os.PathLike, device: Union[str, torch.device] = "cpu"):
     """Rebuild a fresnet model from a ``.safetensors`` file written by :func:`fresnet.save` (eval mode).
 
     Other formats are read too, by file name: an arcface_torch ``.pth``/``.pt`` and an MXNet

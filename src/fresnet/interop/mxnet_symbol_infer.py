@@ -12,12 +12,12 @@ import re
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from fresnet.errors import FresnetError
-from fresnet.limits import check
-from fresnet.validate import as_int, as_int_tuple, describe
 from fresnet.interop.mxnet_symbol import Node, SymbolGraph
 from fresnet.interop.mxnet_symbol_build import build_graph
+from fresnet.limits import check
 from fresnet.network.config import NetConfig
 from fresnet.network.presets import BASIC_FILTERS, UNITS_BY_DEPTH
+from fresnet.validate import as_int, as_int_tuple, describe
 
 # names MXNet's NameManager generates (hint + counter); they are compared by op only
 AUTO_NAME = re.compile(r"^(_plus|_mul|_minusscalar|_mulscalar|broadcast_mul|broadcast_div|dropout|flatten|pooling|"
@@ -77,7 +77,7 @@ def _infer_head(graph: SymbolGraph) -> str:
     for head, marker in HEAD_NODES.items():
         if graph.node(marker) is not None:
             return head
-    has = lambda name: graph.node(name) is not None  # noqa: E731
+    has = lambda name: graph.node(name) is not None
     dropout = any(n.op == "Dropout" for n in graph.nodes)
     fc1 = graph.node("fc1")
     if has("relu1") and has("pre_fc1"):  # the GAP head's act is the only top-level 'relu1'

@@ -11,7 +11,6 @@ code on load, unlike a pickle.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Mapping, Optional, Union
 
@@ -104,7 +103,9 @@ def read_config(path: PathLike):
         )
     version = meta.get("format_version", "?")
     if not (version.isascii() and version.isdigit() and len(version) < 10):
-        raise FresnetError(f"{path}: the fresnet format version {describe(version)} is not a number; the file is damaged")
+        raise FresnetError(
+            f"{path}: the fresnet format version {describe(version)} is not a number; the file is damaged"
+        )
     if int(version) > FORMAT_VERSION:
         raise FresnetError(
             f"{path}: fresnet format version {version} is newer than this fresnet understands ({FORMAT_VERSION}); "
@@ -128,7 +129,6 @@ def load_safetensors(path: PathLike, device: Union[str, torch.device] = "cpu"):
     from safetensors.torch import load_file
 
     from fresnet.network.model import FResNet
-
     from fresnet.network.size import check_declared_size
 
     path = os.fspath(path)
@@ -137,7 +137,9 @@ def load_safetensors(path: PathLike, device: Union[str, torch.device] = "cpu"):
     try:
         tensors = load_file(path, device="cpu")
     except Exception as exc:
-        raise FresnetError(f"{path}: the tensor data cannot be read ({_first_line(exc)}); the file is corrupt") from None
+        raise FresnetError(
+            f"{path}: the tensor data cannot be read ({_first_line(exc)}); the file is corrupt"
+        ) from None
     model = FResNet(config)
     load_checked(model, tensors, path)
     return model.to(device).eval()
@@ -154,7 +156,9 @@ def _stored_values(path: str) -> int:
         with safe_open(path, framework="pt") as handle:
             return sum(product(handle.get_slice(key).get_shape()) for key in handle.keys())
     except Exception as exc:
-        raise FresnetError(f"{path}: the tensor index cannot be read ({_first_line(exc)}); the file is corrupt") from None
+        raise FresnetError(
+            f"{path}: the tensor index cannot be read ({_first_line(exc)}); the file is corrupt"
+        ) from None
 
 
 def load_checked(model, tensors: Mapping[str, torch.Tensor], source: str) -> None:
@@ -171,7 +175,9 @@ def load_checked(model, tensors: Mapping[str, torch.Tensor], source: str) -> Non
     wrong += [
         f"{k} has dtype {tensors[k].dtype} (needs floating point)"
         for k, v in expected.items()
-        if k in tensors and isinstance(tensors[k], torch.Tensor) and tensors[k].is_floating_point() != v.is_floating_point()
+        if k in tensors
+        and isinstance(tensors[k], torch.Tensor)
+        and tensors[k].is_floating_point() != v.is_floating_point()
     ]
     problems = []
     if missing:

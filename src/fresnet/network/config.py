@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
 
 import fresnet.validate as V
 from fresnet.errors import FresnetError
@@ -84,9 +84,9 @@ class NetConfig(metaclass=_CoercedOnConstruction):
     net_output: str = "E"
     emb_size: int = 512
     bn_mom: float = 0.9
-    input_size: Tuple[int, int] = (112, 112)
-    units: Optional[Tuple[int, ...]] = None
-    filter_list: Optional[Tuple[int, ...]] = None
+    input_size: tuple[int, int] = (112, 112)
+    units: Optional[tuple[int, ...]] = None
+    filter_list: Optional[tuple[int, ...]] = None
     bottle_neck: Optional[bool] = None
 
     def __post_init__(self) -> None:
@@ -94,7 +94,7 @@ class NetConfig(metaclass=_CoercedOnConstruction):
 
     # ---- derived facts -------------------------------------------------------------------
     @property
-    def trunk_hw(self) -> Tuple[int, int]:
+    def trunk_hw(self) -> tuple[int, int]:
         """Spatial size of the trunk output: every stage starts with a stride-2 unit (ceil(h/2) each
         for 3x3/pad 1 and 1x1/pad 0 convs); net_input 0 adds a stride-2 7x7 stem."""
         halvings = len(self.units) + (1 if self.net_input == 0 else 0)
@@ -115,10 +115,10 @@ class NetConfig(metaclass=_CoercedOnConstruction):
         return out
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any]) -> "NetConfig":
+    def from_dict(cls, options: dict[str, Any]) -> NetConfig:
         return cls(**normalize_options(options))
 
-    def replace(self, **options: Any) -> "NetConfig":
+    def replace(self, **options: Any) -> NetConfig:
         merged = self.to_dict()
         merged.update(normalize_options(options))
         return NetConfig(**merged)
@@ -127,7 +127,7 @@ class NetConfig(metaclass=_CoercedOnConstruction):
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> "NetConfig":
+    def from_json(cls, text: str) -> NetConfig:
         return cls.from_dict(json.loads(text))
 
     def to_yaml(self) -> str:
@@ -136,7 +136,7 @@ class NetConfig(metaclass=_CoercedOnConstruction):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "NetConfig":
+    def from_yaml(cls, text: str) -> NetConfig:
         import yaml
 
         data = yaml.safe_load(text)
@@ -216,7 +216,7 @@ def _sizes(value: Any, key: str, where: str) -> Optional[tuple]:
     return V.as_int_tuple(value, key, where, minimum=1, fix=f"give {key} as a list of positive integers")
 
 
-def _input_size(size: Any, where: str) -> Tuple[int, int]:
+def _input_size(size: Any, where: str) -> tuple[int, int]:
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
     if hasattr(size, "tolist") and not isinstance(size, (str, bytes)):
@@ -260,7 +260,7 @@ def _net_se(se: Any, where: str) -> int:
     return int(V.as_bool(se, "net_se", where, fix="give 0 or 1"))
 
 
-def _units_of_depth(depth: Optional[int]) -> Tuple[int, ...]:
+def _units_of_depth(depth: Optional[int]) -> tuple[int, ...]:
     """Depth -> units per stage, like ``get_symbol()``."""
     if depth is None:
         raise FresnetError("give num_layers (e.g. 50) or units (e.g. [3, 4, 14, 3])")

@@ -120,7 +120,9 @@ def check_net(cfg: Any, origins: Optional[Mapping[str, str]] = None, default: st
 def _net_origin(cfg: Any, message: str, origins: Mapping[str, str], default: str) -> str:
     """Where the network key a message names came from: an override's key (``net.KEY`` in
     ``origins``, or ``network``) is blamed on the override, the rest on the config file."""
-    overridden = [key[len("net."):] for key, origin in origins.items() if key.startswith("net.") and origin == "override"]
+    overridden = [
+        key[len("net.") :] for key, origin in origins.items() if key.startswith("net.") and origin == "override"
+    ]
     if any(re.search(rf"(?<![\w.]){re.escape(key)}\b", message) for key in overridden):
         return "override"
     if origins.get("network") == "override" and repr(str(cfg.network)) in message:
