@@ -18,7 +18,6 @@ recipe users run today, on the same GPU, in the same run:
 """
 from __future__ import annotations
 
-import math
 import os
 import socket
 import sys
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from arcface_iresnet_ref import ARCFACE_LAYERS, IResNet  # noqa: E402
+from arcface_iresnet_ref import ARCFACE_LAYERS, IResNet
 
 
 class AutocastIResNet(IResNet):

@@ -62,7 +62,8 @@ before, wall, cpu = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(
 for _ in range(steps):
     float(step(images, labels, 1e-3))
 after = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"wall_ms": (time.perf_counter() - wall) / steps * 1e3, "cpu_ms": (time.process_time() - cpu) / steps * 1e3,
+print(json.dumps({"wall_ms": (time.perf_counter() - wall) / steps * 1e3,
+                  "cpu_ms": (time.process_time() - cpu) / steps * 1e3,
                   "sys_ms": (after.ru_stime - before.ru_stime) / steps * 1e3,
                   "faults": (after.ru_minflt - before.ru_minflt) / steps}))
 """

@@ -104,7 +104,9 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             for begin in range(0, 256, 64):
                 faces.render(range(begin, begin + 64))
-            print(f"synthetic: render alone {256 / (time.perf_counter() - start):.0f} images/s (batches of 64, 1 thread)")
+            print(
+                f"synthetic: render alone {256 / (time.perf_counter() - start):.0f} images/s (batches of 64, 1 thread)"
+            )
 
         decoders = ["pil"] + (["cv2"] if cv2_available() else [])
         if len(decoders) == 1:
@@ -115,12 +117,21 @@ def main(argv=None) -> int:
         augment = train_transform(base.image_size or args.size, mirror=True, cutoff=0, color_jitter=0.125)
         rows = []
         for workers in args.workers:
-            rows.append(("raw read", "-", workers, records_per_second(RawRecords(base), workers, count_batch, args.batch_size)))
+            rows.append(
+                ("raw read", "-", workers, records_per_second(RawRecords(base), workers, count_batch, args.batch_size))
+            )
             for decoder in decoders:
                 ds = RecordIODataset(path, decoder=decoder)
                 rows.append(("decode", decoder, workers, records_per_second(ds, workers, stack_batch, args.batch_size)))
                 ds = RecordIODataset(path, transform=augment, decoder=decoder)
-                rows.append(("decode + augment", decoder, workers, records_per_second(ds, workers, stack_batch, args.batch_size)))
+                rows.append(
+                    (
+                        "decode + augment",
+                        decoder,
+                        workers,
+                        records_per_second(ds, workers, stack_batch, args.batch_size),
+                    )
+                )
         print(f"\n{'stage':<18} {'decoder':<8} {'workers':>7} {'records/s':>10}")
         for stage, decoder, workers, rate in rows:
             print(f"{stage:<18} {decoder:<8} {workers:>7} {rate:>10.0f}")
@@ -143,7 +154,9 @@ def training_loader(args) -> int:
               f"{os.cpu_count()} cores")
         modes = [("cpu", w) for w in args.workers] + ([("gpu", min(args.workers))] if device.type == "cuda" else [])
         for decode, workers in modes:
-            cfg = load_config({"dataset": str(path), "batch_size": args.batch_size, "num_workers": workers, "decode": decode})
+            cfg = load_config(
+                {"dataset": str(path), "batch_size": args.batch_size, "num_workers": workers, "decode": decode}
+            )
             sampler = GlobalBatchSampler(len(dataset), args.batch_size, 0, 1, 0, 0, args.steps + 1)
             try:
                 loader = build_loader(dataset, sampler, cfg, size, device)
@@ -157,7 +170,7 @@ def training_loader(args) -> int:
                     torch.cuda.synchronize()
                 rate = count / (time.perf_counter() - start)
                 print(f"  decode={decode:<3} workers={workers:<2} {rate:10.0f} samples/s")
-            except Exception as exc:  # noqa: BLE001 - report and go on to the next mode
+            except Exception as exc:  # report and go on to the next mode
                 print(f"  decode={decode:<3} workers={workers:<2} failed: {type(exc).__name__}: {exc}")
     return 0
 

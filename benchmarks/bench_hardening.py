@@ -14,9 +14,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import interleaved_timing, print_table, set_threads
-
 import fresnet
+from common import interleaved_timing, print_table, set_threads
 from fresnet.data import load_bin, save_bin
 from fresnet.data.synthetic import synthetic_pairs
 from fresnet.data.verification_bin import check_pack_pixels, read_bin

@@ -42,7 +42,6 @@ from fresnet.eval.ijb import evaluate  # noqa: E402
 from fresnet.eval.ijb.pooling import Mode, group_faces, pool_templates  # noqa: E402
 from fresnet.eval.ijb.synthetic import synthetic_features, synthetic_ijb, write_synthetic_ijb  # noqa: E402
 
-
 # --------------------------------------------------------------------------------------------------
 # memory
 
@@ -212,13 +211,22 @@ def bench_scoring(args) -> dict:
     theirs_s = {k: statistics.median(v) for k, v in theirs.items()}
     total_theirs = sum(theirs_s.values())
     summary = {
-        "faces": len(faces), "dim": args.dim, "templates": len(unique_templates), "pairs": len(meta.pairs),
-        "ours_seconds": ours_s, "ours_rounds": ours, "ours_steps_last_round": result.seconds,
-        "peak_rss_gb": max(peak), "peak_above_inputs_gb": max(p - b for p, b in zip(peak, base)),
+        "faces": len(faces),
+        "dim": args.dim,
+        "templates": len(unique_templates),
+        "pairs": len(meta.pairs),
+        "ours_seconds": ours_s,
+        "ours_rounds": ours,
+        "ours_steps_last_round": result.seconds,
+        "peak_rss_gb": max(peak),
+        "peak_above_inputs_gb": max(p - b for p, b in zip(peak, base)),
         "inputs_rss_gb": statistics.median(base),
-        "theirs_seconds_scaled": theirs_s, "theirs_total_seconds_scaled": total_theirs,
-        "ratio": total_theirs / ours_s, "pooling_bit_identical": identical,
-        "theirs_templates_timed": len(chosen), "theirs_probes_timed": min(args.theirs_probes, len(np.unique(meta.probes.templates))),
+        "theirs_seconds_scaled": theirs_s,
+        "theirs_total_seconds_scaled": total_theirs,
+        "ratio": total_theirs / ours_s,
+        "pooling_bit_identical": identical,
+        "theirs_templates_timed": len(chosen),
+        "theirs_probes_timed": min(args.theirs_probes, len(np.unique(meta.probes.templates))),
         "load_average": [load_start, os.getloadavg()],
     }
     print(f"\nours: {ours_s:.1f} s for everything (1:1 + 1:N), peak RSS {max(peak):.2f} GB "
@@ -306,7 +314,11 @@ def bench_extraction(args) -> dict:
                          progress=lambda n: marks.append((time.perf_counter(), n)))
         total = time.perf_counter() - start
         skip = max(0, min(2, len(marks) - 2))  # steady state: after the first batches (worker start, autotuning)
-        steady = sum(n for _, n in marks[skip + 1:]) / (marks[-1][0] - marks[skip][0]) if len(marks) > skip + 1 else float("nan")
+        steady = (
+            sum(n for _, n in marks[skip + 1 :]) / (marks[-1][0] - marks[skip][0])
+            if len(marks) > skip + 1
+            else float("nan")
+        )
         print(f"extraction: {args.faces} faces in {total:.1f} s = {args.faces / total:,.0f} faces/s overall, "
               f"{steady:,.0f} faces/s after the first {skip} batches", flush=True)
         return {"faces": args.faces, "distinct_pictures": args.distinct, "mean_jpeg_kb": float(np.mean(sizes) / 1e3),

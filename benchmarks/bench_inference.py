@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
+import torch
 
-from common import (  # noqa: E402
+from common import (
     cosine_and_maxdiff,
     face_images,
     interleaved_timing,
@@ -53,15 +53,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2, as the MXNet baseline)")
     p.add_argument("--rounds", type=int, default=0, help="timed rounds per path (default: 7 at batch 1, 4 above)")
-    p.add_argument("--paths", default="",
-                   help="comma-separated subset of: eager, auto, fp32, bf16, bf16-all, bf16+1, fp16, fp16-all, "
-                        "fp16+1, and any of these with -compiled, onnxruntime, int8 (dtype='int8': this CPU's default "
-                        "backend), int8-8bit / int8-7bit (PT2E, compiled, 8- or 7-bit activations), int8-onnxruntime "
-                        "(optimize_for_inference's onnxruntime backend), auto-int8 (auto with calibration), onnxruntime-int8 (QDQ), arcface (arcface_torch's "
-                        "eager iresnet, same weights; tests/arcface_iresnet_ref.py) (default: all that apply "
-                        "to the device). bf16/fp16: low-precision convolutions, float32 residual stream; -all: "
-                        "the stream in low precision too; +N: the first N residual units in float32; auto: "
-                        "optimize_for_inference's defaults (timed against eager on the first batch)")
+    p.add_argument(
+        "--paths",
+        default="",
+        help="comma-separated subset of: eager, auto, fp32, bf16, bf16-all, bf16+1, fp16, fp16-all, "
+        "fp16+1, and any of these with -compiled, onnxruntime, int8 (dtype='int8': this CPU's default "
+        "backend), int8-8bit / int8-7bit (PT2E, compiled, 8- or 7-bit activations), int8-onnxruntime "
+        "(optimize_for_inference's onnxruntime backend), auto-int8 (auto with calibration), "
+        "onnxruntime-int8 (QDQ), arcface (arcface_torch's "
+        "eager iresnet, same weights; tests/arcface_iresnet_ref.py) (default: all that apply "
+        "to the device). bf16/fp16: low-precision convolutions, float32 residual stream; -all: "
+        "the stream in low precision too; +N: the first N residual units in float32; auto: "
+        "optimize_for_inference's defaults (timed against eager on the first batch)",
+    )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile paths (they take minutes)")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--calibration", default=None, metavar="DATA",
@@ -115,11 +119,8 @@ def build_fast(model, name: str, device: torch.device, calibration=None):
         return optimize_for_inference(model, device=device, dtype="int8", calibration=calibration,
                                       int8_backend="onnxruntime")
     if name in ("int8-8bit", "int8-7bit"):  # PT2E with the activation width forced, whatever this CPU's default
-        from unittest import mock
-
-        with mock.patch("fresnet.inference.int8.reduce_range_for_this_cpu", lambda: name == "int8-7bit"):
-            return optimize_for_inference(model, device=device, dtype="int8", calibration=calibration,
-                                          int8_backend="pytorch")
+        return optimize_for_inference(model, device=device, dtype="int8", calibration=calibration,
+                                      int8_backend="pytorch", reduce_range=name == "int8-7bit")
     tokens = name.split("-")
     base, _, units = tokens[0].partition("+")
     dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[base]
@@ -209,7 +210,7 @@ def run_case(model_name: str, batch: int, args, device: torch.device, peaks: dic
             start = time.perf_counter()
             try:
                 if path == "eager":
-                    runner = lambda: model(x)  # noqa: E731
+                    runner = lambda: model(x)
                 elif path == "arcface":
                     runner = build_arcface(model, x)
                 elif path == "onnxruntime-int8":
@@ -245,7 +246,9 @@ def run_case(model_name: str, batch: int, args, device: torch.device, peaks: dic
             log(f"  {path}: ready in {setup:.1f} s, min cosine {cosine:.6f}, max abs diff {maxdiff:.2e}"
                 + ("" if ok else "  ** misses the accuracy bound **"))
         # the matmul peak is timed in the same rounds as the models, so it sees the same load
-        matmuls = {f"matmul-{name}": matmul_runner(dtype, args.matmul_size, device) for name, dtype in peak_dtypes(device)}
+        matmuls = {
+            f"matmul-{name}": matmul_runner(dtype, args.matmul_size, device) for name, dtype in peak_dtypes(device)
+        }
         rounds = args.rounds or (7 if batch == 1 else 4)
         with torch.no_grad():
             timings = interleaved_timing({**runners, **matmuls}, rounds=rounds, warmup=1, device=device)
@@ -328,10 +331,12 @@ def targets(rows: list[dict]) -> list[str]:
             best = max(int8, key=lambda r: r["images_per_s"])
             ok = best["speedup_vs_arcface"] >= R50_SPEEDUP_TARGET
             frac = best.get("fraction_int8_peak")
-            lines.append(f"{model_name} batch {batch}: best int8 path {best['path']} {best['images_per_s']:.1f} img/s = "
-                         f"{best['speedup_vs_arcface']:.2f}x arcface_torch eager (target 2.0x: {'met' if ok else 'NOT met'})"
-                         + (f", {frac:.0%} of the int8 GEMM peak" if frac is not None else "")
-                         + f", cosine min {best['cosine']:.4f} mean {best.get('mean_cosine', 1):.4f}")
+            lines.append(
+                f"{model_name} batch {batch}: best int8 path {best['path']} {best['images_per_s']:.1f} img/s = "
+                f"{best['speedup_vs_arcface']:.2f}x arcface_torch eager (target 2.0x: {'met' if ok else 'NOT met'})"
+                + (f", {frac:.0%} of the int8 GEMM peak" if frac is not None else "")
+                + f", cosine min {best['cosine']:.4f} mean {best.get('mean_cosine', 1):.4f}"
+            )
     for batch in sorted({r["batch"] for r in rows if r["model"] == "r50"}):
         candidates = [r for r in rows if r["model"] == "r50" and r["batch"] == batch and r["path"] != "eager"
                       and r["accurate"] and r["speedup"]]
@@ -369,10 +374,12 @@ def markdown(rows: list[dict], peaks: dict[str, float], meta: dict) -> str:
         pk = r["peaks_same_rounds"]
         peaks_text = " / ".join(f"{pk[k]:.0f}" if k in pk else "-" for k in ("fp32", "bf16", "int8"))
         arc = f"{r['speedup_vs_arcface']:.2f}" if r.get("speedup_vs_arcface") else "-"
-        body += (f"| {r['model']} | {r['batch']} | {r['path']} | {r['images_per_s']:.3g} | "
-                 f"{r['speedup']:.2f} | {arc} | {r['gflops']:.0f} | {peaks_text} | "
-                 f"{pct(r['fraction_fp32_peak'])} | {pct(r['fraction_bf16_peak'])} | {pct(r.get('fraction_int8_peak'))} | "
-                 f"{r['cosine']:.6f} | {r.get('mean_cosine', 1.0):.6f} | {r['max_abs_diff']:.1e} |\n")
+        body += (
+            f"| {r['model']} | {r['batch']} | {r['path']} | {r['images_per_s']:.3g} | "
+            f"{r['speedup']:.2f} | {arc} | {r['gflops']:.0f} | {peaks_text} | "
+            f"{pct(r['fraction_fp32_peak'])} | {pct(r['fraction_bf16_peak'])} | {pct(r.get('fraction_int8_peak'))} | "
+            f"{r['cosine']:.6f} | {r.get('mean_cosine', 1.0):.6f} | {r['max_abs_diff']:.1e} |\n"
+        )
     return head + cols + body
 
 
@@ -423,11 +430,36 @@ def main(argv=None) -> int:
             rows.extend(case)
             if args.json:  # after every case, so a run cut short still leaves its results
                 write_json(args.json, dict(meta=meta, peaks=peaks, rows=rows, partial=True))
-            print_table(f"{model_name}, batch {batch}", ["path", "img/s", "x eager", "x arcface", "GFLOP/s", "% bf16 peak",
-                                                         "% int8 peak", "cosine", "mean cos", "max diff"],
-                        [[r["path"], r["images_per_s"], r["speedup"], r.get("speedup_vs_arcface") or 0, r["gflops"],
-                          100 * (r["fraction_bf16_peak"] or 0), 100 * (r.get("fraction_int8_peak") or 0), r["cosine"],
-                          r.get("mean_cosine", 1.0), r["max_abs_diff"]] for r in case])
+            print_table(
+                f"{model_name}, batch {batch}",
+                [
+                    "path",
+                    "img/s",
+                    "x eager",
+                    "x arcface",
+                    "GFLOP/s",
+                    "% bf16 peak",
+                    "% int8 peak",
+                    "cosine",
+                    "mean cos",
+                    "max diff",
+                ],
+                [
+                    [
+                        r["path"],
+                        r["images_per_s"],
+                        r["speedup"],
+                        r.get("speedup_vs_arcface") or 0,
+                        r["gflops"],
+                        100 * (r["fraction_bf16_peak"] or 0),
+                        100 * (r.get("fraction_int8_peak") or 0),
+                        r["cosine"],
+                        r.get("mean_cosine", 1.0),
+                        r["max_abs_diff"],
+                    ]
+                    for r in case
+                ],
+            )
     # the peak again at the end: load from elsewhere moves it, the higher one is the fairer ceiling
     end_peaks = {name: matmul_gflops(dtype, args.matmul_size, device) for name, dtype in peak_dtypes(device)
                  if dtype != torch.int8}
@@ -441,7 +473,9 @@ def main(argv=None) -> int:
     if args.markdown:
         from fresnet.ioutil import atomic_write_text
 
-        atomic_write_text(args.markdown, markdown(rows, peaks, meta) + "\n" + "\n".join(f"* {v}" for v in verdict) + "\n")
+        atomic_write_text(
+            args.markdown, markdown(rows, peaks, meta) + "\n" + "\n".join(f"* {v}" for v in verdict) + "\n"
+        )
     return 0
 
 

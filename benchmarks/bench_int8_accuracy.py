@@ -15,17 +15,16 @@ to float32 (min, mean). Use a pack of a few thousand pairs: on 600, one pair is 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from common import set_threads  # noqa: E402
+from common import set_threads
 
 TARGET_POINTS = 0.2
 
@@ -62,8 +61,6 @@ class Embedder:
 
 def build_int8(model, path: str, calibration):
     """optimize_for_inference(dtype='int8') for one of the torch-int8* / int8-onnxruntime paths."""
-    from unittest import mock
-
     from fresnet.inference.fast import optimize_for_inference
 
     if path == "int8-onnxruntime":
@@ -71,8 +68,8 @@ def build_int8(model, path: str, calibration):
     if path == "torch-int8":
         return optimize_for_inference(model, dtype="int8", calibration=calibration)
     seven = {"torch-int8-8bit": False, "torch-int8-7bit": True}[path]
-    with mock.patch("fresnet.inference.int8.reduce_range_for_this_cpu", lambda: seven):
-        return optimize_for_inference(model, dtype="int8", calibration=calibration, int8_backend="pytorch")
+    return optimize_for_inference(model, dtype="int8", calibration=calibration, int8_backend="pytorch",
+                                  reduce_range=seven)
 
 
 def main(argv=None) -> int:
@@ -118,8 +115,14 @@ def main(argv=None) -> int:
         cosine = torch.nn.functional.cosine_similarity(torch.from_numpy(embeddings[name]), ref, dim=1)
         result.update(points_vs_float32=100 * (result["accuracy"] - base), cosine_min=cosine.min().item(),
                       cosine_mean=cosine.mean().item())
-        verdict = "" if name == "float32" else (
-            f"  ({'within' if abs(result['points_vs_float32']) <= TARGET_POINTS else 'NOT within'} {TARGET_POINTS} points)")
+        verdict = (
+            ""
+            if name == "float32"
+            else (
+                f"  ({'within' if abs(result['points_vs_float32']) <= TARGET_POINTS else 'NOT within'} "
+                f"{TARGET_POINTS} points)"
+            )
+        )
         print(f"{name:17s} accuracy {100 * result['accuracy']:.2f}% +- {100 * result['accuracy_std']:.2f}, "
               f"{result['points_vs_float32']:+.2f} points vs float32{verdict}; cosine to float32 min "
               f"{result['cosine_min']:.5f}, mean {result['cosine_mean']:.5f}")

@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
+import torch
 
-from common import machine_info, print_table, set_threads, write_json  # noqa: E402
-
-from fresnet.memory import MB, best_step_time, feature_map_cost, plan, profile_units, time_step  # noqa: E402
-from fresnet.network.model import create_model  # noqa: E402
+from common import machine_info, print_table, set_threads, write_json
+from fresnet.memory import MB, best_step_time, feature_map_cost, plan, profile_units, time_step
+from fresnet.network.model import create_model
 
 
 def measure(name: str, args, say) -> dict:

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
+import torch
 
-from common import face_images, realistic_model, set_threads, write_json  # noqa: E402
+from common import face_images, realistic_model, set_threads, write_json
 
 PATHS = {  # name -> optimize_for_inference options
     "bf16 (float32 stream)": dict(dtype="bfloat16", residual_dtype="float32"),

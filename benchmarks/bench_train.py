@@ -29,19 +29,18 @@ largest batch that fits (CUDA).
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from arcface_recipe import ArcfaceTorchRecipe  # noqa: E402
-from common import face_images, interleaved_timing, machine_info, open_device, set_threads, write_json  # noqa: E402
+from arcface_recipe import ArcfaceTorchRecipe
+from common import face_images, interleaved_timing, machine_info, open_device, set_threads, write_json
 
 TARGET_RATIO = 2.5  # fresnet's best variant against the arcface_torch recipe, on a GPU
 VARIANTS = ("arcface_torch", "fresnet-eager", "fresnet-amp", "fresnet-compiled", "fresnet-cudagraphs", "fresnet-fp16")
@@ -66,8 +65,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--convergence-steps", type=int, default=0, help="steps of the loss-curve comparison (0 skips)")
     p.add_argument("--convergence-variant", default=None, help="fresnet variant compared with arcface_torch "
                    "(default: the fastest timed one)")
-    p.add_argument("--identities", type=int, default=200, help="synthetic identities for the convergence run (default: 200)")
-    p.add_argument("--max-batch", default=None, choices=sorted(DEPTHS), help="also find the largest batch that fits (CUDA)")
+    p.add_argument(
+        "--identities", type=int, default=200, help="synthetic identities for the convergence run (default: 200)"
+    )
+    p.add_argument(
+        "--max-batch", default=None, choices=sorted(DEPTHS), help="also find the largest batch that fits (CUDA)"
+    )
     p.add_argument("--tiny", action="store_true", help="one unit per stage, narrow widths (dry runs and smoke tests)")
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1)")
     p.add_argument("--plot", type=Path, help="write the loss curves to this PNG")
@@ -201,7 +204,10 @@ def time_variants(args, device: torch.device, names: list[str], log) -> dict:
         log(f"{name:20s} {r['samples_per_s']:10.1f} {1000 * r['seconds_per_step']:9.2f} {ratio:>17s} {mem:>8s}")
     if best and base is not None and device.type == "cuda":
         ratio = result[best]["ratio_to_arcface_torch"]
-        log(f"best: {best} at {ratio:.2f}x arcface_torch (target {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+        log(
+            f"best: {best} at {ratio:.2f}x arcface_torch "
+            f"(target {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})"
+        )
     return result
 
 
@@ -247,7 +253,9 @@ def convergence(args, device: torch.device, variant_name: str, log) -> dict:
     window = max(1, n // 10)
     summary = {}
     for name, curve in curves.items():
-        summary[name] = dict(first=curve[0], last_mean=sum(curve[-window:]) / window, curve=[round(v, 4) for v in curve])
+        summary[name] = dict(
+            first=curve[0], last_mean=sum(curve[-window:]) / window, curve=[round(v, 4) for v in curve]
+        )
     a, b = curves["arcface_torch"], curves[variant_name]
     diffs = [abs(x - y) for x, y in zip(a, b)]
     noise = _step_noise(a)
@@ -255,9 +263,12 @@ def convergence(args, device: torch.device, variant_name: str, log) -> dict:
     summary["step_to_step_noise"] = noise
     for step in range(0, n, max(1, n // 10)):
         log(f"  step {step + 1:4d}: arcface_torch {a[step]:.3f}   {variant_name} {b[step]:.3f}")
-    log(f"  mean over the last {window} steps: arcface_torch {summary['arcface_torch']['last_mean']:.3f}, "
-        f"{variant_name} {summary[variant_name]['last_mean']:.3f}; mean |difference| {summary['mean_abs_difference']:.3f} "
-        f"vs step-to-step noise {noise:.3f}")
+    log(
+        f"  mean over the last {window} steps: arcface_torch {summary['arcface_torch']['last_mean']:.3f}, "
+        f"{variant_name} {summary[variant_name]['last_mean']:.3f}; "
+        f"mean |difference| {summary['mean_abs_difference']:.3f} "
+        f"vs step-to-step noise {noise:.3f}"
+    )
     if args.plot:
         _plot(curves, args.plot, f"{args.model}, batch {args.batch}, {args.identities} synthetic identities")
         log(f"  curves: {args.plot}")
@@ -305,7 +316,9 @@ def largest_batch(args, device: torch.device, model_name: str, variant: str, log
         torch.cuda.reset_peak_memory_stats(device)
         try:
             v = make_variant(variant, argparse.Namespace(**{**vars(args), "model": model_name}), device)
-            images = torch.randint(0, 256, (batch, 3, args.input_size, args.input_size), dtype=torch.uint8, device=device)
+            images = torch.randint(
+                0, 256, (batch, 3, args.input_size, args.input_size), dtype=torch.uint8, device=device
+            )
             labels = torch.randint(0, args.classes, (batch,), device=device)
             for _ in range(2):
                 float(v.step(images, labels))
@@ -317,9 +330,15 @@ def largest_batch(args, device: torch.device, model_name: str, variant: str, log
             log(f"  {model_name} batch {batch}: out of memory")
             break
         finally:
-            v = images = labels = None  # noqa: F841
+            v = images = labels = None
     total = torch.cuda.get_device_properties(device).total_memory / 2**30
-    return {"model": model_name, "variant": variant, "largest_batch": fits, "peak_gib": peak, "gpu_gib": round(total, 1)}
+    return {
+        "model": model_name,
+        "variant": variant,
+        "largest_batch": fits,
+        "peak_gib": peak,
+        "gpu_gib": round(total, 1),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,7 +360,10 @@ def main(argv=None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
-    log(f"fresnet training benchmark: {meta.get('gpu') or meta['cpu']}, {threads} CPU threads, torch {torch.__version__}")
+    log(
+        f"fresnet training benchmark: {meta.get('gpu') or meta['cpu']}, {threads} CPU threads, "
+        f"torch {torch.__version__}"
+    )
     log(f"{args.model}, batch {args.batch}, {args.classes} classes, {args.input_size}x{args.input_size}")
     result = dict(meta=meta, args={k: str(v) for k, v in vars(args).items()})
     result["timing"] = time_variants(args, device, names, log)

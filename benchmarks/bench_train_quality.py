@@ -28,8 +28,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from fresnet.train.config import load_config
     from fresnet.timing import timed
+    from fresnet.train.config import load_config
     from fresnet.train.loop import Trainer
 
     cfg = load_config(args.config, [f"output={args.out}", "overwrite=true", *args.overrides])
@@ -53,7 +53,10 @@ def main(argv=None) -> int:
     for row in result.history:
         vals = {k: v for k, v in row.items() if k.startswith("val_") and v not in ("", None)}
         if vals:
-            print(f"  step {row['step']:>5}  loss {float(row['loss']):.3f}  " + "  ".join(f"{k} {float(v):.4f}" for k, v in vals.items()))
+            print(
+                f"  step {row['step']:>5}  loss {float(row['loss']):.3f}  "
+                + "  ".join(f"{k} {float(v):.4f}" for k, v in vals.items())
+            )
     if args.csv:
         shutil.copyfile(result.log_path, args.csv)
     ok = all(v >= 0.95 for v in result.metrics.values()) and train_s <= 300

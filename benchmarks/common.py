@@ -52,23 +52,15 @@ def synchronize(device: torch.device | str) -> None:
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    from fresnet.demo.machine import cpu_name_and_flags
+
+    return cpu_name_and_flags()[1]
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    from fresnet.demo.machine import cpu_name_and_flags
+
+    return cpu_name_and_flags()[0]
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -81,7 +73,9 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
-        "cpu_isa": sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"}),
+        "cpu_isa": sorted(
+            f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"}
+        ),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "load_average_start": _load_average(),
     }

@@ -34,14 +34,13 @@ import random
 import resource
 import shutil
 import signal
-import stat
 import struct
 import sys
 import tempfile
 import time
 import traceback
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -146,7 +145,7 @@ def _child(case: Case, result_fd: int, log: int, as_limit: int) -> None:
         out = {"outcome": "clean" if named else "traceback", "detail": f"{type(exc).__name__}: {exc}"[:300]}
         if _memory_error(exc):
             out["outcome"] = "memory"
-    except BaseException as exc:  # noqa: BLE001 - classifying is the point
+    except BaseException as exc:  # classifying is the point
         out = {"outcome": "memory" if _memory_error(exc) else "traceback",
                "detail": f"{type(exc).__name__}: {str(exc)[:250]}"}
         traceback.print_exc()
@@ -412,7 +411,7 @@ def bin_cases(fx: Fixtures, n_mut: int) -> list[Case]:
 
     cases: list[Case] = []
     d = fx.scratch("bin")
-    load = lambda p, size=(32, 32): (lambda: load_bin(p, image_size=size))  # noqa: E731
+    load = lambda p, size=(32, 32): (lambda: load_bin(p, image_size=size))
 
     def add(name, klass, data=None, path=None, expect="error", size=(32, 32), timeout=30.0):
         p = path if path is not None else write(d, f"{name}.bin", data)
@@ -559,7 +558,7 @@ def recordio_cases(fx: Fixtures, n_mut: int) -> list[Case]:
     # 4. silently accepted invalid data
     first = offsets[1]
     add("idx-one-offset", "invalid-data", idx="".join(f"{k}\t{first}\n" for k in range(1, 14)))
-    add("idx-duplicate-keys", "invalid-data", idx=base_idx + "1\t%d\n" % offsets[2])
+    add("idx-duplicate-keys", "invalid-data", idx=base_idx + f"1\t{offsets[2]}\n")
     add("property-negative", "invalid-data", prop="-4,-24,-24")
     add("property-zero-classes", "invalid-data", prop="0,24,24")
     rec, idx = records_with(identity=[1.0, 5.0])  # overlaps the next identity's images
@@ -632,7 +631,11 @@ def mxnet_cases(fx: Fixtures, n_mut: int) -> list[Case]:
     # 2. values
     deep = "[" * 100000 + "]" * 100000
     add("symbol-deep-json", "values", '{"nodes": [], "heads": ' + deep + "}")
-    add("symbol-deep-attr", "values", edited(lambda s: set_attr(s, "conv0", "kernel", json.loads("[" * 900 + "]" * 900))))
+    add(
+        "symbol-deep-attr",
+        "values",
+        edited(lambda s: set_attr(s, "conv0", "kernel", json.loads("[" * 900 + "]" * 900))),
+    )
     add("conv0-filters-0", "values", edited(lambda s: set_attr(s, "conv0", "num_filter", "0")))
     add("stage1-filters-0", "values", edited(lambda s: set_attr(s, "stage1_unit1_conv1sc", "num_filter", "0")))
     add("bn-momentum-nan", "values", edited(lambda s: set_attr(s, "bn0", "momentum", "nan")))
@@ -657,7 +660,8 @@ def mxnet_cases(fx: Fixtures, n_mut: int) -> list[Case]:
 
 def weights_cases(fx: Fixtures, n_mut: int) -> list[Case]:
     import torch
-    from safetensors.torch import load_file, save as st_save
+    from safetensors.torch import load_file
+    from safetensors.torch import save as st_save
 
     import fresnet
     from fresnet.interop.arcface_torch import load_arcface_torch
@@ -992,7 +996,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)  # the forked children must not inherit a running OpenMP pool
     import fresnet
-    import fresnet.train  # noqa: F401
+    import fresnet.train
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fresnet-fuzz-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -121,7 +121,7 @@ def test_bad_landmark_files_name_the_line(tmp_path):
 
 # ---- InsightFace's IJB alignment: float32 template, skimage's Umeyama, OpenCV's fixed-point warp ----
 
-from fresnet.eval.align import (  # noqa: E402
+from fresnet.eval.align import (
     IJB_TEMPLATE,
     align_ijb_face,
     ijb_alignment_matrix,
@@ -134,7 +134,9 @@ from fresnet.eval.align import (  # noqa: E402
 
 def test_ijb_template_is_built_in_float32_with_the_8_pixel_shift():
     assert IJB_TEMPLATE.dtype == np.float32
-    np.testing.assert_array_equal(IJB_TEMPLATE[:, 0], np.float32([30.2946, 65.5318, 48.0252, 33.5493, 62.7299]) + np.float32(8))
+    np.testing.assert_array_equal(
+        IJB_TEMPLATE[:, 0], np.float32([30.2946, 65.5318, 48.0252, 33.5493, 62.7299]) + np.float32(8)
+    )
     assert IJB_TEMPLATE[4, 0] != np.float32(70.7299)  # the float32 sum is not the decimal 70.7299
 
 

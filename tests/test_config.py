@@ -1,12 +1,14 @@
 """NetConfig: original key names, aliases, validation, round trips, presets."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import fresnet
 from fresnet import NetConfig, create_model, list_models
-from fresnet.network.config import parse_assignments
 from fresnet.errors import FresnetError
+from fresnet.network.config import parse_assignments
 
 
 def test_original_keys_and_aliases_agree():
@@ -33,7 +35,7 @@ def test_round_trip(fmt):
 
 def test_config_is_frozen_and_replace_validates():
     config = NetConfig(num_layers=18)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.num_layers = 50  # type: ignore[misc]
     assert config.replace(head="FC").net_output == "FC"
     with pytest.raises(FresnetError, match="unknown head 'Q'"):
@@ -83,6 +85,14 @@ def test_presets():
     assert create_model("r50v1", input_size=(32, 32)).config.net_unit == 1
     with pytest.raises(FresnetError, match="r18"):
         create_model("resnet50")
+
+
+def test_short_name_names_a_depth_only_for_its_units():
+    assert NetConfig(num_layers=18).short_name() == "r18-u3-E512"
+    assert NetConfig(num_layers=18, filter_list=[32, 32, 64, 128, 256]).short_name() == "r18-u3-E512"
+    custom = NetConfig.from_dict(dict(num_layers=18, units=[1, 1, 1, 1], emb_size=64))  # --set units=[1,1,1,1]
+    assert custom.short_name() == "r[1,1,1,1]-u3-E64"
+    assert NetConfig(num_layers=None, units=[2, 2, 2, 2]).short_name() == "r[2,2,2,2]-u3-E512"
 
 
 def test_bottleneck_rule_and_trunk_size():

@@ -72,7 +72,9 @@ def test_pth_to_safetensors_to_pth_round_trip(tmp_path, pth, capsys):
     model = fresnet.load(native)
     x = torch.rand(2, 3, 32, 32) * 255
     with torch.no_grad():
-        torch.testing.assert_close(model(x), ref(preprocess(x)), rtol=1e-5, atol=1e-5 * ref(preprocess(x)).abs().max().item())
+        torch.testing.assert_close(
+            model(x), ref(preprocess(x)), rtol=1e-5, atol=1e-5 * ref(preprocess(x)).abs().max().item()
+        )
 
     back = tmp_path / "back.pth"
     assert main(["convert", str(native), str(back)]) == 0

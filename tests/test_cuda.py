@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -278,7 +277,9 @@ def _free_port() -> int:
 
 
 @cuda_only
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="nccl needs one GPU per process: this machine has fewer than 2")
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="nccl needs one GPU per process: this machine has fewer than 2"
+)
 def test_torchrun_nccl(tmp_path):
     nproc = min(torch.cuda.device_count(), 4)
     net = "{units: [1,1,1,1], filter_list: [16,16,32,32,64], input_size: [32,32], emb_size: 32, net_output: FC}"

@@ -20,7 +20,9 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
     assert re.fullmatch(r"accuracy: [01]\.\d{4}", printed[-1])
     # stdout is captured, not a terminal: the long steps print plain progress lines for a log
     assert "rendering: 96/96 images (100%)" in "\n".join(printed)
-    assert any(re.match(r"train: 8/8 steps \(100%\), [\d,.]+ samples/s, loss \d+\.\d{4}  lr ", line) for line in printed)
+    assert any(
+        re.match(r"train: 8/8 steps \(100%\), [\d,.]+ samples/s, loss \d+\.\d{4}  lr ", line) for line in printed
+    )
     assert any(line.startswith("embedding (trained): 80/80 images (100%)") for line in printed)
 
     results = json.loads((out / "results.json").read_text())

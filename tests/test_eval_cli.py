@@ -74,7 +74,9 @@ def test_embed_folder_with_landmarks(tmp_path, capsys):
     landmarks = _face_files(tmp_path / "faces")
     (tmp_path / "lm.json").write_text(json.dumps(landmarks))
     out = tmp_path / "emb.npy"
-    code = main(["embed", "r18", *TINY, str(tmp_path / "faces"), "-o", str(out), "--landmarks", str(tmp_path / "lm.json")])
+    code = main(
+        ["embed", "r18", *TINY, str(tmp_path / "faces"), "-o", str(out), "--landmarks", str(tmp_path / "lm.json")]
+    )
     assert code == 0
     emb = np.load(out)
     assert emb.shape == (3, 16) and emb.dtype == np.float32

@@ -10,8 +10,6 @@ cv2 = pytest.importorskip("cv2")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from insightface_oracle import model_zoo
-
 from fresnet.cli import main
 from fresnet.errors import FresnetError
 from fresnet.interop.insightface_onnx import (
@@ -23,6 +21,7 @@ from fresnet.interop.insightface_onnx import (
 )
 from fresnet.interop.native import save
 from fresnet.network.model import create_model
+from insightface_oracle import model_zoo
 
 TINY = {"units": [1, 1, 1, 1], "filter_list": [16, 16, 32, 64, 128], "emb_size": 128}
 

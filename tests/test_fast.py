@@ -10,6 +10,8 @@ import torch
 
 import fresnet
 from fresnet import FresnetError, create_model
+from fresnet.inference import candidates as policy
+from fresnet.inference import compiling, fast_model
 from fresnet.inference import fast as fast_module
 from fresnet.inference.fast import FastModel, compiler_available, optimize_for_inference
 from fresnet.network.layers import MXBatchNorm
@@ -86,8 +88,11 @@ def test_float32_path_matches_eager(options):
         isinstance(m, MXBatchNorm) for m in model.modules())
 
 
-@pytest.mark.parametrize("options", [dict(), dict(net_output="GNAP", emb_size=64), dict(net_unit=1, net_se=1, filter_list=[16, 16, 16, 32, 32])],
-                         ids=_id)
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(net_output="GNAP", emb_size=64), dict(net_unit=1, net_se=1, filter_list=[16, 16, 16, 32, 32])],
+    ids=_id,
+)
 def test_bfloat16_path_cosine_on_cpu(options):
     model = tiny(**options)
     x = images(4, seed=2)
@@ -135,13 +140,13 @@ def fixed_times(monkeypatch, **ms):
             runner(x)  # each candidate still runs
         return {name: ms.get(name.replace("/", "_"), 1000.0) / 1e3 for name in runners}
 
-    monkeypatch.setattr(fast_module, "_time_paths", fake)
+    monkeypatch.setattr(fast_model, "_time_paths", fake)
 
 
 def test_auto_without_native_bf16_times_eager_and_float32(monkeypatch):
     """An AVX2-only CPU has no native bf16: auto's candidates are eager and the two float32 layouts,
     and the fastest one on the first batch wins."""
-    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: False)
     assert fast_module.default_candidates(torch.device("cpu")) == [(torch.float32, torch.float32, 0)]
     fixed_times(monkeypatch, eager=30.0, float32=20.0, float32_nchw=25.0)
     model = tiny()
@@ -158,7 +163,7 @@ def test_auto_without_native_bf16_times_eager_and_float32(monkeypatch):
 def test_auto_never_returns_something_slower_than_eager(monkeypatch):
     """When eager is fastest on the first batch (it was once on a 2-core AVX2 EPYC at batch 1), auto
     keeps the model as given: same numbers, bit for bit."""
-    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: False)
     fixed_times(monkeypatch, eager=10.0, float32=11.5, float32_nchw=12.0)
     model = tiny()
     x = images(3, seed=5)
@@ -171,7 +176,7 @@ def test_auto_never_returns_something_slower_than_eager(monkeypatch):
 
 def test_auto_calibrates_on_first_call(monkeypatch):
     # forced, so this branch runs on every CPU: bf16 is emulated (slow, same numbers) without AVX512-BF16
-    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: True)
     first = fast_module.default_candidates(torch.device("cpu"))[0]
     fixed_times(monkeypatch, **{"bfloat16_bfloat16": 5.0, "eager": 10.0, "float32": 8.0})
     model = tiny()
@@ -181,7 +186,11 @@ def test_auto_calibrates_on_first_call(monkeypatch):
     fast = optimize_for_inference(model, compile=False)
     assert "calibrates on first call" in repr(fast)
     out = fast(x)
-    assert (fast.choice.dtype, fast.choice.residual_dtype, fast.choice.float32_units) == first  # a tiny settled network passes the check
+    assert (
+        fast.choice.dtype,
+        fast.choice.residual_dtype,
+        fast.choice.float32_units,
+    ) == first  # a tiny settled network passes the check
     assert fast.choice.cosine is not None and fast.choice.cosine >= fast_module.CALIBRATION_COSINE
     assert min_cosine(out, expected) >= COSINE_BOUND
     # later calls use the chosen path directly
@@ -189,8 +198,8 @@ def test_auto_calibrates_on_first_call(monkeypatch):
 
 
 def test_auto_falls_back_to_float32_when_low_precision_misses(monkeypatch):
-    monkeypatch.setattr(fast_module, "CALIBRATION_COSINE", 1.01)  # nothing low-precision can pass
-    monkeypatch.setattr(fast_module, "default_candidates", lambda device: [
+    monkeypatch.setattr(policy, "CALIBRATION_COSINE", 1.01)  # nothing low-precision can pass
+    monkeypatch.setattr(policy, "default_candidates", lambda device: [
         (torch.bfloat16, torch.bfloat16, 0), (torch.bfloat16, torch.float32, 0), (torch.bfloat16, torch.float32, 1),
         (torch.float32, torch.float32, 0)])
     fixed_times(monkeypatch, eager=30.0, float32=20.0)
@@ -236,7 +245,7 @@ def test_public_name_and_errors():
 
 
 def test_compile_without_a_compiler_runs_uncompiled(monkeypatch):
-    monkeypatch.setattr(fast_module, "compiler_available", lambda device: False)
+    monkeypatch.setattr(compiling, "compiler_available", lambda device: False)
     model = tiny()
     with pytest.warns(RuntimeWarning, match="compiler"):
         fast = optimize_for_inference(model, dtype="float32", compile=True)
@@ -249,8 +258,8 @@ def test_compile_failure_at_first_call_falls_back(monkeypatch):
     def broken(net, choice):
         raise RuntimeError("no inductor here")
 
-    monkeypatch.setattr(fast_module, "compiler_available", lambda device: True)
-    monkeypatch.setattr(fast_module, "_compile", broken)
+    monkeypatch.setattr(compiling, "compiler_available", lambda device: True)
+    monkeypatch.setattr(compiling, "compile_path", broken)
     model = tiny()
     fast = optimize_for_inference(model, dtype="float32", compile=True)
     x = images(2, seed=10)
@@ -317,8 +326,13 @@ def test_cuda_auto_path():
 # ---------------------------------------------------------------------------------------------------
 # the mixed-precision network: what stays float32, the residual stream, pre-packed convolutions
 
-from fresnet.inference.mixed_precision import (  # noqa: E402
-    DtypeFollowingPReLU, InferenceConv2d, InferenceLinear, MixedPrecisionNet, onednn_can_pack)
+from fresnet.inference.mixed_precision import (
+    DtypeFollowingPReLU,
+    InferenceConv2d,
+    InferenceLinear,
+    MixedPrecisionNet,
+    onednn_can_pack,
+)
 
 packing = pytest.mark.skipif(not onednn_can_pack(torch.float32), reason="needs oneDNN (mkldnn) on CPU")
 
@@ -400,7 +414,9 @@ def test_mixed_net_keeps_stem_bn_and_head_in_float32(residual):
     assert all(b.running_mean.dtype == torch.float32 for b in net.modules() if isinstance(b, MXBatchNorm))
     head_fc = [m for m in net.head.modules() if isinstance(m, InferenceLinear)]
     assert len(head_fc) == 1 and head_fc[0].weight.dtype == torch.bfloat16 and head_fc[0].bias.dtype == torch.float32
-    assert all(t.dtype == torch.float32 for name, t in net.head.state_dict().items() if not name.endswith("pre_fc1.weight"))
+    assert all(
+        t.dtype == torch.float32 for name, t in net.head.state_dict().items() if not name.endswith("pre_fc1.weight")
+    )
     # the stream really has the asked-for dtype between units
     seen = []
     hooks = [u.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
@@ -454,7 +470,7 @@ LADDER = [(torch.bfloat16, torch.bfloat16, 0), (torch.bfloat16, torch.float32, 0
     (dict(float32_units=2, residual_dtype="float32"), [(torch.bfloat16, torch.float32, 2), LADDER[3]]),
 ])
 def test_auto_with_fixed_options_keeps_the_float32_fallback(monkeypatch, options, expected):
-    monkeypatch.setattr(fast_module, "default_candidates", lambda device: list(LADDER))
+    monkeypatch.setattr(policy, "default_candidates", lambda device: list(LADDER))
     fast = optimize_for_inference(tiny(), compile=False, **options)
     assert [(c.dtype, c.residual_dtype, c.float32_units) for c in fast._candidates] == expected
 

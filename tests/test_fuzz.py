@@ -24,14 +24,14 @@ from pathlib import Path
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-import torch  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-import fresnet  # noqa: E402
-import fresnet.train  # noqa: E402
-from fresnet.errors import FresnetError  # noqa: E402
-from hostile_fixtures import TINY, jpeg, tiny_model, write_recordio, write_safetensors  # noqa: E402
+import fresnet
+import fresnet.train
+from fresnet.errors import FresnetError
+from hostile_fixtures import jpeg, tiny_model, write_recordio, write_safetensors
 
 GiB = 1 << 30
 MEMORY_HEADROOM = 3 * GiB

@@ -23,8 +23,15 @@ import fresnet.train
 from fresnet.cli import main as cli_main
 from fresnet.data import RecordIODataset, RecordIOWriter, load_bin, save_bin
 from fresnet.errors import FresnetError
-from hostile_fixtures import TINY, index_of, jpeg, png_bytes, rewrite_records, tiny_model, write_recordio, \
-    write_safetensors
+from hostile_fixtures import (
+    index_of,
+    jpeg,
+    png_bytes,
+    rewrite_records,
+    tiny_model,
+    write_recordio,
+    write_safetensors,
+)
 
 GiB = 1 << 30
 
@@ -486,13 +493,12 @@ def test_limits_come_from_the_environment(monkeypatch):
 
 @pytest.mark.parametrize("head", ["Z", "E", "FC", "SFC", "GAP", "GNAP", "GDC", "F", "G", "H", "I", "J"])
 def test_network_size_is_exact_for_every_unit_and_head(head):
+    from fresnet.network.config import HEADS
     from fresnet.network.size import network_size
 
-    from fresnet.network.config import HEADS
-
     variants = [(1, False, 0), (1, True, 1), (2, False, 2), (2, True, 1), (3, False, 1), (3, True, 0), ("3x", True, 2)]
-    unit, bottle_neck, net_input = variants[HEADS.index(head) % len(variants)]
-    for unit, bottle_neck, net_input in variants if head in ("E", "GNAP") else [(unit, bottle_neck, net_input)]:
+    one = variants[HEADS.index(head) % len(variants)]
+    for unit, bottle_neck, net_input in variants if head in ("E", "GNAP") else [one]:
         for emb in (64, 1024):
             options = dict(num_layers=None, units=[1, 2, 1, 1], net_unit=unit, bottle_neck=bottle_neck,
                            net_input=net_input, net_output=head, emb_size=emb, net_se=unit == 2,

@@ -132,7 +132,9 @@ def test_pair_scores_match_row_by_row_products_on_both_paths():
     sparse_first, sparse_second = rng.integers(0, 60, 20), rng.integers(0, 60, 20)
     for first, second in ((dense_first, dense_second), (sparse_first, sparse_second)):
         expected = np.sum(templates[first] * templates[second], -1)
-        np.testing.assert_allclose(pair_scores(templates, first, second, block_bytes=1024), expected, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(
+            pair_scores(templates, first, second, block_bytes=1024), expected, rtol=0, atol=1e-15
+        )
 
 
 def test_scores_from_the_identification_blocks_equal_the_direct_ones():
@@ -387,7 +389,9 @@ def test_a_synthetic_release_too_large_for_memory_is_refused_before_allocating(t
     from fresnet.cli import main as cli_main
 
     # the pair table grows quadratically: 10^9 faces would need 71e12 pairs (1.7 PB)
-    with pytest.raises(FresnetError, match=r"synthetic IJB set of 1,000,000,000 faces .* above the limit max_tensor_bytes"):
+    with pytest.raises(
+        FresnetError, match=r"synthetic IJB set of 1,000,000,000 faces .* above the limit max_tensor_bytes"
+    ):
         synthetic_ijb(10**9)
     assert cli_main(["synth", "--ijb", str(tmp_path / "ijb"), "--faces", "4000000", "--no-pictures"]) == 2
     assert "4,000,000 faces (1,136,209,437 pairs)" in capsys.readouterr().err

@@ -53,7 +53,9 @@ def test_rows_are_the_aligned_face_then_its_mirror(release, tmp_path):
 
     face = align_ijb_face(read_image_file(root / "loose_crop" / meta.faces.names[7]), meta.faces.landmarks[7])
     x = face.transpose(2, 0, 1)[None].astype(np.float32)
-    np.testing.assert_array_equal(features[7], np.concatenate([BlockMeans().embed(x), BlockMeans().embed(x[..., ::-1])], 1)[0])
+    np.testing.assert_array_equal(
+        features[7], np.concatenate([BlockMeans().embed(x), BlockMeans().embed(x[..., ::-1])], 1)[0]
+    )
     no_flip = np.asarray(_extract(meta, tmp_path / "g.npy", flip=False))
     np.testing.assert_array_equal(no_flip, features[:, :192])
 

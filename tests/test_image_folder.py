@@ -16,9 +16,9 @@ from fresnet.errors import FresnetError
 
 def _image(seed: int, size: int = 20) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return np.clip(rng.integers(0, 200, (1, 1, 3)) + np.arange(size)[:, None, None] * 2, 0, 255).astype(np.uint8) * np.ones(
-        (size, size, 3), np.uint8
-    )
+    return np.clip(rng.integers(0, 200, (1, 1, 3)) + np.arange(size)[:, None, None] * 2, 0, 255).astype(
+        np.uint8
+    ) * np.ones((size, size, 3), np.uint8)
 
 
 def _tree(root: Path, layout: dict[str, int]) -> Path:

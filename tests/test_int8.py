@@ -9,14 +9,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_fast import TINY, fixed_times, images, min_cosine, settled, tiny
 
 from fresnet import FresnetError, create_model
+from fresnet.inference import candidates as policy
+from fresnet.inference import compiling, fast_model
 from fresnet.inference import fast as fast_module
 from fresnet.inference import int8 as int8_module
 from fresnet.inference.calibration import CalibrationWarning, calibration_batches
 from fresnet.inference.fast import INT8_CALIBRATION_COSINE, compiler_available, optimize_for_inference
 from fresnet.inference.int8 import Int8Net, float_module_names, int8_unavailable
+from test_fast import TINY, fixed_times, images, min_cosine, settled, tiny
 
 needs_int8 = pytest.mark.skipif(int8_unavailable() is not None, reason=str(int8_unavailable()))
 pytestmark = needs_int8
@@ -32,7 +34,7 @@ def faces(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
 @pytest.fixture
 def uncompiled(monkeypatch):
     """int8 on the reference kernels: no inductor build in the fast tests (one test compiles)."""
-    monkeypatch.setattr(fast_module, "compiler_available", lambda device: False)
+    monkeypatch.setattr(compiling, "compiler_available", lambda device: False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "int8 without a C\\+\\+ compiler", RuntimeWarning)
         warnings.filterwarnings("ignore", category=CalibrationWarning)
@@ -127,7 +129,7 @@ def test_int8_works_for_other_units_and_heads(uncompiled):
 
 
 def test_int8_without_calibration_uses_synthetic_faces_with_a_warning(monkeypatch):
-    monkeypatch.setattr(fast_module, "compiler_available", lambda device: False)
+    monkeypatch.setattr(compiling, "compiler_available", lambda device: False)
     with pytest.warns(UserWarning, match="synthetic faces"):
         fast = optimize_for_inference(tiny(**WIDE), dtype="int8", int8_backend="pytorch")
     assert fast.choice.calibration_images >= 16
@@ -143,7 +145,7 @@ def test_int8_options_that_do_not_apply_are_refused():
 
 
 def test_auto_never_considers_int8_without_calibration(monkeypatch):
-    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: False)
     fixed_times(monkeypatch, int8=0.001, eager=30.0, float32=20.0, float32_nchw=25.0)
     fast = optimize_for_inference(tiny(), compile=False)
     assert all(c.dtype != torch.int8 for c in fast._candidates + fast._extras)
@@ -152,7 +154,7 @@ def test_auto_never_considers_int8_without_calibration(monkeypatch):
 
 
 def test_auto_with_calibration_picks_int8_when_it_is_fastest(monkeypatch, uncompiled):
-    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: False)
     fixed_times(monkeypatch, int8=5.0, eager=30.0, float32=20.0, float32_nchw=25.0)
     model = tiny(**WIDE)
     fast = optimize_for_inference(model, compile=False, calibration=faces(32, seed=1), int8_backend="pytorch")
@@ -164,8 +166,8 @@ def test_auto_with_calibration_picks_int8_when_it_is_fastest(monkeypatch, uncomp
 
 
 def test_auto_rejects_int8_that_misses_its_gate(monkeypatch, uncompiled):
-    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(fast_module, "INT8_CALIBRATION_COSINE", 1.01)
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(policy, "INT8_CALIBRATION_COSINE", 1.01)
     fixed_times(monkeypatch, int8=1.0, eager=30.0, float32=20.0)
     fast = optimize_for_inference(tiny(**WIDE), compile=False, calibration=faces(32, seed=1), int8_backend="pytorch")
     fast(faces(4, seed=6))
@@ -183,7 +185,9 @@ def test_compiled_int8():
     # no worker pool, as test_fast's compiled test (config.patch: see there)
     with warnings.catch_warnings(), inductor_config.patch(compile_threads=1):
         warnings.simplefilter("ignore", CalibrationWarning)
-        warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to the reference kernels would hide a failure
+        warnings.simplefilter(
+            "error", RuntimeWarning
+        )  # a silent fallback to the reference kernels would hide a failure
         fast = optimize_for_inference(model, dtype="int8", calibration=faces(64, seed=1), int8_backend="pytorch")
         x = faces(4, seed=7)
         out = fast(x)
@@ -328,9 +332,9 @@ def _activation_quant_max(graph) -> set[int]:
 
 
 def _backends(monkeypatch, *, compiler=True, dot_product=False, pytorch=None, onnxruntime=None):
-    monkeypatch.setattr(fast_module, "compiler_available", lambda device: compiler)
+    monkeypatch.setattr(compiling, "compiler_available", lambda device: compiler)
     monkeypatch.setattr(int8_module, "cpu_has_int8_dot_product", lambda: dot_product)
-    monkeypatch.setattr(fast_module, "int8_backends_unavailable",
+    monkeypatch.setattr(policy, "int8_backends_unavailable",
                         lambda: {"pytorch": pytorch, "onnxruntime": onnxruntime})
 
 
@@ -362,11 +366,25 @@ def test_unknown_int8_backend_is_refused():
 
 def test_dtype_int8_names_the_backend_it_picked_and_why(monkeypatch):
     _backends(monkeypatch, compiler=False)
-    monkeypatch.setattr(fast_module, "_int8_calibration", lambda model, calibration: [faces(16)])
-    monkeypatch.setattr(fast_module, "build_path", lambda model, choice, calibration=None: torch.nn.Identity())
+    monkeypatch.setattr(policy, "_int8_calibration", lambda model, calibration: [faces(16)])
+    monkeypatch.setattr(fast_model, "build_path", lambda model, choice, calibration=None: torch.nn.Identity())
     fast = optimize_for_inference(tiny(), dtype="int8", calibration=faces(16))
     assert fast.choice.int8_backend == "onnxruntime" and fast.choice.name == "int8/onnxruntime"
     assert "onnxruntime backend: no C++ compiler" in fast.choice.describe()
+
+
+@pytest.mark.parametrize("seven", [True, False])
+def test_reduce_range_forces_the_int8_bit_width(monkeypatch, seven):
+    _backends(monkeypatch, compiler=False, dot_product=seven)  # the CPU's default is the other width
+    monkeypatch.setattr(fast_model, "build_path", lambda model, choice, calibration=None: torch.nn.Identity())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fast = optimize_for_inference(tiny(), dtype="int8", calibration=faces(16), int8_backend="pytorch",
+                                      reduce_range=seven)
+    assert fast.choice.reduce_range is seven
+    assert f"{7 if seven else 8}-bit activations" in fast.choice.describe()
+    with pytest.raises(FresnetError, match="reduce_range is True \\(7-bit int8\\) or False"):
+        optimize_for_inference(tiny(), dtype="float32", reduce_range=seven)
 
 
 @pytest.mark.parametrize("case,expected", [
@@ -380,7 +398,7 @@ def test_auto_times_every_int8_backend_that_can_run(monkeypatch, case, expected)
     _backends(monkeypatch, **case)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        choices = fast_module._int8_candidates(torch.device("cpu"), True, [faces(16)], "", None)
+        choices = policy.int8_candidates(torch.device("cpu"), True, [faces(16)], "", None)
     assert [c.int8_backend for c in choices] == expected
 
 
@@ -416,8 +434,8 @@ def test_onnxruntime_backend_is_close_to_float32_at_any_batch_size(trained):
 
 @needs_onnxruntime_int8
 def test_auto_with_calibration_can_pick_the_onnxruntime_backend(monkeypatch):
-    monkeypatch.setattr(fast_module, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(fast_module, "compiler_available", lambda device: False)
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(compiling, "compiler_available", lambda device: False)
     fixed_times(monkeypatch, int8_onnxruntime=5.0, eager=30.0, float32=20.0, float32_nchw=25.0)
     model = tiny(**WIDE)
     with warnings.catch_warnings():
@@ -428,6 +446,26 @@ def test_auto_with_calibration_can_pick_the_onnxruntime_backend(monkeypatch):
     assert fast.choice.name == "int8/onnxruntime"
     assert "int8/onnxruntime 5.0 ms" in fast.choice.describe()
     assert min_cosine(out, model(x).detach()) >= INT8_CALIBRATION_COSINE
+
+
+@needs_onnxruntime_int8
+def test_onnxruntime_quantiser_output_goes_to_the_log(capfd, caplog):
+    """onnxruntime's quantiser logs ~10 ``WARNING:root:`` lines and prints its calibration steps;
+    they reach fresnet's log at DEBUG, not the terminal, and the root logger is left as it was."""
+    import logging
+
+    from fresnet.inference.fuse import fold_batchnorm
+    from fresnet.inference.onnxruntime_int8 import OnnxRuntimeInt8Net
+
+    root = logging.getLogger()
+    handlers, filters = list(root.handlers), list(root.filters)
+    with caplog.at_level(logging.DEBUG, logger="fresnet.inference.onnxruntime_int8"):
+        OnnxRuntimeInt8Net(fold_batchnorm(tiny(**WIDE).eval()), [faces(16)])
+    out, err = capfd.readouterr()
+    assert "Collecting tensor data" not in out and "WARNING" not in err and "Expected bias" not in err
+    assert not [r for r in caplog.records if r.name == "root"]
+    assert any("onnxruntime: " in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+    assert root.handlers == handlers and root.filters == filters
 
 
 def test_int8_backend_without_int8_is_refused():
@@ -454,7 +492,9 @@ def test_onnxruntime_histogram_calibration_is_capped_to_its_memory(tmp_path, mon
     def keep(module, inputs, output):
         seen.extend(t for t in (inputs[0], output) if not any(t is other for other in seen))
 
-    hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [
+        m.register_forward_hook(keep) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.no_grad():
         model(faces(1))
     for hook in hooks:

@@ -72,7 +72,9 @@ def test_continuation_past_pi_is_continuous_and_decreasing():
     assert torch.all(values[1:] < values[:-1])
 
 
-@pytest.mark.parametrize("m1,m2,m3", [(1.0, 0.5, 0.0), (1.0, 0.0, 0.35), (1.0, 0.3, 0.2), (1.3, 0.2, 0.1), (1.0, 0.0, 0.0)])
+@pytest.mark.parametrize(
+    "m1,m2,m3", [(1.0, 0.5, 0.0), (1.0, 0.0, 0.35), (1.0, 0.3, 0.2), (1.3, 0.2, 0.1), (1.0, 0.0, 0.0)]
+)
 def test_gradcheck_margin_logits(m1, m2, m3):
     torch.manual_seed(1)
     # include targets beyond the pi threshold (cos near -1) but away from the kink itself

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from fresnet.errors import FresnetError
-from fresnet.network.layers import MXBatchNorm
 from fresnet.memory import MB, feature_map_cost, plan, probe_loss, profile_units, random_batch
+from fresnet.network.layers import MXBatchNorm
 from fresnet.network.model import create_model
 
 TINY = dict(units=[2, 2, 1, 1], input_size=32, emb_size=32)
@@ -95,10 +95,12 @@ def test_set_grad_checkpointing_true_uses_the_planner_and_false_turns_it_off():
 def test_bad_segments_are_refused():
     model = create_model(**TINY)
 
-    class Plan:
-        segments = (("stage1.unit1", "stage2.unit1"),)
+    class Plan:  # a look-alike of MemoryPlan is not one
+        segments = (("stage1.unit1",),)
 
-    with pytest.raises(FresnetError, match="consecutive"):
+    with pytest.raises(FresnetError, match="must list consecutive units"):
+        model.set_grad_checkpointing([("stage1.unit1", "stage2.unit1")])
+    with pytest.raises(FresnetError, match="takes True/False, a MemoryPlan"):
         model.set_grad_checkpointing(Plan())
     with pytest.raises(FresnetError, match="unknown unit"):
         model.set_grad_checkpointing(["stage9.unit1"])
@@ -178,3 +180,38 @@ def test_memory_command_with_steps_0_skips_the_timing(capsys):
     code = main(["memory", "r18", "--set", "units=[1,1,1,1]", "--set", "input_size=32", "--batch", "2", "--steps", "0"])
     out = capsys.readouterr().out
     assert code == 0 and "Old feature map cost=" in out and "Step time:" not in out
+
+
+@pytest.mark.parametrize("argv,hint", [
+    (["--strategy", "sqrt", "--budget", "50"], "--budget would be ignored; drop --budget"),
+    (["--strategy", "sqrt", "--ratio", "4"], "--ratio would be ignored"),
+    (["--strategy", "budget"], "--budget MB (e.g. --budget 2000) or --ratio R"),
+    (["--budget", "50", "--ratio", "4"], "not both"),
+])
+def test_memory_command_refuses_a_limit_it_would_ignore_in_flags_the_user_can_type(capsys, argv, hint):
+    from fresnet.cli import main
+
+    code = main(["memory", "r18", "--set", "units=[1,1,1,1]", "--set", "input_size=32", "--batch", "2", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and hint in err and "budget=2000" not in err.replace("--budget 2000", "")
+
+
+def test_memory_plan_refuses_a_budget_the_sqrt_strategy_ignores():
+    model = create_model(**TINY)
+    with pytest.raises(FresnetError, match="'sqrt' strategy recomputes every unit"):
+        plan(model, 50, strategy="sqrt")
+    with pytest.raises(FresnetError, match=r"plan\(model, budget=2000\)"):
+        plan(model, strategy="budget")
+
+
+def test_memory_command_reads_a_model_file(tmp_path, capsys):
+    import fresnet
+    from fresnet.cli import main
+
+    path = tmp_path / "tiny.safetensors"
+    fresnet.save(create_model("r18", units=[1, 1, 1, 1], input_size=32, emb_size=32), path)
+    code = main(["memory", str(path), "--batch", "2", "--steps", "0"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("tiny, batch 2, 32x32") and "Old feature map cost=" in out
+    assert main(["memory", str(path), "--set", "emb_size=8"]) == 2
+    assert "--set applies to preset names only" in capsys.readouterr().err

@@ -6,7 +6,6 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import reference_path
 from fresnet.errors import FresnetError
 from fresnet.interop.mxnet_params import (
     LIST_MAGIC,

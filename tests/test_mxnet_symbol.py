@@ -8,11 +8,11 @@ import warnings
 import pytest
 
 from conftest import load_reference_rows
-from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
 from fresnet.interop.mxnet_symbol import parse_symbol, read_symbol
 from fresnet.interop.mxnet_symbol_build import build_graph, config_to_json
 from fresnet.interop.mxnet_symbol_infer import check_fresnet_graph, graph_signature, infer_config
+from fresnet.network.config import NetConfig
 from test_names import row_config
 
 ROWS = [row for row in load_reference_rows() if row.get("symbol_json_sha1") and not row["config"].get("fp16")]
@@ -113,3 +113,14 @@ def test_bad_json_and_missing_file(tmp_path):
         parse_symbol("{", "x-symbol.json")
     with pytest.raises(FresnetError, match="no such file"):
         read_symbol(tmp_path / "none-symbol.json")
+
+
+def test_round_trip_of_a_custom_width_r18_keeps_its_depth(tmp_path):
+    from fresnet.interop.mxnet import load_mxnet, save_mxnet
+    from fresnet.network.model import create_model
+
+    model = create_model("r18", filter_list=[16, 16, 32, 64, 128], emb_size=64, input_size=32)
+    save_mxnet(model, tmp_path / "model", 0)
+    loaded, config = load_mxnet(tmp_path / "model", 0)
+    assert config.num_layers == 18 and config == model.config
+    assert config.short_name() == "r18-u3-E64"

@@ -5,7 +5,6 @@ import pytest
 
 from conftest import load_reference_rows
 from fresnet import create_model
-from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
 from fresnet.interop.mxnet_symbol_build import build_graph
 from fresnet.interop.names import (
@@ -17,6 +16,7 @@ from fresnet.interop.names import (
     state_dict_name_map,
     to_mxnet_name,
 )
+from fresnet.network.config import NetConfig
 
 ROWS = {row["id"]: row for row in load_reference_rows()}
 

@@ -10,9 +10,9 @@ import torch
 from onnx import helper, numpy_helper
 
 import fresnet
-from fresnet.network.config import HEADS
 from fresnet.errors import FresnetError
 from fresnet.interop.onnx_export import reshape_prelu_slopes, verify_onnx
+from fresnet.network.config import HEADS
 from fresnet.network.layers import MXBatchNorm
 
 # 28 -> 14 -> 7: a 7x7 trunk, so GDC works too, at a fraction of 112x112's cost
@@ -116,7 +116,7 @@ def test_fold_bn_matches_and_removes_batchnorms(tmp_path, head):
     model = randomized(fresnet.create_model(**TINY, net_output=head))
     plain = export_and_check(model, tmp_path / "plain.onnx")
     folded = export_and_check(model, tmp_path / "folded.onnx", fold_bn=True)
-    count = lambda proto: sum(n.op_type == "BatchNormalization" for n in proto.graph.node)  # noqa: E731
+    count = lambda proto: sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
     assert count(folded) < count(plain)
     meta = {p.key: p.value for p in folded.metadata_props}
     assert meta["fresnet_bn_folded"] == "true"

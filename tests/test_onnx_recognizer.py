@@ -10,10 +10,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from conftest import reference_path
+from fresnet.errors import FresnetError
 from insightface_oracle import model_zoo
 from test_scrfd import PHOTOS, read_bgr, scrfd_graph
-
-from fresnet.errors import FresnetError
 
 try:  # alignment moves from eval/ to faces/ with the pipeline
     from fresnet.faces.align import estimate_norm

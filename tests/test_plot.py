@@ -9,9 +9,9 @@ import pytest
 
 import fresnet.inspection.viz as viz
 from fresnet.errors import FresnetError
-from fresnet.network.model import create_model
 from fresnet.inspection.layout import layout
 from fresnet.inspection.viz import build_graph, plot_network, trace_layers
+from fresnet.network.model import create_model
 
 TINY = dict(units=[1, 2, 1, 1], input_size=32, emb_size=32)
 
@@ -116,8 +116,10 @@ def test_pictures_need_neither_dot_nor_the_graphviz_package(tmp_path, monkeypatc
 def test_layout_keeps_the_chain_straight_and_branches_beside_it():
     diagram = viz.build_diagram(create_model(**TINY, net_se=1))
     where = layout(diagram)
-    ids = {node.label.split("\n")[0] if node.cluster is None else f"{node.cluster}.{node.label.split(chr(10))[0]}": node.id
-           for node in diagram.nodes}
+    ids = {
+        node.label.split("\n")[0] if node.cluster is None else f"{node.cluster}.{node.label.split(chr(10))[0]}": node.id
+        for node in diagram.nodes
+    }
     rank, column = where.rank, where.column
     assert all(rank[e.source] < rank[e.target] for e in diagram.edges)  # every arrow points down
     assert len({(rank[i], column[i]) for i in rank}) == len(rank)  # no two boxes in one place
@@ -165,3 +167,16 @@ def test_plot_command_draws_a_picture_without_dot(tmp_path, capsys, monkeypatch)
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "matplotlib" in printed
     assert "stage4.unit1" in out.read_text()
+
+
+def test_plot_command_reads_a_model_file_and_names_the_output_after_it(tmp_path, capsys, monkeypatch):
+    import fresnet
+    from fresnet.cli import main
+
+    fresnet.save(create_model("r18", **TINY), tmp_path / "mine.safetensors")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(viz.shutil, "which", lambda name: None)
+    assert main(["plot", "mine.safetensors", "--collapse", "-o", "mine.dot"]) == 0
+    assert "stage2_unit2" in (tmp_path / "mine.dot").read_text()
+    assert main(["plot", "mine", "--collapse"]) == 2  # neither a preset nor a file
+    assert "'mine' is neither a preset" in capsys.readouterr().err

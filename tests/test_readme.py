@@ -27,7 +27,7 @@ def test_the_readmes_python_blocks_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__readme__"}
     for number, code in enumerate(blocks, 1):
-        exec(compile(code, f"README.md python block {number}", "exec"), namespace)  # noqa: S102
+        exec(compile(code, f"README.md python block {number}", "exec"), namespace)
 
 
 def test_the_skip_marker_is_honoured():

@@ -204,7 +204,7 @@ def test_split_records_use_dmlc_continuation_flags(tmp_path):
     # the magic at aligned positions 4 and 12 splits the payload into three chunks; at 19 it does not
     payload = b"abcd" + MAGIC_BYTES + b"efgh" + MAGIC_BYTES + b"ijk" + MAGIC_BYTES + b"zzz"
     frame = frame_record(payload)
-    lrec = lambda cflag, length: struct.pack("<II", MAGIC, (cflag << 29) | length)  # noqa: E731
+    lrec = lambda cflag, length: struct.pack("<II", MAGIC, (cflag << 29) | length)
     expected = lrec(1, 4) + b"abcd" + lrec(2, 4) + b"efgh" + lrec(3, 10) + payload[16:] + b"\0\0"
     assert frame == expected
     (tmp_path / "s.rec").write_bytes(frame + frame_record(b"next"))
@@ -297,7 +297,9 @@ def test_truncated_rec_names_file_record_and_offset(plain):
     offsets = _offsets(plain / "train")
     with open(rec, "r+b") as handle:
         handle.truncate(offsets[4] + 100)
-    with pytest.raises(FresnetError, match=rf"train\.rec: record key 4 at offset {offsets[4]}: .* the \.rec is truncated"):
+    with pytest.raises(
+        FresnetError, match=rf"train\.rec: record key 4 at offset {offsets[4]}: .* the \.rec is truncated"
+    ):
         RecordIODataset(rec)
     with pytest.warns(UserWarning, match="skipping bad sample"):
         ds = RecordIODataset(rec, on_error="skip")

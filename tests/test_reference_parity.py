@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import load_reference_rows
-from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
-from fresnet.network.model import FResNet
 from fresnet.inspection.summary import summarize
+from fresnet.network.config import NetConfig
+from fresnet.network.model import FResNet
 
 ROWS = load_reference_rows()
 

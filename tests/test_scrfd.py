@@ -20,10 +20,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from conftest import reference_path
-from insightface_oracle import model_zoo
-
 from fresnet.errors import FresnetError
 from fresnet.faces.scrfd import SCRFD, greedy_nms
+from insightface_oracle import model_zoo
 
 PHOTOS = ("person_a_1", "person_a_2", "person_b_1", "person_b_2", "impostor_1", "impostor_2")
 

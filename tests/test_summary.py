@@ -41,3 +41,16 @@ def test_cli_summary_json_and_errors():
     bad = subprocess.run([sys.executable, "-m", "fresnet", "summary", "r18", "--set", "net_unit=4"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "residual_unit_v4" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_summary_reads_a_model_file(tmp_path, capsys):
+    import fresnet
+    from fresnet.cli import main
+
+    model = create_model("r18", units=[1, 1, 1, 1], input_size=32, emb_size=32, net_output="GAP")
+    fresnet.save(model, tmp_path / "model.safetensors")
+    assert main(["summary", str(tmp_path / "model.safetensors"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["units"] == [1, 1, 1, 1] and data["config"]["net_output"] == "GAP"
+    assert main(["summary", str(tmp_path / "missing.safetensors")]) == 2
+    assert "no such model file" in capsys.readouterr().err

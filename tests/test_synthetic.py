@@ -8,8 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fresnet.cli import main as cli_main
-from fresnet.data import RecordIODataset, SyntheticFaces, load_bin
-from fresnet.data import synthetic
+from fresnet.data import RecordIODataset, SyntheticFaces, load_bin, synthetic
 from fresnet.data.synthetic import synthetic_pairs, write_synthetic_dataset
 from fresnet.errors import FresnetError
 
@@ -77,7 +76,9 @@ def test_pixels_and_an_untrained_network_are_near_chance():
 def test_pairs_are_balanced_and_use_only_the_held_out_identities(monkeypatch):
     seen = []
     original = synthetic.identity_params
-    monkeypatch.setattr(synthetic, "identity_params", lambda seed, identity: seen.append(identity) or original(seed, identity))
+    monkeypatch.setattr(
+        synthetic, "identity_params", lambda seed, identity: seen.append(identity) or original(seed, identity)
+    )
     images, issame = synthetic_pairs(10, 4, identity_offset=20, seed=1, size=32)
     assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
     assert issame == [True, False] * 5
@@ -108,7 +109,12 @@ def test_synth_command(tmp_path):
     args = ["synth", str(tmp_path / "s"), "--identities", "2", "--images-per-identity", "2", "--holdout", "2",
             "--pairs", "2", "--size", "32"]
     assert cli_main(args) == 0
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["property", "synthetic_val.bin", "train.idx", "train.rec"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "property",
+        "synthetic_val.bin",
+        "train.idx",
+        "train.rec",
+    ]
     assert cli_main(args) == 2  # exists: a clear error, no traceback
     assert cli_main(args[:-2] + ["--pairs", "1"]) == 2
 

@@ -67,8 +67,8 @@ def test_lr_schedules():
 
 
 def test_fc7_multipliers_make_their_own_param_group():
-    from fresnet.train.losses import margin_spec
     from fresnet.network.model import create_model
+    from fresnet.train.losses import margin_spec
     from fresnet.train.partial_fc import PartialFC
 
     cfg = TrainConfig(fc7_lr_mult=10, fc7_wd_mult=0.5, wd=5e-4).validate()

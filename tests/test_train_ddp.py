@@ -16,9 +16,20 @@ import torch
 
 TINY_NET = "{units: [1,1,1,1], filter_list: [8,8,16,16,32], input_size: [16,16], emb_size: 32, net_output: FC}"
 COMMON = [
-    "network=r18", f"net={TINY_NET}", "loss=combined", "loss_s=16", "dataset=synthetic",
+    "network=r18",
+    f"net={TINY_NET}",
+    "loss=combined",
+    "loss_s=16",
+    "dataset=synthetic",
     "synthetic={num_identities: 12, images_per_identity: 6, holdout_identities: 8, seed: 3}",
-    "max_steps=6", "warmup_steps=1", "val_targets=[]", "lr=0.05", "log_every=1", "seed=5", "momentum=0.9", "checkpoint_every=0",
+    "max_steps=6",
+    "warmup_steps=1",
+    "val_targets=[]",
+    "lr=0.05",
+    "log_every=1",
+    "seed=5",
+    "momentum=0.9",
+    "checkpoint_every=0",
 ]
 
 
@@ -38,8 +49,23 @@ def _run(args, nproc):
     if nproc == 1:
         cmd = [sys.executable, "-m", "fresnet", "train", "synthetic-r18", *args, "--no-progress"]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "fresnet", "train", "synthetic-r18", *args, "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "fresnet",
+            "train",
+            "synthetic-r18",
+            *args,
+            "--no-progress",
+        ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

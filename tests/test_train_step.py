@@ -127,7 +127,9 @@ def test_channels_last_step_equals_nchw():
         model = tiny_model()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        fc = FullFCLoss(32, 20, margin_spec("arcface"), weight=torch.randn(20, 32, generator=torch.Generator().manual_seed(3)))
+        fc = FullFCLoss(
+            32, 20, margin_spec("arcface"), weight=torch.randn(20, 32, generator=torch.Generator().manual_seed(3))
+        )
         step = make_step(model, fc, StepSettings(channels_last=channels_last))
         losses = [float(step(images, labels, 0.1)) for _ in range(3)]
         results.append((losses, {k: v.detach().clone() for k, v in model.state_dict().items()}))

@@ -69,7 +69,9 @@ def test_dropout_only_where_the_original_has_it():
 
 def test_biases_only_where_the_original_has_them():
     model = tiny(net_output="SFC", net_se=1)
-    with_bias = sorted(n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None)
+    with_bias = sorted(
+        n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None
+    )
     assert all(".se." in n or n in ("head.convf2", "head.pre_fc1") for n in with_bias)
     assert "head.convf2" in with_bias and "head.pre_fc1" in with_bias
 

@@ -142,7 +142,10 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, payl
     evil = tmp_path / "evil.bin"
     evil.write_bytes(pickle.dumps(content, protocol=2))
     assert not marker.exists()
-    with pytest.raises(FresnetError, match=r"evil\.bin: refused to load: the pickle asks for '(posix|nt|os|builtins|io)\.(system|open)'"):
+    with pytest.raises(
+        FresnetError,
+        match=r"evil\.bin: refused to load: the pickle asks for '(posix|nt|os|builtins|io)\.(system|open)'",
+    ):
         load_bin(evil)
     assert not marker.exists()  # nothing ran
 

@@ -68,7 +68,7 @@ class Limits:
     #: nesting depth of JSON and YAML documents (fresnet's own are 4 deep)
     max_nesting: int = 64
 
-    def replace(self, **caps: Union[int, float, str]) -> "Limits":
+    def replace(self, **caps: Union[int, float, str]) -> Limits:
         return dataclasses.replace(self, **{name: parse_cap(name, value, "limits") for name, value in caps.items()})
 
 

@@ -111,8 +111,12 @@ class Progress:
 
     def line(self) -> str:
         """The plain progress line for the current state."""
-        parts = [f"{self.completed:,}/{self.total:,} {self.unit}" + (f" ({100 * self.completed / self.total:.0f}%)" if self.total else "")
-                 if self.total is not None else f"{self.completed:,} {self.unit}"]
+        parts = [
+            f"{self.completed:,}/{self.total:,} {self.unit}"
+            + (f" ({100 * self.completed / self.total:.0f}%)" if self.total else "")
+            if self.total is not None
+            else f"{self.completed:,} {self.unit}"
+        ]
         rate = self.rate()
         if rate is not None:
             parts.append(f"{rate:,.1f} {self.rate_unit}/s")
@@ -192,7 +196,7 @@ class Progress:
         elif self.plain and self.completed != self.last_line_completed:
             self._emit()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc_info) -> None:

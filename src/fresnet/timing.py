@@ -46,10 +46,10 @@ class Timing:
     cpu_end: Optional[float] = None
 
     @classmethod
-    def start(cls) -> "Timing":
+    def start(cls) -> Timing:
         return cls(WALL_CLOCK(), CPU_CLOCK())
 
-    def stop(self) -> "Timing":
+    def stop(self) -> Timing:
         if self.wall_end is None:
             self.wall_end, self.cpu_end = WALL_CLOCK(), CPU_CLOCK()
         return self

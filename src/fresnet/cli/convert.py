@@ -72,7 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epoch", type=A.epoch, default=None, help="epoch of an MXNet source given as a prefix")
-    p.add_argument("--num-layers", type=A.positive_int, default=None, help=".pth source: depth (default: from the block counts)")
+    p.add_argument(
+        "--num-layers", type=A.positive_int, default=None, help=".pth source: depth (default: from the block counts)"
+    )
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help=".pth/MXNet source: input size when the file does not fix it (default: from the FC width, "
                         "112x112 for a 7x7 trunk)")
@@ -198,11 +200,10 @@ def _write_int8(model, path: str, args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
+    from fresnet.cli.common import refuse_existing
     from fresnet.inference.calibration import CalibrationWarning
     from fresnet.inference.int8 import reduce_range_for_this_cpu
     from fresnet.interop.onnx_int8 import export_onnx_int8, verify_onnx_int8
-
-    from fresnet.cli.common import refuse_existing
 
     refuse_existing([path], args.overwrite)
     reduce_range = reduce_range_for_this_cpu() if args.weight_bits == "auto" else args.weight_bits == "7"
@@ -215,8 +216,14 @@ def _write_int8(model, path: str, args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
         with console.status("calibrating and quantising (a minute or more for r50) ..."):
-            export_onnx_int8(model.eval(), path, args.calibration, dynamic_batch=not args.static_batch, opset=args.opset,
-                             reduce_range=reduce_range)
+            export_onnx_int8(
+                model.eval(),
+                path,
+                args.calibration,
+                dynamic_batch=not args.static_batch,
+                opset=args.opset,
+                reduce_range=reduce_range,
+            )
     for warning in caught:
         if issubclass(warning.category, CalibrationWarning):
             print(f"warning:     {warning.message}")

@@ -23,9 +23,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", metavar="IMAGE_DIR|LIST", help="identity folders, or a list file")
     p.add_argument("out_prefix", metavar="OUT_PREFIX", help="output prefix (out/train) or folder")
-    p.add_argument("--image-size", type=A.positive_int, nargs=2, metavar=("H", "W"), help="size for 'property' (default: the first image's)")
+    p.add_argument(
+        "--image-size",
+        type=A.positive_int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="size for 'property' (default: the first image's)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
-    p.add_argument("--no-verify", action="store_true", help="do not decode each JPEG first (faster, but corrupt files get packed)")
+    p.add_argument(
+        "--no-verify", action="store_true", help="do not decode each JPEG first (faster, but corrupt files get packed)"
+    )
     p.set_defaults(func=run_pack)
 
     p = sub.add_parser(
@@ -56,14 +64,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="output folder (the RecordIO set)")
     ijb = p.add_argument_group("IJB-format release")
     ijb.add_argument("--ijb", metavar="OUT", help="write a synthetic IJB release to OUT instead")
-    ijb.add_argument("--faces", type=A.positive_int, default=2000, help="faces in the release (default 2000; 469375 = IJB-C)")
-    ijb.add_argument("--target", choices=("IJBC", "IJBB"), default="IJBC", type=str.upper, help="file layout (default IJBC)")
+    ijb.add_argument(
+        "--faces", type=A.positive_int, default=2000, help="faces in the release (default 2000; 469375 = IJB-C)"
+    )
+    ijb.add_argument(
+        "--target", choices=("IJBC", "IJBB"), default="IJBC", type=str.upper, help="file layout (default IJBC)"
+    )
     ijb.add_argument("--no-pictures", action="store_true", help="meta files only (for scoring saved features)")
     ijb.add_argument("--workers", type=A.positive_int, default=1, help="processes rendering pictures (default 1)")
     p.add_argument("--identities", type=A.positive_int, default=200, help="training identities (default: 200)")
-    p.add_argument("--images-per-identity", type=A.positive_int, default=20, help="images per training identity (default: 20)")
-    p.add_argument("--holdout", type=A.positive_int, default=100, help="held-out identities for the .bin (default: 100)")
-    p.add_argument("--pairs", type=A.positive_int, default=600, help="verification pairs, half of them matches (default: 600)")
+    p.add_argument(
+        "--images-per-identity", type=A.positive_int, default=20, help="images per training identity (default: 20)"
+    )
+    p.add_argument(
+        "--holdout", type=A.positive_int, default=100, help="held-out identities for the .bin (default: 100)"
+    )
+    p.add_argument(
+        "--pairs", type=A.positive_int, default=600, help="verification pairs, half of them matches (default: 600)"
+    )
     p.add_argument("--seed", type=A.nonnegative_int, default=0, help="random seed (default: 0)")
     p.add_argument("--size", type=A.positive_int, default=112, help="image size in pixels (default: 112)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")

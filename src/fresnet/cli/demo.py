@@ -18,13 +18,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(report.md, report.html, results.json, pictures). The last line printed is 'accuracy: 0.xxxx'.",
     )
     p.add_argument("--out", default="report", help="report folder (default: report)")
-    p.add_argument("--config", default="synthetic-r18", help="training config: built-in name or YAML (default synthetic-r18)")
-    p.add_argument("--max-steps", type=A.positive_int, default=None, help="train exactly this many steps (no time budget)")
+    p.add_argument(
+        "--config", default="synthetic-r18", help="training config: built-in name or YAML (default synthetic-r18)"
+    )
+    p.add_argument(
+        "--max-steps", type=A.positive_int, default=None, help="train exactly this many steps (no time budget)"
+    )
     p.add_argument("--train-budget", type=A.nonnegative_float, default=None, metavar="SECONDS",
                    help="seconds of training to fit the steps to: a short calibration measures this machine's "
                    "speed, and the steps are what fits, at least the quality floor and at most the config's "
                    "max_steps (default 100; 0 trains the config's max_steps)")
-    p.add_argument("--pairs", type=A.positive_int, default=None, help="held-out verification pairs (default: the config's val_pairs)")
+    p.add_argument(
+        "--pairs",
+        type=A.positive_int,
+        default=None,
+        help="held-out verification pairs (default: the config's val_pairs)",
+    )
     p.add_argument("--quick", action="store_true",
                    help="a smoke run with tiny settings (well under a minute); the accuracy means nothing")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out that is not a previous report")

@@ -36,8 +36,11 @@ def _add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
                    help="run a PyTorch model through fresnet.optimize_for_inference: BN folded, channels_last, "
                    "bf16/fp16 where it keeps cosine >= 0.9995 (checked on the first batch; docs/performance.md)")
     p.add_argument(
-        "--onnx-input", choices=("auto", "raw", "arcface"), default="auto",
-        help="input range of an ONNX graph: raw 0..255 (fresnet exports), arcface ((x-127.5)/127.5, model-zoo graphs), or auto (default: raw when the graph has fresnet metadata)",
+        "--onnx-input",
+        choices=("auto", "raw", "arcface"),
+        default="auto",
+        help="input range of an ONNX graph: raw 0..255 (fresnet exports), arcface ((x-127.5)/127.5, "
+        "model-zoo graphs), or auto (default: raw when the graph has fresnet metadata)",
     )
 
 
@@ -148,7 +151,9 @@ def result_table(title: str, result, seconds: float | None = None):
     table.add_column("value", justify="right")
     table.add_row("pairs (same / different)", f"{result.num_pairs} ({result.num_positive} / {result.num_negative})")
     table.add_row(f"accuracy ({result.nfolds}-fold)", f"{result.accuracy:.4f} ± {result.accuracy_std:.4f}")
-    table.add_row("best threshold (sq. L2 / cosine)", f"{result.best_threshold:.2f} / {1 - result.best_threshold / 2:.3f}")
+    table.add_row(
+        "best threshold (sq. L2 / cosine)", f"{result.best_threshold:.2f} / {1 - result.best_threshold / 2:.3f}"
+    )
     table.add_row("ROC AUC", _fmt(result.auc))
     table.add_row("EER", _fmt(result.eer))
     for far, tar in result.tar_at_far.items():
@@ -264,7 +269,9 @@ def run_compare(args: argparse.Namespace) -> int:
 
     inputs = collect_inputs([args.image_a, args.image_b])
     if len(inputs) != 2:
-        raise FresnetError(f"compare takes exactly two images; {args.image_a!r} and {args.image_b!r} hold {len(inputs)}")
+        raise FresnetError(
+            f"compare takes exactly two images; {args.image_a!r} and {args.image_b!r} hold {len(inputs)}"
+        )
     landmarks = _load_landmarks(args, [item.name for item in inputs])
     embedder = _embedder(args)
     emb = embed_inputs(embedder, inputs, landmarks=landmarks, batch_size=2, flip=args.flip)

@@ -43,7 +43,9 @@ def _extract(args: argparse.Namespace, embedder, meta, console) -> tuple[np.ndar
                                     on_start=on_start)
     seconds = state["clock"].wall
     new = state["done"] - state["first"]
-    info.update(extracted_faces=new, extract_seconds=seconds, faces_per_second=new / seconds if seconds > 0 and new else None)
+    info.update(
+        extracted_faces=new, extract_seconds=seconds, faces_per_second=new / seconds if seconds > 0 and new else None
+    )
     if new:
         console.print(f"extracted {new} faces in {seconds:.1f} s ({new / seconds:,.0f} faces/s) into {out}")
     else:
@@ -106,8 +108,8 @@ def _tables(result, console) -> None:
 
 def run_ijb(args: argparse.Namespace, embedder, console) -> None:
     from fresnet.eval.ijb import evaluate
-    from fresnet.eval.ijb.protocol import load_features
     from fresnet.eval.ijb.layout import read_meta
+    from fresnet.eval.ijb.protocol import load_features
     from fresnet.eval.plots import plot_ijb_roc
     from fresnet.ioutil import atomic_write_text
 

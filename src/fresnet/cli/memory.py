@@ -5,7 +5,8 @@ import argparse
 import json
 
 from fresnet.cli import args as A
-from fresnet.cli.common import add_model_args, model_from_args
+from fresnet.cli.common import add_model_args, model_from_args, model_label
+from fresnet.errors import FresnetError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "deep networks at large batches take minutes.",
     )
     add_model_args(p)
-    p.add_argument("--batch", type=A.positive_int, default=64, help="batch size (default 64, as in the original's figures)")
+    p.add_argument(
+        "--batch", type=A.positive_int, default=64, help="batch size (default 64, as in the original's figures)"
+    )
     p.add_argument("--budget", type=A.positive_float, default=None, metavar="MB",
                    help="MB of saved tensors allowed: recompute as little as fits (default: the sqrt(n) plan)")
     p.add_argument("--ratio", type=A.positive_float, default=None,
@@ -39,7 +42,9 @@ def run_memory(args: argparse.Namespace) -> int:
     from fresnet.memory.measure import MB
     from fresnet.memory.planning import plan
 
+    _check_strategy(args)
     model = model_from_args(args)
+    label = model_label(args)
     console = Console(stderr=True)
     with console.status("profiling the units") as status:
         memory_plan = plan(model, args.budget, strategy=args.strategy, ratio=args.ratio, batch=args.batch)
@@ -47,7 +52,7 @@ def run_memory(args: argparse.Namespace) -> int:
 
     if args.json:
         print(json.dumps({
-            "model": args.name, "batch": args.batch, "input_size": list(result.old.input_size),
+            "model": label, "batch": args.batch, "input_size": list(result.old.input_size),
             "strategy": memory_plan.strategy, "segments": [list(s) for s in memory_plan.segments],
             "old_saved_bytes": result.old.saved_bytes, "new_saved_bytes": result.new.saved_bytes,
             "ratio": result.ratio, "old_peak_bytes": result.old.peak_bytes, "new_peak_bytes": result.new.peak_bytes,
@@ -60,7 +65,7 @@ def run_memory(args: argparse.Namespace) -> int:
         }, indent=1))
         return 0
     h, w = result.old.input_size
-    print(f"{args.name}, batch {args.batch}, {h}x{w}: {memory_plan.describe()}")
+    print(f"{label}, batch {args.batch}, {h}x{w}: {memory_plan.describe()}")
     if args.show_plan:
         for segment in memory_plan.segments:
             span = segment[0] if len(segment) == 1 else f"{segment[0]} .. {segment[-1]} ({len(segment)} units)"
@@ -79,3 +84,16 @@ def run_memory(args: argparse.Namespace) -> int:
         print(f"warning: the budget of {memory_plan.budget_bytes / MB:.0f} MB is not met even recomputing "
               f"every unit; the stem, head and segment inputs need {result.new.saved_bytes / MB:.0f} MB")
     return 0
+
+
+def _check_strategy(args: argparse.Namespace) -> None:
+    """The flags that go together, said with the flags (the library's messages name its keywords)."""
+    limit = "--budget" if args.budget is not None else "--ratio" if args.ratio is not None else None
+    if args.budget is not None and args.ratio is not None:
+        raise FresnetError("give --budget MB or --ratio R, not both")
+    if args.strategy == "sqrt" and limit:
+        raise FresnetError(f"--strategy sqrt recomputes every unit whatever the budget, so {limit} would be ignored; "
+                           f"drop {limit}, or drop --strategy sqrt to recompute as little as fits")
+    if args.strategy == "budget" and not limit:
+        raise FresnetError("--strategy budget needs a limit: --budget MB (e.g. --budget 2000) or --ratio R "
+                           "(e.g. --ratio 4)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from fresnet.cli.common import add_model_args, model_from_args
+from fresnet.cli.common import add_model_args, model_from_args, model_label
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,11 +32,12 @@ def run_plot(args: argparse.Namespace) -> int:
     from fresnet.inspection.viz import plot_network
 
     model = model_from_args(args)
-    output = args.output or f"{args.name}.svg"
-    result = plot_network(model, output, collapse=args.collapse, title=args.title or args.name, renderer=args.renderer)
+    label = model_label(args)
+    output = args.output or f"{label}.svg"
+    result = plot_network(model, output, collapse=args.collapse, title=args.title or label, renderer=args.renderer)
     view = "one node per unit" if result.collapsed else "one node per layer"
     if not result.rendered:
-        print(f"wrote {result.path} ({view}); render it with: dot -Tsvg {result.path} -o {args.name}.svg")
+        print(f"wrote {result.path} ({view}); render it with: dot -Tsvg {result.path} -o {label}.svg")
     elif result.renderer == "matplotlib" and args.renderer == "auto":
         print(f"wrote {result.path} ({view}; drawn with matplotlib, as graphviz's `dot` program is not installed)")
     else:

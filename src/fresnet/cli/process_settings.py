@@ -42,8 +42,8 @@ def wait_briefly_then_sleep() -> None:
     never spinning costs a quiet machine: every wait becomes a futex sleep and wake-up, and a step
     of the demo's small network has hundreds of them: 175-309 ms per step with PASSIVE against
     113-130 ms spinning, the second thread then slower than none (158-199 ms on one thread). A
-    short spin gets both (docs/performance.md, "CPU training: threads and the allocator"): 116-153 ms quiet, and 530-637 ms
-    against PASSIVE's 537-706 ms beside four busy processes. Only works before torch is imported,
+    short spin gets both (docs/performance.md, "CPU training: threads and the allocator"): 116-153 ms
+    quiet, and 530-637 ms against PASSIVE's 537-706 ms beside four busy processes. Only works before torch is imported,
     so the command line sets it first thing."""
     if "torch" in sys.modules or any(name in os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
         return

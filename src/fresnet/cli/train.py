@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("config", metavar="CONFIG", nargs="?", help="YAML path or built-in config name (see --list)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. output=runs/a max_steps=100")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. output=runs/a max_steps=100"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT from its checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="start over even if OUTPUT holds a checkpoint")
     p.add_argument("--no-progress", action="store_true",

@@ -38,7 +38,9 @@ def list_identity_folders(root: PathLike, on_error: str = "raise") -> tuple[list
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         loose = _images_in(root)
-        hint = f" (it holds {len(loose)} loose images; move each identity's images into its own folder)" if loose else ""
+        hint = (
+            f" (it holds {len(loose)} loose images; move each identity's images into its own folder)" if loose else ""
+        )
         raise FresnetError(f"{root}: no identity folders found{hint}; expected root/<identity>/<image>.jpg")
     items, classes = [], []
     for folder in folders:
@@ -83,7 +85,7 @@ def read_image_list(list_path: PathLike) -> list[tuple[Path, int]]:
     """Read a list file; relative image paths are taken relative to the list file's folder."""
     list_path = Path(list_path)
     items = []
-    with open(regular_file(list_path, "image list"), "r", encoding="utf-8", errors="replace") as handle:
+    with open(regular_file(list_path, "image list"), encoding="utf-8", errors="replace") as handle:
         for line_no, line in enumerate(handle, 1):
             line = line.rstrip("\r\n")
             if not line.strip() or line.lstrip().startswith("#"):

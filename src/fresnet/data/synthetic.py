@@ -186,7 +186,10 @@ def _draw_head(image, x, y, P, pixel) -> np.ndarray:
     face = _cover((r - 1.0) * fw, pixel)
     texture = sum(  # identity skin texture, fixed in face coordinates
         P["tex_amp"][..., i]
-        * np.sin(P["tex_k"][..., i] * (np.cos(P["tex_angle"][..., i]) * x + np.sin(P["tex_angle"][..., i]) * y) + P["tex_phase"][..., i])
+        * np.sin(
+            P["tex_k"][..., i] * (np.cos(P["tex_angle"][..., i]) * x + np.sin(P["tex_angle"][..., i]) * y)
+            + P["tex_phase"][..., i]
+        )
         for i in range(2)
     )
     skin = P["skin"].reshape(-1, 3, 1, 1) + texture[:, None]
@@ -224,7 +227,15 @@ def _draw_features(image, fx, y, P, Q, pixel) -> None:
         by = ey - P["brow_gap"] - eye_ry + Q["brow_raise"]
         slant = side * P["brow_slant"]
         cos, sin = np.cos(slant), np.sin(slant)
-        brows.append(_bar((fx - ex) * cos + (y - by) * sin, (y - by) * cos - (fx - ex) * sin, P["brow_len"], P["brow_thick"], pixel))
+        brows.append(
+            _bar(
+                (fx - ex) * cos + (y - by) * sin,
+                (y - by) * cos - (fx - ex) * sin,
+                P["brow_len"],
+                P["brow_thick"],
+                pixel,
+            )
+        )
         if P["glasses"].any():
             ring = np.sqrt(((fx - ex) / (rx * 1.5)) ** 2 + ((y - ey) / (rx * 1.2)) ** 2)
             rings.append(_cover(np.abs(ring - 1.0) * rx - 0.012, pixel))
@@ -240,7 +251,10 @@ def _draw_features(image, fx, y, P, Q, pixel) -> None:
     ridge = _ellipse(fx, y, nx, P["nose_y"] - P["nose_len"] * 0.5, P["nose_w"] * 0.5, P["nose_len"], pixel)
     _paint(image, 0.35 * ridge, P["skin"] * 0.7)
     nostrils = np.maximum(
-        *(_ellipse(fx, y, nx + side * P["nose_w"] * 0.6, P["nose_y"] + 0.02, P["nose_w"] * 0.35, 0.022, pixel) for side in (-1.0, 1.0))
+        *(
+            _ellipse(fx, y, nx + side * P["nose_w"] * 0.6, P["nose_y"] + 0.02, P["nose_w"] * 0.35, 0.022, pixel)
+            for side in (-1.0, 1.0)
+        )
     )
     _paint(image, nostrils, P["skin"] * 0.35)
     mx = fx - Q["yaw"] * 0.2

@@ -63,7 +63,9 @@ class Resize:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if tuple(image.shape[-2:]) == self.size:
             return image
-        resized = F.interpolate(image[None].float(), size=self.size, mode="bilinear", antialias=True, align_corners=False)[0]
+        resized = F.interpolate(
+            image[None].float(), size=self.size, mode="bilinear", antialias=True, align_corners=False
+        )[0]
         if image.dtype == torch.uint8:
             return resized.round_().clamp_(0, 255).to(torch.uint8)
         return resized
@@ -105,7 +107,11 @@ class Cutoff:
         centre_x = _randint(0, width - 1, self.generator)
         half = self.size // 2
         image = image.clone()
-        image[..., max(0, centre_y - half):min(height, centre_y + half), max(0, centre_x - half):min(width, centre_x + half)] = self.fill
+        image[
+            ...,
+            max(0, centre_y - half) : min(height, centre_y + half),
+            max(0, centre_x - half) : min(width, centre_x + half),
+        ] = self.fill
         return image
 
     def __repr__(self) -> str:
@@ -149,7 +155,9 @@ class ColorJitter:
                 matrix = alpha * matrix + (1.0 - alpha) * np.outer(np.ones(3), luma @ matrix)
                 offset = alpha * offset + (1.0 - alpha) * (luma @ offset)
         flat = torch.addmm(
-            torch.from_numpy(offset.astype(np.float32)).view(3, 1), torch.from_numpy(matrix.astype(np.float32)), x.reshape(3, -1)
+            torch.from_numpy(offset.astype(np.float32)).view(3, 1),
+            torch.from_numpy(matrix.astype(np.float32)),
+            x.reshape(3, -1),
         )
         return flat.view_as(x).clamp_(0.0, 255.0)
 

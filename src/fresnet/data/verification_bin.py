@@ -312,7 +312,9 @@ def _lfw_path(root: Path, name: str, number: str) -> Path:
     return root / name / f"{name}_{int(number):04d}.jpg"
 
 
-def read_pairs_list(list_path: PathLike, root: Optional[PathLike] = None, fmt: str = "auto") -> list[tuple[Path, Path, bool]]:
+def read_pairs_list(
+    list_path: PathLike, root: Optional[PathLike] = None, fmt: str = "auto"
+) -> list[tuple[Path, Path, bool]]:
     """Read image pairs.
 
     ``simple``: ``path1 path2 issame`` per line (tab or spaces; issame 1/0/true/false); relative
@@ -324,7 +326,7 @@ def read_pairs_list(list_path: PathLike, root: Optional[PathLike] = None, fmt: s
     list_path = Path(list_path)
     root = Path(root) if root is not None else list_path.parent
     lines = []
-    with open(regular_file(list_path, "pairs list"), "r", encoding="utf-8", errors="replace") as handle:
+    with open(regular_file(list_path, "pairs list"), encoding="utf-8", errors="replace") as handle:
         for line_no, line in enumerate(handle, 1):
             if line.strip() and not line.lstrip().startswith("#"):
                 fields = line.rstrip("\r\n").split("\t") if "\t" in line else line.split()

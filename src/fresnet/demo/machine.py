@@ -11,17 +11,20 @@ from typing import Any, Optional
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
+def cpu_name_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and instruction-set flags from ``/proc/cpuinfo`` (the first processor's;
+    the platform's name and no flags where that file is missing): the one place fresnet reads it."""
     name, flags = platform.processor() or "unknown CPU", set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name == (platform.processor() or "unknown CPU"):
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return name, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and name == (platform.processor() or "unknown CPU"):
+            name = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
     return name, flags
 
 
@@ -35,7 +38,7 @@ def load_average() -> Optional[float]:
 def describe() -> dict[str, Any]:
     import torch
 
-    name, flags = _cpuinfo()
+    name, flags = cpu_name_and_flags()
     return {
         "cpu": name,
         "cpus": os.cpu_count(),

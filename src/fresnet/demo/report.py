@@ -69,12 +69,16 @@ class Doc:
                 rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in block[2])
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
             elif kind == "img":
-                body.append(f'<figure><img src="{e(block[1])}" alt="{e(block[2])}"><figcaption>{e(block[2])}</figcaption></figure>')
+                body.append(
+                    f'<figure><img src="{e(block[1])}" alt="{e(block[2])}">'
+                    f'<figcaption>{e(block[2])}</figcaption></figure>'
+                )
             elif kind == "pre":
                 body.append(f"<pre>{e(block[1])}</pre>")
         style = (
             "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-            "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+            "table{border-collapse:collapse;margin:.5em 0}"
+            "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
             "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"
             "figure{margin:1em 0}figcaption{color:#666;font-size:.9em}"
         )
@@ -122,7 +126,8 @@ def write_report(state: DemoState, total: Optional[float] = None, failed: Option
         doc.p("**The demo failed.** The steps below show where; the error follows.")
     elif trained:
         doc.p(
-            f"The `{cfg.network}`-shaped fresnet of `{state.options.config}`, trained for {cfg.max_steps} steps on synthetic identities, reaches "
+            f"The `{cfg.network}`-shaped fresnet of `{state.options.config}`, "
+            f"trained for {cfg.max_steps} steps on synthetic identities, reaches "
             f"**{trained['accuracy']:.4f}** verification accuracy (InsightFace's 10-fold protocol, flip-sum) on "
             f"{trained['num_pairs']} pairs of **held-out** identities; the same network untrained scores "
             f"{untrained['accuracy']:.4f}."
@@ -183,7 +188,8 @@ def write_report(state: DemoState, total: Optional[float] = None, failed: Option
         doc.p(
             f"`fresnet.train.run('{state.options.config}')` on the RecordIO set: {train['steps']} steps of batch "
             f"{train['batch_size']}, loss `{train['loss']}`, lr {train['lr']}; final loss {train['final_loss']:.3f}; "
-            f"{train['train_seconds']:.1f} s in training steps. Weights: `{Path(train['model_path']).relative_to(state.out)}`."
+            f"{train['train_seconds']:.1f} s in training steps. "
+            f"Weights: `{Path(train['model_path']).relative_to(state.out)}`."
         )
         plan = state.results.get("step_plan")
         if plan:
@@ -204,7 +210,8 @@ def write_report(state: DemoState, total: Optional[float] = None, failed: Option
         cols = [(n, r) for n, r in cols if r]
         rows = [
             ["accuracy (10-fold)"] + [f"{r['accuracy']:.4f} ± {r['accuracy_std']:.4f}" for _, r in cols],
-            ["best threshold (sq. L2 / cosine)"] + [f"{r['best_threshold']:.2f} / {r['best_threshold_cosine']:.3f}" for _, r in cols],
+            ["best threshold (sq. L2 / cosine)"]
+            + [f"{r['best_threshold']:.2f} / {r['best_threshold_cosine']:.3f}" for _, r in cols],
             ["ROC AUC"] + [format_metric(r["auc"]) for _, r in cols],
             ["EER"] + [format_metric(r["eer"]) for _, r in cols],
         ]
@@ -217,7 +224,9 @@ def write_report(state: DemoState, total: Optional[float] = None, failed: Option
         if "roc" in state.doc_parts:
             doc.img(state.doc_parts["roc"], "ROC of the held-out pairs, trained vs untrained")
         if "distances" in state.doc_parts:
-            doc.img(state.doc_parts["distances"], "squared L2 distances of normalised embeddings, same vs different pairs")
+            doc.img(
+                state.doc_parts["distances"], "squared L2 distances of normalised embeddings, same vs different pairs"
+            )
 
     onnx = state.results.get("onnx")
     if onnx:

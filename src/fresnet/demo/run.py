@@ -81,7 +81,7 @@ def run_step(state: DemoState, title: str, stage: Callable[[DemoState], Optional
     clock = Timing.start()
     try:
         note = stage(state) or ""
-    except Exception as exc:  # noqa: BLE001 -- every failure is recorded, required ones re-raised
+    except Exception as exc:  # every failure is recorded, required ones re-raised
         seconds, cpu = clock.wall, clock.cpu
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         if optional:

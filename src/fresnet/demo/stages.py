@@ -6,7 +6,7 @@ stages and the report, and returns a note for the report's step table (or None).
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 

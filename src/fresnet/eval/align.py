@@ -344,7 +344,9 @@ def check_landmarks_cover(table: Union[Landmarks, list[np.ndarray]], names: Sequ
     """Every input must have landmarks, or the user gets one error listing the first few missing."""
     if isinstance(table, list):
         if len(table) != len(names):
-            raise FresnetError(f"{source}: {len(table)} landmark entries for {len(names)} input images; give one per image")
+            raise FresnetError(
+                f"{source}: {len(table)} landmark entries for {len(names)} input images; give one per image"
+            )
         return
     missing = [n for i, n in enumerate(names) if landmarks_for(table, n, i) is None]
     if missing:

@@ -142,7 +142,9 @@ class OnnxEmbedder:
             raise FresnetError(f"{path}: onnxruntime cannot load this model: {str(exc).splitlines()[0]}") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
-            raise FresnetError(f"{path}: the ONNX graph has {len(inputs)} inputs; an embedder takes exactly one image input")
+            raise FresnetError(
+                f"{path}: the ONNX graph has {len(inputs)} inputs; an embedder takes exactly one image input"
+            )
         self.input_name = inputs[0].name
         shape = list(inputs[0].shape)
         if len(shape) != 4:
@@ -219,7 +221,7 @@ def _weights_file(spec: str):
     except FileNotFoundError:
         raise FresnetError(f"model {spec!r}: no such file") from None
     except FresnetError as exc:
-        if not os.path.exists(spec) and not os.path.sep in spec and "." not in spec:
+        if not os.path.exists(spec) and os.path.sep not in spec and "." not in spec:
             raise FresnetError(
                 f"model {spec!r} is neither a preset ({', '.join(_preset_names()[:6])}, ...) nor a model file: {exc}"
             ) from None
@@ -273,7 +275,7 @@ def load_any(
     return _torch_embedder(model, os.path.basename(spec.rstrip("/")) or spec, kind, device, fast)
 
 
-def _torch_embedder(model: Any, name: str, kind: str, device: str, fast: bool) -> "TorchEmbedder":
+def _torch_embedder(model: Any, name: str, kind: str, device: str, fast: bool) -> TorchEmbedder:
     digest = None
     if fast:
         from fresnet.inference.fast import optimize_for_inference

@@ -29,7 +29,9 @@ def _save(fig, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_roc(results: Mapping[str, VerificationResult], path: str | os.PathLike, title: str = "Verification ROC") -> None:
+def plot_roc(
+    results: Mapping[str, VerificationResult], path: str | os.PathLike, title: str = "Verification ROC"
+) -> None:
     """One figure, two panels (linear FPR, and log FPR for the low-FAR end), one curve per target.
 
     ``results`` maps a label (``"lfw"``, ``"trained / holdout"``) to its result.

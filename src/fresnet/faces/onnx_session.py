@@ -33,7 +33,7 @@ def open_session(path: str | os.PathLike, providers: Sequence | None = None, wha
     try:
         source = os.fspath(file) if graph is None else graph.SerializeToString()
         return ort.InferenceSession(source, options, providers=list(providers or DEFAULT_PROVIDERS))
-    except Exception as exc:  # noqa: BLE001 (onnxruntime raises its own exception types)
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FresnetError(f"{file}: onnxruntime cannot load this {what}: {first}") from None
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch

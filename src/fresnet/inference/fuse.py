@@ -58,8 +58,13 @@ def bn_affine(bn: MXBatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _with_bias(layer: nn.Module) -> torch.Tensor:
     if layer.bias is None:
-        layer.bias = nn.Parameter(torch.zeros(layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features,
-                                              dtype=layer.weight.dtype, device=layer.weight.device))
+        layer.bias = nn.Parameter(
+            torch.zeros(
+                layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features,
+                dtype=layer.weight.dtype,
+                device=layer.weight.device,
+            )
+        )
     return layer.bias
 
 

@@ -122,9 +122,8 @@ def _no_qat_conv_bn_folding():
 
 def float_module_names(model: nn.Module) -> list[str]:
     """The names in ``model`` of :data:`FLOAT_MODULES`: ``['stem', 'stage1.unit1']``."""
-    first_stage = model.stage_names[0]
-    first_unit = next(iter(getattr(model, first_stage).named_children()))[0]
-    return [name.format(first_unit=f"{first_stage}.{first_unit}") for name in FLOAT_MODULES]
+    first_unit = next(model.iter_units())[0]
+    return [name.format(first_unit=first_unit) for name in FLOAT_MODULES]
 
 
 def _float_stream_quantizer(x86):
@@ -181,7 +180,10 @@ def count_quantized(graph_module: nn.Module) -> dict[str, int]:
     """How many convolutions/linears of the graph take int8 input (``quantized``) and how many do not."""
     counts = {"quantized": 0, "float": 0}
     for node in graph_module.graph.nodes:
-        if node.op != "call_function" or node.target not in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default):
+        if node.op != "call_function" or node.target not in (
+            torch.ops.aten.conv2d.default,
+            torch.ops.aten.linear.default,
+        ):
             continue
         source = node.args[0]
         quantized = getattr(source, "op", None) == "call_function" and "dequantize" in str(source.target)

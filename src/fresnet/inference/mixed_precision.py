@@ -171,7 +171,7 @@ class MixedPrecisionNet(nn.Module):
         self.normalise = stem.bn_data if stem.bn_data is not None else stem.norm
         pack32 = pack and onednn_can_pack(torch.float32)
         self.stem = nn.Sequential(InferenceConv2d(stem.conv0, torch.float32, pack=pack32), stem.bn0, stem.relu0)
-        units = [(f"{stage}_{name}", unit) for stage in model.stage_names for name, unit in getattr(model, stage).named_children()]
+        units = [(name.replace(".", "_"), unit) for name, unit in model.iter_units()]
         if not 0 <= float32_units <= len(units):
             raise ValueError(f"float32_units must be between 0 and the network's {len(units)} residual units; "
                              f"got {float32_units}")

@@ -16,7 +16,9 @@ size from one build, which PT2E's inductor kernels (:mod:`fresnet.inference.int8
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import tempfile
 import warnings
@@ -27,11 +29,13 @@ import torch
 from torch import nn
 
 from fresnet.errors import FresnetError
+from fresnet.inference.onnx_graph import INPUT_NAME, example_input, torchscript_graph
+
+logger = logging.getLogger(__name__)
 
 CALIBRATION_METHOD = "Percentile"  # onnxruntime's CalibrationMethod; chosen in docs/performance.md
 CALIBRATION_METHODS = ("MinMax", "Percentile", "Entropy")
 WEIGHT_TYPES = ("QInt8", "QUInt8")  # onnxruntime's QuantType names
-INPUT_NAME, OUTPUT_NAME = "input", "embedding"  # as fresnet.interop.onnx_export names them
 
 
 def onnxruntime_int8_unavailable() -> Optional[str]:
@@ -69,7 +73,13 @@ def quantize_onnx(float_path: Union[str, os.PathLike], int8_path: Union[str, os.
     model's min cosine to float32 from 0.988 to 0.995); ``QUInt8`` is left to experiments.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     if calibration_method not in CALIBRATION_METHODS:
         raise FresnetError(f"unknown calibration method {calibration_method!r}; choose one of "
@@ -88,7 +98,7 @@ def quantize_onnx(float_path: Union[str, os.PathLike], int8_path: Union[str, os.
             item = next(self._items, None)
             return None if item is None else {INPUT_NAME: item.float().numpy()}
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quantizer_output_to_log():
         warnings.simplefilter("ignore")  # onnxruntime's advice to run its pre-processing script
         quantize_static(
             os.fspath(float_path), os.fspath(int8_path), Reader(),
@@ -100,6 +110,32 @@ def quantize_onnx(float_path: Union[str, os.PathLike], int8_path: Union[str, os.
                            "CalibTensorRangeSymmetric": False},
         )
     return sum(int(b.shape[0]) for b in items)
+
+
+@contextlib.contextmanager
+def _quantizer_output_to_log():
+    """onnxruntime's quantiser talks on the root logger (``WARNING:root:`` lines: its advice to run a
+    pre-processing script, each bias it expected as an initializer, ~10 per network) and prints
+    its calibration steps; none of it is for the user. Both go to this module's logger at DEBUG."""
+    root = logging.getLogger()
+
+    def to_debug(record: logging.LogRecord) -> bool:
+        logger.debug("onnxruntime: %s", record.getMessage())
+        return False
+
+    placeholder = logging.NullHandler()  # a root handler, so that logging.warning() skips basicConfig()
+    root.addFilter(to_debug)
+    root.addHandler(placeholder)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        root.removeFilter(to_debug)
+        root.removeHandler(placeholder)
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                logger.debug("onnxruntime: %s", line.strip())
 
 
 # onnxruntime's histogram calibrators (Percentile, Entropy) keep every intermediate tensor of every
@@ -190,19 +226,12 @@ def onnx_session(model: Union[str, os.PathLike, bytes], threads: int = 0):
 
 
 def _float_onnx(model: nn.Module, path: str) -> None:
-    """The float graph of a BN-folded fresnet network, batch dimension symbolic (TorchScript
-    exporter: what ``fresnet export`` uses by default; it keeps GNAP's batch-wide mean)."""
-    size = model.config.input_size if getattr(model, "config", None) is not None else (112, 112)
-    example = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0)) * 255
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
-        torch.onnx.export(model.float().cpu().eval(), (example,), buffer, dynamo=False, opset_version=17,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
-                          do_constant_folding=True)
+    """The float graph of a BN-folded fresnet network, batch dimension symbolic (the TorchScript
+    export ``fresnet export`` uses by default; it keeps GNAP's batch-wide mean)."""
+    example = example_input(model.config.input_size)
+    proto = torchscript_graph(model.float().cpu().eval(), example, dynamic_batch=True, opset=17)
     with open(path, "wb") as f:
-        f.write(buffer.getvalue())
+        f.write(proto.SerializeToString())
 
 
 class OnnxRuntimeInt8Net(nn.Module):

@@ -76,7 +76,9 @@ def layout(diagram: Diagram) -> Layout:
     outputs: dict[str, list[str]] = {node_id: [] for node_id in ids}
     for edge in diagram.edges:
         if order[edge.source] >= order[edge.target]:
-            raise ValueError(f"edge {edge.source} -> {edge.target} points backwards; nodes must be in topological order")
+            raise ValueError(
+                f"edge {edge.source} -> {edge.target} points backwards; nodes must be in topological order"
+            )
         inputs[edge.target].append(edge.source)
         outputs[edge.source].append(edge.target)
 

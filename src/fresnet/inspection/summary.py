@@ -91,7 +91,9 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "mxnet_args": trainable + fixed_gammas, "mxnet_aux": aux}
 
 
-def summarize(model_or_config: Union[nn.Module, NetConfig, str, dict], input_size: Optional[Sequence[int]] = None) -> Summary:
+def summarize(
+    model_or_config: Union[nn.Module, NetConfig, str, dict], input_size: Optional[Sequence[int]] = None
+) -> Summary:
     """Summarise a fresnet model (or a config, a preset name, or an options dict) at batch 1.
 
     ``input_size`` is (H, W); it defaults to the config's. The model is run once on the CPU in eval

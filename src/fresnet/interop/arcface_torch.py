@@ -79,7 +79,9 @@ def arcface_to_fresnet_key(key: str) -> str:
     if match and match.group(3) in BLOCK_NAMES:
         stage, block, rest = match.groups()
         return f"stage{stage}.unit{int(block) + 1}.{BLOCK_NAMES[rest]}.{param}"
-    raise FresnetError(f"{key!r} is not an arcface_torch iresnet parameter name (expected e.g. 'layer1.0.conv1.weight')")
+    raise FresnetError(
+        f"{key!r} is not an arcface_torch iresnet parameter name (expected e.g. 'layer1.0.conv1.weight')"
+    )
 
 
 def fresnet_to_arcface_key(key: str) -> str:
@@ -205,7 +207,9 @@ def config_from_state_dict(
                             fix=f"give a depth, one of {depths}, or leave it out to infer it from the blocks")
         expected = ARCFACE_LAYERS.get(num_layers) or UNITS_BY_DEPTH.get(num_layers)
         if expected is None:
-            raise FresnetError(f"unknown num_layers {num_layers!r}; arcface_torch has {', '.join(map(str, ARCFACE_LAYERS))}")
+            raise FresnetError(
+                f"unknown num_layers {num_layers!r}; arcface_torch has {', '.join(map(str, ARCFACE_LAYERS))}"
+            )
         if tuple(expected) != counts:
             raise FresnetError(
                 f"{source}: num_layers={num_layers} means blocks {list(expected)}, but the file has {list(counts)}; "
@@ -356,7 +360,7 @@ def check_exportable(config) -> None:
 
 
 @torch.no_grad()
-def export_arcface_torch(model, path: Optional[Union[str, os.PathLike]] = None) -> "OrderedDict[str, torch.Tensor]":
+def export_arcface_torch(model, path: Optional[Union[str, os.PathLike]] = None) -> OrderedDict[str, torch.Tensor]:
     """The arcface_torch iresnet state dict equivalent to ``model``; also written to ``path`` if given.
 
     The inverse of :func:`load_arcface_torch`: ``conv1`` is divided by 128/127.5, running variances
@@ -365,7 +369,7 @@ def export_arcface_torch(model, path: Optional[Union[str, os.PathLike]] = None) 
     """
     check_exportable(model.config)
     bns = {name: m for name, m in model.named_modules() if isinstance(m, MXBatchNorm)}
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for name, value in model.state_dict().items():
         module = name.rpartition(".")[0]
         key = fresnet_to_arcface_key(name)

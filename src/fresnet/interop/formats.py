@@ -137,7 +137,9 @@ def _mxnet_source(prefix: str, epoch: Optional[int], shown: str) -> ModelFile:
     if len(epochs) == 1:
         return ModelFile(Kind.MXNET, prefix, epochs[0])
     if not epochs:
-        raise FresnetError(f"{shown}: no {prefix}-NNNN.params file next to it; an MXNet checkpoint needs the weights too")
+        raise FresnetError(
+            f"{shown}: no {prefix}-NNNN.params file next to it; an MXNet checkpoint needs the weights too"
+        )
     raise FresnetError(
         f"{shown}: several epochs: choose one ({', '.join(f'{e:04d}' for e in epochs)}) by naming its file, "
         f"e.g. {prefix}-{epochs[-1]:04d}.params"
@@ -182,7 +184,7 @@ def read_model(source: ModelFile, **options: Any):
     raise FresnetError(f"{source.path}: {source.kind.value} cannot be read, only written")
 
 
-def load(path: str | os.PathLike, device: Union[str, "torch.device"] = "cpu"):
+def load(path: str | os.PathLike, device: Union[str, torch.device] = "cpu"):
     """Rebuild a fresnet model from a ``.safetensors`` file written by :func:`fresnet.save` (eval mode).
 
     Other formats are read too, by content where the first bytes say it, else by name: an

@@ -16,15 +16,15 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from fresnet.network.config import NetConfig
 from fresnet.errors import FresnetError
 from fresnet.interop.mxnet_params import read_params, split_arg_aux, write_params
 from fresnet.interop.mxnet_symbol import parse_symbol, read_symbol, to_json
 from fresnet.interop.mxnet_symbol_build import build_graph
 from fresnet.interop.mxnet_symbol_infer import check_fresnet_graph, infer_config
 from fresnet.interop.names import fix_gamma_names, is_aux, mxnet_name_map
-from fresnet.network.size import check_declared_size
 from fresnet.ioutil import atomic_write_text
+from fresnet.network.config import NetConfig
+from fresnet.network.size import check_declared_size
 
 PathLike = Union[str, os.PathLike]
 _PARAMS_FILE = re.compile(r"^(?P<prefix>.*)-(?P<epoch>\d+)\.params$")
@@ -43,7 +43,9 @@ def checkpoint_paths(prefix: PathLike, epoch: int = 0) -> tuple[Path, Path, int]
         if match:
             text, epoch = match.group("prefix"), int(match.group("epoch"))
         elif text.endswith(".params"):
-            raise FresnetError(f"{text}: a .params checkpoint must be named <prefix>-<epoch>.params (e.g. model-0000.params)")
+            raise FresnetError(
+                f"{text}: a .params checkpoint must be named <prefix>-<epoch>.params (e.g. model-0000.params)"
+            )
     if epoch < 0:
         raise FresnetError(f"epoch must be >= 0, got {epoch}")
     return Path(f"{text}-symbol.json"), Path(f"{text}-{epoch:04d}.params"), epoch
@@ -222,7 +224,9 @@ def _check_reads_back(text: str, arrays: dict, config: NetConfig, path: str) -> 
         again = infer_config(graph, shapes, config.input_size)
         check_fresnet_graph(graph, again)
     except FresnetError as exc:
-        raise FresnetError(f"{path}: this model cannot be written as an MXNet checkpoint that reads back: {exc}") from None
+        raise FresnetError(
+            f"{path}: this model cannot be written as an MXNet checkpoint that reads back: {exc}"
+        ) from None
     different = [key for key in _STRUCTURE if getattr(again, key) != getattr(config, key)]
     if different:
         key = different[0]

@@ -155,7 +155,9 @@ def _read_array(reader: _Reader, index: int, count: int) -> tuple[Optional[np.nd
     ctx_at = reader.offset
     dev_type, _dev_id = reader.unpack("ii", f"the context of {what}")
     if dev_type not in (1, 2, 3, 5):
-        raise reader.fail(f"{what} has device type {dev_type} (expected 1 cpu, 2 gpu, 3 cpu_pinned, 5 cpu_shared)", ctx_at)
+        raise reader.fail(
+            f"{what} has device type {dev_type} (expected 1 cpu, 2 gpu, 3 cpu_pinned, 5 cpu_shared)", ctx_at
+        )
     flag_at = reader.offset
     (type_flag,) = reader.unpack("i", f"the dtype of {what}")
     if type_flag not in DTYPES:

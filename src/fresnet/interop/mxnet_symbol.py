@@ -32,7 +32,7 @@ class Node:
     op: str  # "null" for a variable
     name: str
     attrs: dict[str, str] = field(default_factory=dict)
-    inputs: list[tuple["Node", int, int]] = field(default_factory=list)  # (node, output index, version)
+    inputs: list[tuple[Node, int, int]] = field(default_factory=list)  # (node, output index, version)
 
 
 @dataclass
@@ -142,10 +142,14 @@ def parse_symbol(text: str, source: str = "<symbol>") -> SymbolGraph:
     for i, raw in enumerate(raw_nodes):
         inputs = raw.get("inputs", [])
         if not isinstance(inputs, list):
-            raise FresnetError(f"{source}: node {i} ({describe(raw['name'])}) has inputs {describe(inputs)}, not a list")
+            raise FresnetError(
+                f"{source}: node {i} ({describe(raw['name'])}) has inputs {describe(inputs)}, not a list"
+            )
         for entry in inputs:
             try:
-                if not isinstance(entry, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry):
+                if not isinstance(entry, list) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in entry
+                ):
                     raise ValueError
                 src, out = entry[0], entry[1]
                 version = entry[2] if len(entry) > 2 else 0

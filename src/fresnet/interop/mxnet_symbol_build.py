@@ -12,9 +12,9 @@ from typing import Any, Optional, Sequence
 from fresnet.errors import FresnetError
 from fresnet.interop.mxnet_symbol import Node, SymbolGraph, to_json
 from fresnet.network.config import NetConfig
+from fresnet.network.layers import HEAD_BN_MOMENTUM
 
 WORKSPACE = 256  # config.workspace of the original sample_config
-HEAD_BN_MOM = 0.9  # symbol_utils.bn_mom is read once at import (see fresnet.network.layers.HEAD_BN_MOMENTUM)
 PRELU_INIT_ATTR = '["Constant", {"value": 0.25}]'
 AUX_INIT_ATTR = {"moving_mean": '["zero", {}]', "moving_var": '["one", {}]'}
 
@@ -184,7 +184,7 @@ def _unit(sym: _Symbols, cfg: NetConfig, data: Node, num_filter: int, stride: tu
 def _head(sym: _Symbols, cfg: NetConfig, body: Node) -> Node:
     """``symbol_utils.get_fc1(last_conv, emb_size, fc_type, input_channel=512)``."""
     fc_type, emb, act = cfg.net_output, cfg.emb_size, cfg.net_act
-    mom = HEAD_BN_MOM
+    mom = HEAD_BN_MOMENTUM
     # get_fc1's input_channel (and GNAP's filters_in) default to 512, the trunk width of every network
     # the original builds; following the trunk keeps narrower custom trunks consistent with the model
     input_channel = cfg.trunk_channels

@@ -12,11 +12,11 @@ import re
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from fresnet.errors import FresnetError
-from fresnet.validate import describe
 from fresnet.interop.mxnet_symbol import Node, SymbolGraph
 from fresnet.interop.mxnet_symbol_build import build_graph
 from fresnet.network.config import NetConfig
 from fresnet.network.presets import BASIC_FILTERS, UNITS_BY_DEPTH
+from fresnet.validate import describe
 
 # names MXNet's NameManager generates (hint + counter); they are compared by op only
 AUTO_NAME = re.compile(r"^(_plus|_mul|_minusscalar|_mulscalar|broadcast_mul|broadcast_div|dropout|flatten|pooling|"
@@ -76,7 +76,7 @@ def _infer_head(graph: SymbolGraph) -> str:
     for head, marker in HEAD_NODES.items():
         if graph.node(marker) is not None:
             return head
-    has = lambda name: graph.node(name) is not None  # noqa: E731
+    has = lambda name: graph.node(name) is not None
     dropout = any(n.op == "Dropout" for n in graph.nodes)
     fc1 = graph.node("fc1")
     if has("relu1") and has("pre_fc1"):  # the GAP head's act is the only top-level 'relu1'
@@ -189,17 +189,14 @@ def _infer_config(
         emb_size = _int_attr(g.node(fc_name), "num_hidden", 512)
     elif head == "GNAP" and g.node("convx") is not None:
         emb_size = _int_attr(g.node("convx"), "num_filter", 512)
-    # depth
-    num_layers: Optional[int] = None
-    if not bottle_neck and filter_list == BASIC_FILTERS:
-        matches = [d for d, u in UNITS_BY_DEPTH.items() if u == units_list]
-        if matches:
-            num_layers = 50 if 50 in matches else matches[0]
+    # depth: the one whose units these are, whatever the widths (a custom-width r18 stays an r18)
+    matches = [d for d, u in UNITS_BY_DEPTH.items() if u == units_list]
+    num_layers: Optional[int] = (50 if 50 in matches else matches[0]) if matches else None
     options: dict[str, Any] = dict(
         num_layers=num_layers, net_unit=net_unit, net_se=net_se, net_act=net_act, net_input=net_input,
         net_output=head, emb_size=emb_size, bn_mom=bn_mom,
     )
-    if num_layers is None:
+    if num_layers is None or bottle_neck or filter_list != BASIC_FILTERS:
         options.update(units=units_list, filter_list=filter_list, bottle_neck=bottle_neck)
     # widths, emb_size and the unit count are NetConfig's to check (below); the input size is inferred
     # only from a trunk width that can divide (a width of 0 is left to NetConfig's message)

@@ -121,7 +121,9 @@ def _config_of(path: str, meta: Mapping[str, str]):
         )
     version = meta.get("format_version", "?")
     if not (version.isascii() and version.isdigit() and len(version) < 10):
-        raise FresnetError(f"{path}: the fresnet format version {describe(version)} is not a number; the file is damaged")
+        raise FresnetError(
+            f"{path}: the fresnet format version {describe(version)} is not a number; the file is damaged"
+        )
     if int(version) > FORMAT_VERSION:
         raise FresnetError(
             f"{path}: fresnet format version {version} is newer than this fresnet understands ({FORMAT_VERSION}); "
@@ -180,7 +182,9 @@ def load_checked(model, tensors: Mapping[str, torch.Tensor], source: str) -> Non
     wrong += [
         f"{k} has dtype {tensors[k].dtype} (needs floating point)"
         for k, v in expected.items()
-        if k in tensors and isinstance(tensors[k], torch.Tensor) and tensors[k].is_floating_point() != v.is_floating_point()
+        if k in tensors
+        and isinstance(tensors[k], torch.Tensor)
+        and tensors[k].is_floating_point() != v.is_floating_point()
     ]
     problems = []
     if missing:

@@ -18,7 +18,6 @@ the PyTorch model; it returns ``embedding`` (the 4-D map for head Z). Details th
 from __future__ import annotations
 
 import copy
-import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -27,12 +26,11 @@ from typing import Optional, Sequence, Union
 import torch
 
 from fresnet.errors import FresnetError
+from fresnet.inference.onnx_graph import INPUT_NAME, OUTPUT_NAME, example_input, torchscript_graph
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 17  # the TorchScript exporter's
 DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter has no implementations below 18
-INPUT_NAME = "input"
-OUTPUT_NAME = "embedding"
 EXPORTERS = ("torchscript", "dynamo")
 
 
@@ -72,7 +70,9 @@ def export_onnx(
         raise FresnetError("export_onnx needs input_size=(H, W) for a model without a fresnet config")
 
     net = _deployable_copy(model, fold_bn)
-    example = torch.rand(2 if dynamic_batch else 1, 3, *size, generator=torch.Generator().manual_seed(0)) * 255
+    example = example_input(size, batch=2 if dynamic_batch else 1)
+    if exporter == "torchscript" and not _has_legacy_exporter():
+        exporter = "dynamo"
     try:
         proto = _export_dynamo(net, example, dynamic_batch, opset) if exporter == "dynamo" else _export_torchscript(
             net, example, dynamic_batch, opset
@@ -140,24 +140,7 @@ def _has_legacy_exporter() -> bool:
 
 
 def _export_torchscript(net, example, dynamic_batch: bool, opset: int):
-    import onnx
-
-    buffer = io.BytesIO()
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # "legacy exporter" deprecation notices
-        torch.onnx.export(
-            net,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=int(opset),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes=axes,
-            do_constant_folding=True,
-        )
-    return onnx.load_from_string(buffer.getvalue())
+    return torchscript_graph(net, example, dynamic_batch=dynamic_batch, opset=opset)
 
 
 def _export_dynamo(net, example, dynamic_batch: bool, opset: int):

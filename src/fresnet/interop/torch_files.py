@@ -37,7 +37,8 @@ def _check_zip(path: str, size: int) -> None:
             total += info.file_size
         if total > size:
             raise FresnetError(
-                f"{path}: the zip entries claim {total:,} bytes but the file has {size:,}; the file is damaged or crafted"
+                f"{path}: the zip entries claim {total:,} bytes but the file has {size:,}; "
+                f"the file is damaged or crafted"
             )
 
 

@@ -49,8 +49,8 @@ def compare(
     measuring steps double as warm-up). The model's own checkpointing is restored afterwards."""
     say = on_progress or (lambda message: None)
     memory_plan = memory_plan or plan(model, batch=batch, input_size=input_size)
-    previous = _Segments(getattr(model, "grad_checkpoint_segments", ()))
-    settings = {"old": _Segments(()), "new": memory_plan}
+    previous = getattr(model, "grad_checkpoint_segments", ())  # segments: what set_grad_checkpointing takes
+    settings = {"old": False, "new": memory_plan}
     costs: dict[str, FeatureMapCost] = {}
     times: dict[str, list[StepTime]] = {"old": [], "new": []}
     try:
@@ -67,8 +67,3 @@ def compare(
         model.set_grad_checkpointing(previous)
     return PlanComparison(memory_plan, costs["old"], costs["new"], best_step_time(times["old"]),
                           best_step_time(times["new"]))
-
-
-@dataclass(frozen=True)
-class _Segments:
-    segments: tuple[tuple[str, ...], ...]

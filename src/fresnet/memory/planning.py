@@ -131,7 +131,11 @@ def plan(
     if strategy not in STRATEGIES:
         raise FresnetError(f"unknown memory plan strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if strategy == "budget" and budget is None:
-        raise FresnetError("the 'budget' strategy needs a budget in MB of saved tensors, e.g. budget=2000")
+        raise FresnetError("the 'budget' strategy needs a budget in MB of saved tensors, e.g. "
+                           "plan(model, budget=2000) (fresnet memory: --budget 2000)")
+    if strategy == "sqrt" and budget is not None:
+        raise FresnetError("the 'sqrt' strategy recomputes every unit whatever the budget, which would be ignored; "
+                           "give the budget (or ratio) without strategy='sqrt', or leave it out")
     if budget is not None and budget <= 0:
         raise FresnetError(f"budget must be a positive number of MB, got {budget}")
     profile = profile or profile_units(model, input_size)

@@ -29,11 +29,6 @@ INPUT_SCALE = 0.0078125  # 1/128
 DROPOUT_P = 0.4
 
 
-def torch_momentum(mxnet_momentum: float) -> float:
-    """MXNet keeps ``m * old``; PyTorch keeps ``(1 - momentum) * old``."""
-    return 1.0 - mxnet_momentum
-
-
 class MXBatchNorm(nn.Module):
     """BatchNorm with MXNet semantics, for 2-D (N, C) and 4-D (N, C, H, W) inputs.
 

@@ -8,28 +8,34 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from functools import partial
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fresnet.errors import FresnetError
+from fresnet.memory.planning import MemoryPlan, plan
 from fresnet.network.config import NetConfig, normalize_options
 from fresnet.network.heads import build_head
 from fresnet.network.initialization import init_weights
-from fresnet.network.layers import BN_EPS, InputNorm, MXBatchNorm, conv1x1, make_act, torch_momentum  # noqa: F401
+from fresnet.network.layers import BN_EPS, ActFactory, InputNorm, MXBatchNorm, conv1x1, make_act
 from fresnet.network.presets import preset_options
-from fresnet.network.units import unit_builder
+from fresnet.network.units import NormFactory, unit_builder
+
+# what set_grad_checkpointing takes: on (the default plan) / off, a plan, or the units to recompute,
+# each item a unit name (checkpointed on its own) or a run of consecutive names (one segment)
+CheckpointPlan = Union[bool, MemoryPlan, Sequence[Union[str, Sequence[str]]]]
 
 
 class Stem(nn.Module):
     """net_input 0: normalise -> conv0 7x7/2 (no max-pool); 1: normalise -> conv0 3x3/1;
     2: ``bn_data`` (fix_gamma BN on raw pixels, no normalisation) -> conv0 3x3/1. Then bn0 -> relu0."""
 
-    def __init__(self, net_input: int, out_ch: int, act, norm):
+    def __init__(self, net_input: int, out_ch: int, act: ActFactory, norm: NormFactory, bn_mom: float):
         super().__init__()
         if net_input == 2:
-            self.bn_data = MXBatchNorm(3, eps=BN_EPS, momentum=norm.keywords["momentum"], fix_gamma=True)
+            self.bn_data = MXBatchNorm(3, eps=BN_EPS, momentum=bn_mom, fix_gamma=True)
             self.norm = None
         else:
             self.bn_data = None
@@ -41,7 +47,7 @@ class Stem(nn.Module):
         self.bn0 = norm(out_ch)
         self.relu0 = act(out_ch)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn_data(x) if self.bn_data is not None else self.norm(x)
         return self.relu0(self.bn0(self.conv0(x)))
 
@@ -49,13 +55,13 @@ class Stem(nn.Module):
 class Reduce(nn.Module):
     """After a bottleneck trunk: ``convd`` (1x1 -> 512) -> ``bnd`` -> ``relud``."""
 
-    def __init__(self, in_ch: int, act, norm):
+    def __init__(self, in_ch: int, act: ActFactory, norm: NormFactory):
         super().__init__()
         self.convd = conv1x1(in_ch, 512)
         self.bnd = norm(512)
         self.relud = act(512)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relud(self.bnd(self.convd(x)))
 
 
@@ -73,7 +79,7 @@ class FResNet(nn.Module):
         act = partial(make_act, config.net_act)
         norm = partial(MXBatchNorm, eps=BN_EPS, momentum=config.bn_mom)
         filters = config.filter_list
-        self.stem = Stem(config.net_input, filters[0], act, norm)
+        self.stem = Stem(config.net_input, filters[0], act, norm, config.bn_mom)
         make_unit = unit_builder(config.net_unit, config.bottle_neck, config.net_input)
         self.stage_names: list[str] = []
         in_ch = filters[0]
@@ -155,32 +161,31 @@ class FResNet(nn.Module):
             ) from None
 
     # ---- activation checkpointing ----------------------------------------------------------
-    def set_grad_checkpointing(self, enable_or_plan: Union[bool, Iterable[str], Any] = True) -> "FResNet":
+    def set_grad_checkpointing(self, enable_or_plan: Optional[CheckpointPlan] = True) -> FResNet:
         """Recompute some units in backward instead of storing their activations.
 
-        ``True`` applies the default plan (:func:`fresnet.memory.planning.plan`, sqrt(n) segments), ``False``
-        turns it off, and an iterable of unit names (``'stage3.unit4'``, or ``'stem'``) or a plan object with a
-        ``units`` attribute recomputes exactly those units, each checkpointed on its own (its input is
-        kept). A plan object with a ``segments`` attribute (tuples of consecutive unit names)
-        checkpoints each segment as one piece, so only the segment's input is kept.
+        ``True`` applies the default plan (:func:`fresnet.memory.planning.plan`, sqrt(n) segments);
+        ``False`` (or None) turns it off; a :class:`~fresnet.memory.planning.MemoryPlan` applies its
+        segments. A sequence applies its items: a unit name (``'stage3.unit4'``, or ``'stem'``) is
+        checkpointed on its own (its input is kept), a sequence of consecutive names as one segment
+        (only the segment's input is kept).
         """
         if enable_or_plan is True:
-            from fresnet.memory.planning import plan
-
             enable_or_plan = plan(self)
         if enable_or_plan is False or enable_or_plan is None:
             segments: tuple[tuple[str, ...], ...] = ()
-        elif getattr(enable_or_plan, "segments", None) is not None:
+        elif isinstance(enable_or_plan, MemoryPlan):
             segments = tuple(tuple(segment) for segment in enable_or_plan.segments)
+        elif isinstance(enable_or_plan, Sequence) and not isinstance(enable_or_plan, str):
+            segments = tuple((item,) if isinstance(item, str) else tuple(item) for item in enable_or_plan)
         else:
-            segments = tuple((name,) for name in getattr(enable_or_plan, "units", enable_or_plan))
+            raise FresnetError(f"set_grad_checkpointing takes True/False, a MemoryPlan, or a list of unit names "
+                               f"(or lists of consecutive names); got {type(enable_or_plan).__name__}")
         self.grad_checkpoint_segments = self._check_segments(segments)
         self.grad_checkpoint_units = frozenset(name for segment in segments for name in segment)
         return self
 
     def _check_segments(self, segments: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
-        from fresnet.errors import FresnetError
-
         order = {name: i for i, (name, _) in enumerate(self.iter_checkpointable())}
         names = [name for segment in segments for name in segment]
         unknown = sorted(set(names) - set(order))

@@ -174,7 +174,8 @@ def check_declared_size(config: Any, present_values: int, source: str) -> None:
     needed = network_size(config).state_values
     if needed > DECLARED_SLACK * present_values + 65536:
         raise FresnetError(
-            f"{source}: the network it describes ({config.short_name()}, {config.input_size[0]}x{config.input_size[1]}) "
+            f"{source}: the network it describes "
+            f"({config.short_name()}, {config.input_size[0]}x{config.input_size[1]}) "
             f"has {needed:,} parameters and statistics, but the file holds only {present_values:,} values; the "
             "stored configuration does not match the weights: the file was edited, damaged or crafted"
         )

@@ -8,7 +8,8 @@ squeeze-and-excitation. Layer attribute names are the original's name suffixes (
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from functools import partial
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -26,9 +27,16 @@ class _Unit(nn.Module):
     def _init_se(self, out_ch: int, act: ActFactory, se: bool) -> None:
         self.se: Optional[SEBlock] = SEBlock(out_ch, act) if se else None
 
-    def _init_shortcut(self, in_ch: int, out_ch: int, stride: int, dim_match: bool, norm: NormFactory) -> None:
+    def _init_shortcut(self, in_ch: int, out_ch: int, stride: int, dim_match: bool,
+                       norm: Optional[NormFactory]) -> None:
+        """The projection used when the shape changes: ``conv1sc`` then the BN ``sc`` (v1, v3), or,
+        with ``norm=None``, a bare 1x1 conv named ``sc`` (v2, as the original names it)."""
         self.dim_match = dim_match
-        if not dim_match:
+        if dim_match:
+            return
+        if norm is None:
+            self.sc = conv1x1(in_ch, out_ch, stride)
+        else:
             self.conv1sc = conv1x1(in_ch, out_ch, stride)
             self.sc = norm(out_ch)
 
@@ -45,7 +53,8 @@ class UnitV1(_Unit):
     v1 (net_input 0) strides conv1; v1_L (any other input) strides conv2 to keep resolution early.
     """
 
-    def __init__(self, in_ch, out_ch, stride, dim_match, act, norm, se=False, late_stride=True):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dim_match: bool, act: ActFactory, norm: NormFactory,
+                 se: bool = False, late_stride: bool = True):
         super().__init__()
         self.conv1 = conv3x3(in_ch, out_ch, 1 if late_stride else stride)
         self.bn1 = norm(out_ch)
@@ -56,7 +65,7 @@ class UnitV1(_Unit):
         self._init_shortcut(in_ch, out_ch, stride, dim_match, norm)
         self.relu3 = act(out_ch)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         body = self.relu1(self.bn1(self.conv1(x)))
         body = self._apply_se(self.bn2(self.conv2(body)))
         return self.relu3(body + self._shortcut(x))
@@ -67,7 +76,8 @@ class UnitV1Bottleneck(_Unit):
 
     bottle_neck = True
 
-    def __init__(self, in_ch, out_ch, stride, dim_match, act, norm, se=False, late_stride=True):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dim_match: bool, act: ActFactory, norm: NormFactory,
+                 se: bool = False, late_stride: bool = True):
         super().__init__()
         mid = int(out_ch * 0.25)
         self.conv1 = conv1x1(in_ch, mid, 1 if late_stride else stride)
@@ -82,7 +92,7 @@ class UnitV1Bottleneck(_Unit):
         self._init_shortcut(in_ch, out_ch, stride, dim_match, norm)
         self.relu3 = act(out_ch)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         body = self.relu1(self.bn1(self.conv1(x)))
         body = self.relu2(self.bn2(self.conv2(body)))
         body = self._apply_se(self.bn3(self.conv3(body)))
@@ -94,7 +104,8 @@ class UnitV2(_Unit):
     -> bn2 -> act -> conv2. The projection ``sc`` is a bare 1x1 conv on act1 (no BN), and nothing
     follows the add."""
 
-    def __init__(self, in_ch, out_ch, stride, dim_match, act, norm, se=False):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dim_match: bool, act: ActFactory, norm: NormFactory,
+                 se: bool = False):
         super().__init__()
         self.bn1 = norm(in_ch)
         self.relu1 = act(in_ch)
@@ -103,11 +114,9 @@ class UnitV2(_Unit):
         self.relu2 = act(out_ch)
         self.conv2 = conv3x3(out_ch, out_ch)
         self._init_se(out_ch, act, se)
-        self.dim_match = dim_match
-        if not dim_match:
-            self.sc = conv1x1(in_ch, out_ch, stride)
+        self._init_shortcut(in_ch, out_ch, stride, dim_match, norm=None)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         act1 = self.relu1(self.bn1(x))
         body = self.relu2(self.bn2(self.conv1(act1)))
         body = self._apply_se(self.conv2(body))
@@ -119,7 +128,8 @@ class UnitV2Bottleneck(_Unit):
 
     bottle_neck = True
 
-    def __init__(self, in_ch, out_ch, stride, dim_match, act, norm, se=False):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dim_match: bool, act: ActFactory, norm: NormFactory,
+                 se: bool = False):
         super().__init__()
         mid = int(out_ch * 0.25)
         self.bn1 = norm(in_ch)
@@ -132,11 +142,9 @@ class UnitV2Bottleneck(_Unit):
         self.relu3 = act(mid)
         self.conv3 = conv1x1(mid, out_ch)
         self._init_se(out_ch, act, se)
-        self.dim_match = dim_match
-        if not dim_match:
-            self.sc = conv1x1(in_ch, out_ch, stride)
+        self._init_shortcut(in_ch, out_ch, stride, dim_match, norm=None)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         act1 = self.relu1(self.bn1(x))
         body = self.relu2(self.bn2(self.conv1(act1)))
         body = self.relu3(self.bn3(self.conv2(body)))
@@ -148,7 +156,8 @@ class UnitV3(_Unit):
     """``residual_unit_v3`` (basic), the "IR" unit: bn1 -> conv1 3x3 -> bn2 -> act -> conv2 3x3 (stride)
     -> bn3, plus the shortcut. No activation after the add."""
 
-    def __init__(self, in_ch, out_ch, stride, dim_match, act, norm, se=False):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dim_match: bool, act: ActFactory, norm: NormFactory,
+                 se: bool = False):
         super().__init__()
         self.bn1 = norm(in_ch)
         self.conv1 = conv3x3(in_ch, out_ch)
@@ -159,7 +168,7 @@ class UnitV3(_Unit):
         self._init_se(out_ch, act, se)
         self._init_shortcut(in_ch, out_ch, stride, dim_match, norm)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         body = self.relu1(self.bn2(self.conv1(self.bn1(x))))
         body = self._apply_se(self.bn3(self.conv2(body)))
         return body + self._shortcut(x)
@@ -173,7 +182,8 @@ class UnitV3Bottleneck(_Unit):
 
     bottle_neck = True
 
-    def __init__(self, in_ch, out_ch, stride, dim_match, act, norm, se=False, groups=1, width=0.25):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dim_match: bool, act: ActFactory, norm: NormFactory,
+                 se: bool = False, groups: int = 1, width: float = 0.25):
         super().__init__()
         mid = int(out_ch * width)
         self.bn1 = norm(in_ch)
@@ -188,22 +198,31 @@ class UnitV3Bottleneck(_Unit):
         self._init_se(out_ch, act, se)
         self._init_shortcut(in_ch, out_ch, stride, dim_match, norm)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         body = self.relu1(self.bn2(self.conv1(self.bn1(x))))
         body = self.relu2(self.bn3(self.conv2(body)))
         body = self._apply_se(self.bn4(self.conv3(body)))
         return body + self._shortcut(x)
 
 
-def unit_builder(net_unit, bottle_neck: bool, net_input: int) -> Callable[..., nn.Module]:
-    """The original ``residual_unit`` dispatcher, as a table lookup returning a constructor."""
-    from functools import partial
+UnitBuilder = Callable[..., _Unit]
 
-    if net_unit == 1:
-        cls = UnitV1Bottleneck if bottle_neck else UnitV1
-        return partial(cls, late_stride=net_input != 0)  # v1 for input 0, v1_L otherwise
-    if net_unit == 2:
-        return UnitV2Bottleneck if bottle_neck else UnitV2
-    if net_unit == "3x":
-        return partial(UnitV3Bottleneck, groups=32, width=0.5)
-    return UnitV3Bottleneck if bottle_neck else UnitV3
+# (net_unit, bottle_neck) -> the unit's constructor, as the original ``residual_unit`` dispatches;
+# v1 also depends on the stem (:func:`unit_builder`); '3x' is bottleneck only (NetConfig refuses it without)
+UNITS: dict[tuple[Union[int, str], bool], UnitBuilder] = {
+    (1, False): UnitV1,
+    (1, True): UnitV1Bottleneck,
+    (2, False): UnitV2,
+    (2, True): UnitV2Bottleneck,
+    (3, False): UnitV3,
+    (3, True): UnitV3Bottleneck,
+    ("3x", True): partial(UnitV3Bottleneck, groups=32, width=0.5),  # residual_unit_v3_x (ResNeXt)
+}
+
+
+def unit_builder(net_unit: Union[int, str], bottle_neck: bool, net_input: int) -> UnitBuilder:
+    """The original ``residual_unit`` dispatcher, as a lookup in :data:`UNITS` returning a constructor.
+    v1 strides its first conv with the 7x7 stem (net_input 0, ``residual_unit_v1``) and a later one
+    otherwise (``residual_unit_v1_L``)."""
+    build = UNITS[(net_unit, bool(bottle_neck))]
+    return partial(build, late_stride=net_input != 0) if net_unit == 1 else build

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from fresnet.train.loop import TrainResult
 
 
-def run(config: Any = "synthetic-r18", callbacks: Sequence[Callable] = (), **overrides: Any) -> "TrainResult":
+def run(config: Any = "synthetic-r18", callbacks: Sequence[Callable] = (), **overrides: Any) -> TrainResult:
     """Train. ``overrides`` are config keys, e.g. ``run('synthetic-r18', output='out', max_steps=50)``."""
     from fresnet.train.config import load_config
     from fresnet.train.loop import train

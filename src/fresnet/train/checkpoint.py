@@ -52,7 +52,9 @@ def _tensors(value: Any, key: str, source: str, allow_none: bool = False) -> dic
 
     if allow_none and value is None:
         return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()):
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    ):
         raise FresnetError(f"{source}: '{key}' is {describe(value)}, not a mapping of names to tensors; "
                            "the checkpoint is damaged; delete it to start over")
     for name, tensor in value.items():
@@ -197,7 +199,7 @@ def _same_network(state: dict[str, Any], net_config: Any, source: str) -> None:
     saved = state.get("config")
     try:
         before = TrainConfig(network=str(saved["network"]), net=dict(saved.get("net") or {})).net_config()
-    except Exception:  # noqa: BLE001 - an old or odd stored config: the tensors' own check follows
+    except Exception:  # an old or odd stored config: the tensors' own check follows
         return
     if before == net_config:
         return

@@ -14,9 +14,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from fresnet.errors import FresnetError
+from fresnet.inference.compiling import COMPILE_MODES
 from fresnet.network.config import FIELDS as NET_FIELDS
 from fresnet.network.config import NetConfig, normalize_options, parse_value
-from fresnet.errors import FresnetError
 from fresnet.train.losses import margin_spec
 from fresnet.validate import as_mapping
 
@@ -24,7 +25,6 @@ LR_SCHEDULES = ("step", "poly")
 AMP_MODES = ("none", "bf16", "fp16")
 DECODERS = ("cpu", "gpu")
 ON_ERROR = ("raise", "skip")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # original train.py / config.py spellings -> ours
 KEY_ALIASES = {
@@ -158,7 +158,11 @@ class TrainConfig:
     def compile_mode(self, device: str = "cpu", compiler_available: bool = True) -> Optional[str]:
         """The ``torch.compile`` mode for a run on ``device`` (None: eager)."""
         value = self.compile
-        if value is None or value is False or (isinstance(value, str) and value.lower() in ("none", "false", "off", "no")):
+        if (
+            value is None
+            or value is False
+            or (isinstance(value, str) and value.lower() in ("none", "false", "off", "no"))
+        ):
             return None
         if value is True or (isinstance(value, str) and value.lower() in ("true", "on", "yes")):
             return "default"
@@ -180,7 +184,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     # ---- validation -------------------------------------------------------------------------
-    def validate(self, origins: Optional[Mapping[str, str]] = None) -> "TrainConfig":
+    def validate(self, origins: Optional[Mapping[str, str]] = None) -> TrainConfig:
         """Check every key (type and range, :mod:`fresnet.train.schema`), then how they combine.
         ``origins`` names where each key came from (a file, an override) for the messages."""
         from fresnet.train.schema import check_fields, check_net
@@ -227,13 +231,16 @@ def _read_yaml(source: Union[str, os.PathLike]) -> tuple[dict[str, Any], str]:
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
-            raise FresnetError(f"{path}: config file not found; give a YAML path or one of: {', '.join(builtin_names())}")
+            raise FresnetError(
+                f"{path}: config file not found; give a YAML path or one of: {', '.join(builtin_names())}"
+            )
         text, origin = read_text(path, "training config"), str(path)
     else:
         resource = resources.files("fresnet") / "configs" / f"{source}.yaml"
         if not resource.is_file():
             raise FresnetError(
-                f"unknown config {str(source)!r}: not a file and not a built-in; built-ins: {', '.join(builtin_names())}"
+                f"unknown config {str(source)!r}: not a file and not a built-in; "
+                f"built-ins: {', '.join(builtin_names())}"
             )
         text, origin = resource.read_text(), f"built-in {source}"
     data = load_yaml(text, origin)
@@ -292,7 +299,8 @@ def _normalize(data: dict[str, Any], origin: str) -> dict[str, Any]:
             net[name] = value
         else:
             raise FresnetError(
-                f"{origin}: unknown key {key!r}; valid keys: {', '.join(fields)}, and network keys {', '.join(NET_FIELDS)}"
+                f"{origin}: unknown key {key!r}; "
+                f"valid keys: {', '.join(fields)}, and network keys {', '.join(NET_FIELDS)}"
             )
     if isinstance(out.get("lr_steps"), (int, float)):
         out["lr_steps"] = [int(out["lr_steps"])]

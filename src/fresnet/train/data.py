@@ -41,7 +41,11 @@ class GlobalBatchSampler:
     def _draw(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + 7919 * epoch + 17)
         perm = torch.randperm(self.num_samples, generator=gen)
-        flips = torch.randint(0, 2, (self.num_samples,), generator=gen) if self.mirror else torch.zeros(self.num_samples, dtype=torch.long)
+        flips = (
+            torch.randint(0, 2, (self.num_samples,), generator=gen)
+            if self.mirror
+            else torch.zeros(self.num_samples, dtype=torch.long)
+        )
         return perm, flips
 
     def __len__(self) -> int:
@@ -127,9 +131,17 @@ class DeviceDecodedLoader:
         for encoded, labels, flips in self.loader:
             images = self.decode(encoded)
             if any(tuple(im.shape[-2:]) != self.input_size for im in images):
-                images = [im if tuple(im.shape[-2:]) == self.input_size else
-                          F.interpolate(im[None].float(), size=self.input_size, mode="bilinear", antialias=True,
-                                        align_corners=False)[0].round_().clamp_(0, 255).to(torch.uint8) for im in images]
+                images = [
+                    im
+                    if tuple(im.shape[-2:]) == self.input_size
+                    else F.interpolate(
+                        im[None].float(), size=self.input_size, mode="bilinear", antialias=True, align_corners=False
+                    )[0]
+                    .round_()
+                    .clamp_(0, 255)
+                    .to(torch.uint8)
+                    for im in images
+                ]
             batch = torch.stack(images)
             flips = flips.to(batch.device, non_blocking=True)
             batch = torch.where(flips[:, None, None, None], batch.flip(-1), batch)
@@ -140,7 +152,9 @@ def _torchvision_decoder(device: torch.device):
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
-        raise FresnetError("decode=gpu needs torchvision (torchvision.io.decode_jpeg); install it or use decode=cpu") from None
+        raise FresnetError(
+            "decode=gpu needs torchvision (torchvision.io.decode_jpeg); install it or use decode=cpu"
+        ) from None
 
     def decode(encoded: list[torch.Tensor]) -> list[torch.Tensor]:
         return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
@@ -156,7 +170,7 @@ def default_workers(dataset: Any, device: torch.device) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def build_loader(dataset: Any, sampler: "GlobalBatchSampler", cfg: TrainConfig, input_size: tuple[int, int],
+def build_loader(dataset: Any, sampler: GlobalBatchSampler, cfg: TrainConfig, input_size: tuple[int, int],
                  device: torch.device):
     """The training batches, ``(images, labels)``: decoded by ``num_workers`` processes (pinned on
     CUDA), or for ``decode=gpu`` read as JPEG bytes and decoded on the device."""
@@ -213,7 +227,9 @@ def build_dataset(cfg: TrainConfig, input_size: tuple[int, int]) -> Any:
         return render_synthetic(cfg, cfg.synthetic_render_size(input_size))
     path = Path(source)
     if not path.exists():
-        raise FresnetError(f"dataset {source}: no such file or folder; give a RecordIO folder/.rec, an image folder, or 'synthetic'")
+        raise FresnetError(
+            f"dataset {source}: no such file or folder; give a RecordIO folder/.rec, an image folder, or 'synthetic'"
+        )
     from fresnet.data import ImageFolderDataset, RecordIODataset
 
     if path.suffix in (".rec", ".idx") or (path.is_dir() and (any(path.glob("*.rec")))):

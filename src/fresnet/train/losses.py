@@ -117,7 +117,9 @@ def margin_logits(
         labels: (N,) class index per row, or -1.
     """
     if cos.dim() != 2 or labels.shape != cos.shape[:1]:
-        raise FresnetError(f"margin_logits wants cos (N, C) and labels (N,), got {tuple(cos.shape)} and {tuple(labels.shape)}")
+        raise FresnetError(
+            f"margin_logits wants cos (N, C) and labels (N,), got {tuple(cos.shape)} and {tuple(labels.shape)}"
+        )
     if not (m1 != 1.0 or m2 != 0.0 or m3 != 0.0):
         return cos * s
     # gather/where/scatter on every row keeps the shapes static: no host sync (a `nonzero` would

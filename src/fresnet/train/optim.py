@@ -7,7 +7,6 @@ an lr drop is scaled differently.
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable, Optional
 
 import torch
@@ -26,9 +25,18 @@ def build_optimizer(cfg: TrainConfig, backbone: nn.Module, classifier: nn.Module
     GradScaler's scale and inf flag on the device (no host sync); elsewhere PyTorch's for-each
     implementation, which computes the same update."""
     groups = [
-        {"params": [p for p in backbone.parameters() if p.requires_grad], "lr_mult": 1.0, "weight_decay": cfg.wd, "name": "backbone"},
-        {"params": [p for p in classifier.parameters() if p.requires_grad], "lr_mult": float(cfg.fc7_lr_mult),
-         "weight_decay": cfg.wd * float(cfg.fc7_wd_mult), "name": "fc7"},
+        {
+            "params": [p for p in backbone.parameters() if p.requires_grad],
+            "lr_mult": 1.0,
+            "weight_decay": cfg.wd,
+            "name": "backbone",
+        },
+        {
+            "params": [p for p in classifier.parameters() if p.requires_grad],
+            "lr_mult": float(cfg.fc7_lr_mult),
+            "weight_decay": cfg.wd * float(cfg.fc7_wd_mult),
+            "name": "fc7",
+        },
     ]
     fused = device is not None and device.type == "cuda"
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused or None)

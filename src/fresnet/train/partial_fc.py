@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fresnet.errors import FresnetError
-from fresnet.train.losses import MarginSpec, margin_logits
 from fresnet.train import distributed as D
+from fresnet.train.losses import MarginSpec, margin_logits
 
 
 def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:

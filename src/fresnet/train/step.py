@@ -143,7 +143,7 @@ class TrainStep:
             return self._step(images, labels)
         except (FresnetError, KeyboardInterrupt, torch.cuda.OutOfMemoryError):
             raise
-        except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, say why
+        except Exception as exc:  # any compiler failure: fall back, say why
             with torch.no_grad():
                 for name, buffer in self.model.named_buffers():
                     buffer.copy_(saved[name])
@@ -153,5 +153,7 @@ class TrainStep:
                         str(exc).splitlines()[0][:200] if str(exc) else "")
             self._forward_loss = self._eager_forward_loss
             self._cudagraphs = False
-            self.settings = StepSettings(self.settings.amp, self.settings.channels_last, None, self.settings.clip_grad_norm)
+            self.settings = StepSettings(
+                self.settings.amp, self.settings.channels_last, None, self.settings.clip_grad_norm
+            )
             return self._step(images, labels)

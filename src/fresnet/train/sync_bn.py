@@ -50,9 +50,3 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
             module.__class__ = SyncMXBatchNorm
     return model
 
-
-def revert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if type(module) is SyncMXBatchNorm:
-            module.__class__ = MXBatchNorm
-    return model

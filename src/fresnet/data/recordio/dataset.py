@@ -152,7 +152,8 @@ class RecordIODataset(Dataset):
         # or expanded: a 60-byte header can name 2**40 identities.
         if end - first > len(keys):
             raise FresnetError(
-                f"{self.paths.rec}: the header record names {end - first:,} identities (keys [{first}, {end})), but the "
+                f"{self.paths.rec}: the header record names {end - first:,} identities "
+                f"(keys [{first}, {end})), but the "
                 f"index holds only {len(keys):,} records; the file is corrupt or the .idx belongs to another file"
             )
         check("max_identities", end - first, "the header record's identities", str(self.paths.rec))

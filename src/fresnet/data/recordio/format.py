@@ -99,7 +99,9 @@ def key_range(header: IRHeader, where: str, what: str) -> tuple[int, int]:
         )
     first, end = int(values[0]), int(values[1])
     if first > end:
-        raise FresnetError(f"{where}: the {what} holds the range [{first}, {end}), which is reversed; the file is corrupt")
+        raise FresnetError(
+            f"{where}: the {what} holds the range [{first}, {end}), which is reversed; the file is corrupt"
+        )
     return first, end
 
 
@@ -142,7 +144,9 @@ class RecFile:
     def __init__(self, path: PathLike):
         self.path = Path(path)
         if not self.path.exists():
-            raise FresnetError(f"{self.path}: no such RecordIO file; pass the folder holding train.rec or the .rec path")
+            raise FresnetError(
+                f"{self.path}: no such RecordIO file; pass the folder holding train.rec or the .rec path"
+            )
         regular_file(self.path, "RecordIO file")
         self.size = self.path.stat().st_size
         self._fd: Optional[int] = None
@@ -304,13 +308,15 @@ def read_index(paths: RecPaths, rec_size: int) -> tuple[np.ndarray, np.ndarray, 
         lines = np.arange(1, len(keys) + 1, dtype=np.int64)
     if len(keys) > max_entries:
         raise FresnetError(
-            f"{paths.idx}: {len(keys):,} entries, more than the {max_entries:,} records {paths.rec} ({rec_size:,} bytes) "
+            f"{paths.idx}: {len(keys):,} entries, more than the {max_entries:,} "
+            f"records {paths.rec} ({rec_size:,} bytes) "
             "can hold; the .idx belongs to another file or is corrupt; delete it to rebuild it by scanning"
         )
     keep = (offsets >= 0) & (offsets + _FRAME.size <= rec_size)
     for index in np.flatnonzero(~keep).tolist():
         problem(
-            f"{paths.idx}: line {int(lines[index])}: record key {int(keys[index])} points at offset {int(offsets[index])}, "
+            f"{paths.idx}: line {int(lines[index])}: record key {int(keys[index])} "
+            f"points at offset {int(offsets[index])}, "
             f"past the end of {paths.rec} ({rec_size} bytes); the .rec is truncated or the .idx belongs to another "
             "file; re-copy the .rec, delete the .idx to rebuild it, or load with on_error='skip'"
         )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import io
+import os
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -24,7 +24,6 @@ from fresnet.errors import FresnetError
 from fresnet.ioutil import atomic_write
 from fresnet.limits import check, current
 from fresnet.validate import as_int, as_int_tuple
-
 
 # --------------------------------------------------------------------------------------------------
 # the writer
@@ -55,7 +54,9 @@ class RecordIOWriter:
             )
         existing = [p for p in (self.paths.rec, self.paths.idx, self.paths.property) if os.path.lexists(p)]
         if existing and not overwrite:
-            raise FresnetError(f"{existing[0]} already exists; choose another output or pass overwrite=True (--overwrite)")
+            raise FresnetError(
+                f"{existing[0]} already exists; choose another output or pass overwrite=True (--overwrite)"
+            )
         fix = "give the (H, W) of the images, e.g. (112, 112)"
         self.image_size = as_int_tuple(image_size, "image_size", str(self.paths.property), minimum=1,
                                        maximum=MAX_IMAGE_SIDE, length=2, fix=fix)
@@ -81,12 +82,19 @@ class RecordIOWriter:
             raise FresnetError("this RecordIOWriter is closed")
         # what the reader would refuse is refused here: labels and keys are float32 in the file
         limit = current().max_identities
-        label = as_int(label, "label", str(self.paths.rec), minimum=0, maximum=limit - 1,
-                       fix=f"labels are integers from 0 to {limit - 1:,} (max_identities; float32 is exact below 2**24)")
+        label = as_int(
+            label,
+            "label",
+            str(self.paths.rec),
+            minimum=0,
+            maximum=limit - 1,
+            fix=f"labels are integers from 0 to {limit - 1:,} (max_identities; float32 is exact below 2**24)",
+        )
         key = self._next_key
         if key + len(self._identities) + 2 > limit:
             raise FresnetError(
-                f"{self.paths.rec}: a RecordIO set holds at most {limit:,} records (max_identities: its keys are float32 "
+                f"{self.paths.rec}: a RecordIO set holds at most {limit:,} records "
+                f"(max_identities: its keys are float32 "
                 "labels of the identity records); split the data into several sets"
             )
         check("max_record_bytes", len(data) + IRHEADER.size, f"image record {key}", str(self.paths.rec))
@@ -118,7 +126,7 @@ class RecordIOWriter:
         end_identity = first_identity + len(self._identities)
         self._write(0, pack_record([first_identity, end_identity], b"", id=0, id2=1))
         max_label = self._identities[-1][0]
-        self._property.write("%d,%d,%d\n" % (max_label + 1, self.image_size[0], self.image_size[1]))
+        self._property.write(f"{max_label + 1},{self.image_size[0]},{self.image_size[1]}\n")
         self.paths.idx.unlink(missing_ok=True)
         self._closed = True
         self._stack.close()
@@ -130,7 +138,7 @@ class RecordIOWriter:
             self._closed = True
             self._stack.__exit__(FresnetError, FresnetError("aborted"), None)
 
-    def __enter__(self) -> "RecordIOWriter":
+    def __enter__(self) -> RecordIOWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -172,7 +180,7 @@ def pack_images(
         iterator = progress(iterator)
     writer = None
     try:
-        for (path, label), data in iterator:
+        for (_path, label), data in iterator:
             if writer is None:
                 if image_size is None:
                     with Image.open(io.BytesIO(data)) as first:

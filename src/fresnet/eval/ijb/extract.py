@@ -20,12 +20,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
 from fresnet.errors import FresnetError
 from fresnet.eval.ijb.layout import FaceTable, IJBPaths
+
+if TYPE_CHECKING:  # for annotations; the functions that use torch import it
+    import torch
 
 PathLike = Union[str, os.PathLike]
 ProgressCallback = Optional[Callable[[int], None]]  # called with the faces just finished (Progress.advance)
@@ -72,7 +75,9 @@ class LooseCropBatches:
         stop = min(len(self.faces), start + self.batch_size)
         try:
             pictures = [self._picture(face) for face in range(start, stop)]
-            matrices = torch.from_numpy(np.stack([ijb_alignment_matrix(self.faces.landmarks[f]) for f in range(start, stop)]))
+            matrices = torch.from_numpy(
+                np.stack([ijb_alignment_matrix(self.faces.landmarks[f]) for f in range(start, stop)])
+            )
         except FresnetError as exc:
             return {"error": str(exc)}
         pixels, offsets, shapes = pixel_batch(pictures)
@@ -84,7 +89,7 @@ class LooseCropBatches:
         return batch
 
 
-def aligned_faces(batch: dict[str, Any], device) -> "torch.Tensor":
+def aligned_faces(batch: dict[str, Any], device) -> torch.Tensor:
     """The batch's (B, 112, 112, 3) uint8 faces on ``device`` (warped there if the worker did not)."""
     from fresnet.eval.align import IJB_CROP_SIZE, warp_affine_opencv_batch
 

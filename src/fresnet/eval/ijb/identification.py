@@ -47,7 +47,7 @@ class Enrolment:
     subjects: np.ndarray
 
     @classmethod
-    def of(cls, lists: Sequence[TemplateList]) -> "Enrolment":
+    def of(cls, lists: Sequence[TemplateList]) -> Enrolment:
         templates = np.concatenate([t.templates for t in lists])
         subjects = np.concatenate([t.subjects for t in lists])
         unique, first = np.unique(templates, return_index=True)

@@ -340,7 +340,9 @@ def read_template_list(path: Path) -> TemplateList:
                 )
         raise FresnetError(f"{path}: cannot parse the template and subject ids")
     if not numbers:
-        raise FresnetError(f"{path}: no rows after the header; a 1:N list has one 'TEMPLATE_ID,SUBJECT_ID' row per image")
+        raise FresnetError(
+            f"{path}: no rows after the header; a 1:N list has one 'TEMPLATE_ID,SUBJECT_ID' row per image"
+        )
     return TemplateList(path, templates, subjects, np.array(numbers, dtype=np.int64))
 
 

@@ -37,7 +37,7 @@ class Mode:
         return f"F{int(self.flip)}N{int(self.norm_score)}D{int(self.detector_score)}"
 
     @classmethod
-    def parse(cls, name: str) -> "Mode":
+    def parse(cls, name: str) -> Mode:
         text = name.upper()
         if len(text) != 6 or text[0::2] != "FND" or any(c not in "01" for c in text[1::2]):
             raise FresnetError(f"unknown IJB test mode {name!r}; modes look like F1N1D1 (flip, norm, detector: 1 or 0)")
@@ -91,7 +91,9 @@ def group_faces(templates: np.ndarray, medias: np.ndarray) -> TemplateGroups:
     new_template = np.r_[True, media_templates[1:] != media_templates[:-1]] if len(media_starts) else np.zeros(0, bool)
     template_starts = np.flatnonzero(new_template)
     template_sizes = np.diff(np.r_[template_starts, len(media_starts)])
-    return TemplateGroups(media_templates[template_starts], order, media_starts, media_sizes, template_starts, template_sizes)
+    return TemplateGroups(
+        media_templates[template_starts], order, media_starts, media_sizes, template_starts, template_sizes
+    )
 
 
 def sequential_sums(rows: Callable[[np.ndarray], np.ndarray], starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -147,7 +149,7 @@ def pool_templates(
         sizes = groups.media_sizes[media]
         means = np.where((sizes > 1)[:, None], sums / sizes[:, None].astype(np.float32), sums)
         local_starts = groups.template_starts[first:last] - media.start
-        out[first:last] = sequential_sums(lambda pos: means[pos], local_starts, groups.template_sizes[first:last])
+        out[first:last] = sequential_sums(means.__getitem__, local_starts, groups.template_sizes[first:last])
         first = last
     return out
 

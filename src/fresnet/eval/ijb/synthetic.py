@@ -45,8 +45,12 @@ class IJBSizes:
 
 # the real releases as InsightFace's meta files describe them
 REAL_SIZES = {
-    "IJBC": IJBSizes(faces=469_375, templates=23_124, subjects=3_531, first_gallery=1_772, pairs=15_658_489, genuine=19_557),
-    "IJBB": IJBSizes(faces=227_630, templates=12_115, subjects=1_845, first_gallery=931, pairs=8_010_270, genuine=10_270),
+    "IJBC": IJBSizes(
+        faces=469_375, templates=23_124, subjects=3_531, first_gallery=1_772, pairs=15_658_489, genuine=19_557
+    ),
+    "IJBB": IJBSizes(
+        faces=227_630, templates=12_115, subjects=1_845, first_gallery=931, pairs=8_010_270, genuine=10_270
+    ),
 }
 
 
@@ -193,7 +197,9 @@ def synthetic_ijb(faces: int, target: str = "IJBC", seed: int = 0) -> SyntheticI
     labels = np.r_[np.zeros(impostors, np.int8), np.ones(sizes.genuine, np.int8)]
     shuffle = rng.permutation(len(labels))
 
-    galleries = dict(zip(TARGETS[target], (gallery_of_subject[:sizes.first_gallery], gallery_of_subject[sizes.first_gallery:])))
+    galleries = dict(
+        zip(TARGETS[target], (gallery_of_subject[: sizes.first_gallery], gallery_of_subject[sizes.first_gallery :]))
+    )
     template_subject = {int(t): int(subject_ids[s]) for t, s in zip(template_ids, template_subject_index)}
     return SyntheticIJB(target, sizes, seed, names, templates, medias, subjects, landmarks, faceness, crops,
                         pair_first[shuffle], pair_second[shuffle], labels[shuffle], galleries, probe_ids,
@@ -229,7 +235,10 @@ def write_meta(ijb: SyntheticIJB, root: PathLike) -> None:
     _write_chunks(paths.landmarks, _lines(ijb.names, points, [f"{v:.6f}" for v in ijb.faceness.tolist()]))
     pair_text = map("{} {} {}\n".format, ijb.pair_first.tolist(), ijb.pair_second.tolist(), ijb.pair_labels.tolist())
     _write_chunks(paths.pairs, pair_text)
-    lists = {**{paths.galleries[name]: t for name, t in ijb.gallery_templates.items()}, paths.probes: ijb.probe_templates}
+    lists = {
+        **{paths.galleries[name]: t for name, t in ijb.gallery_templates.items()},
+        paths.probes: ijb.probe_templates,
+    }
     for path, templates in lists.items():
         t, s, faces = ijb.list_rows(templates)
         rows = (f"{a},{b},img/{ijb.names[f]}\n" for a, b, f in zip(t.tolist(), s.tolist(), faces.tolist()))

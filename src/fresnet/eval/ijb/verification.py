@@ -88,7 +88,9 @@ def _positions(members: np.ndarray, count: int) -> np.ndarray:
     return table
 
 
-def pair_scores(templates: np.ndarray, first: np.ndarray, second: np.ndarray, block_bytes: int = BLOCK_BYTES) -> np.ndarray:
+def pair_scores(
+    templates: np.ndarray, first: np.ndarray, second: np.ndarray, block_bytes: int = BLOCK_BYTES
+) -> np.ndarray:
     """``templates[first[i]] . templates[second[i]]`` for every pair, float64 (templates normalised)."""
     n = len(first)
     scores = np.empty(n, dtype=np.float64)
