@@ -9,7 +9,7 @@ import torch
 
 from fresnet.cli import main
 from fresnet.errors import FresnetError
-from fresnet.eval.align import align_ijb_face
+from fresnet.faces.align import align_ijb_face
 from fresnet.eval.ijb.extract import extract_features
 from fresnet.eval.ijb.layout import read_meta
 from fresnet.eval.ijb.synthetic import write_synthetic_ijb

@@ -219,7 +219,7 @@ def _run_bins(args: argparse.Namespace, embedder, console) -> None:
 def _load_landmarks(args, names):
     if not args.landmarks:
         return None
-    from fresnet.eval.align import check_landmarks_cover, read_landmarks
+    from fresnet.faces.align import check_landmarks_cover, read_landmarks
 
     table = read_landmarks(args.landmarks)
     check_landmarks_cover(table, names, args.landmarks)

@@ -2,7 +2,7 @@
 
 Each ``loose_crop`` picture is decoded (Pillow; libjpeg-turbo, the decoder OpenCV uses too), aligned
 to the ArcFace 112x112 template with its landmarks exactly as ``eval_ijbc.py`` does (see
-:func:`fresnet.eval.align.align_ijb_face`), and embedded with its mirror image. Row i of the output
+:func:`fresnet.faces.align.align_ijb_face`), and embedded with its mirror image. Row i of the output
 is ``[embedding(face i), embedding(mirror of face i)]``, float32, in the order of the landmarks file,
 the layout :func:`fresnet.eval.ijb.evaluate` reads.
 
@@ -66,7 +66,7 @@ class LooseCropBatches:
     def __getitem__(self, k: int) -> dict[str, Any]:
         import torch
 
-        from fresnet.eval.align import IJB_CROP_SIZE, ijb_alignment_matrix, pixel_batch, warp_affine_opencv_batch
+        from fresnet.faces.align import IJB_CROP_SIZE, ijb_alignment_matrix, pixel_batch, warp_affine_opencv_batch
 
         start = self.first + k * self.batch_size
         stop = min(len(self.faces), start + self.batch_size)
@@ -86,7 +86,7 @@ class LooseCropBatches:
 
 def aligned_faces(batch: dict[str, Any], device) -> "torch.Tensor":
     """The batch's (B, 112, 112, 3) uint8 faces on ``device`` (warped there if the worker did not)."""
-    from fresnet.eval.align import IJB_CROP_SIZE, warp_affine_opencv_batch
+    from fresnet.faces.align import IJB_CROP_SIZE, warp_affine_opencv_batch
 
     if "faces" in batch:
         return batch["faces"].to(device, non_blocking=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fresnet.errors import FresnetError
-from fresnet.eval.align import (
+from fresnet.faces.align import (
     ARCFACE_DST,
     check_landmarks_cover,
     estimate_norm,
@@ -121,7 +121,7 @@ def test_bad_landmark_files_name_the_line(tmp_path):
 
 # ---- InsightFace's IJB alignment: float32 template, skimage's Umeyama, OpenCV's fixed-point warp ----
 
-from fresnet.eval.align import (  # noqa: E402
+from fresnet.faces.align import (  # noqa: E402
     IJB_TEMPLATE,
     align_ijb_face,
     ijb_alignment_matrix,
