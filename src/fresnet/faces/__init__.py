@@ -12,6 +12,11 @@ _EXPORTS = {
     "mtcnn_weights": "fresnet.faces.weights",
     "yunet_model": "fresnet.faces.weights",
     "sface_model": "fresnet.faces.weights",
+    "FaceAnalysis": "fresnet.faces.analysis",
+    "Face": "fresnet.faces.face",
+    "load_photo": "fresnet.faces.photo",
+    "norm_crop": "fresnet.faces.align",
+    "estimate_norm": "fresnet.faces.align",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

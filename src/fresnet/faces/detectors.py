@@ -17,7 +17,8 @@ from fresnet.errors import FresnetError
 DETECTOR_NAMES = ("mtcnn", "yunet", "scrfd")
 
 
-def _providers(device: str) -> list[str]:
+def onnx_providers(device: str) -> list[str]:
+    """onnxruntime providers for ``device``: CUDA first when asked for and present, always CPU."""
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
@@ -78,4 +79,4 @@ def create_detector(spec: Any = "mtcnn", det_size: Optional[Sequence[int]] = Non
     from fresnet.faces.scrfd import SCRFD
 
     size = (640, 640) if det_size is None else tuple(int(v) for v in det_size)
-    return SCRFD(spec, det_size=size, providers=_providers(device), **options)
+    return SCRFD(spec, det_size=size, providers=onnx_providers(device), **options)

@@ -44,21 +44,13 @@ class EmbedderRecognizer:
 
 
 def _onnx_recognizer(path: str, device: str) -> Any:
+    from fresnet.faces.detectors import onnx_providers
     from fresnet.faces.recognizer import ONNXRecognizer
 
     try:
-        return ONNXRecognizer(path, providers=_providers(device))
+        return ONNXRecognizer(path, providers=onnx_providers(device))
     except TypeError:  # a recogniser without a providers option runs on its default (CPU)
         return ONNXRecognizer(path)
-
-
-def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    providers = ["CPUExecutionProvider"]
-    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return providers
 
 
 def create_recognizer(spec: Any, device: str = "cpu", fast: bool = True) -> Recognizer:
