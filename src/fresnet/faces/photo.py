@@ -40,6 +40,8 @@ def read_photo(path: Union[str, os.PathLike]) -> np.ndarray:
     from fresnet.data.decode import opened_image, read_file_bytes
 
     where = str(path)
+    if not where:
+        raise FresnetError("an empty path names no photo")
     if Path(path).is_dir():
         raise FresnetError(f"{where}: is a folder, not a photo")
     data = read_file_bytes(path)
