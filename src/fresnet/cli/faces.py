@@ -147,10 +147,15 @@ class _LazyPipeline:
     def __init__(self, args, recognizer, device):
         self.args, self.recognizer, self.device = args, recognizer, device
         self._app = None
-        if recognizer is not None:
-            from fresnet.faces.recognition import check_input_size
+        self.input_size = None if recognizer is None else tuple(int(v) for v in recognizer.input_size)
 
-            self.crop_size = check_input_size(recognizer)
+    @property
+    def crop_size(self) -> int:
+        """The aligned crop's size; a recogniser that alignment cannot feed is refused here, when an
+        image needs aligning (crops of its own input size do not)."""
+        from fresnet.faces.recognition import check_input_size
+
+        return check_input_size(self.recognizer)
 
     @property
     def app(self):
@@ -189,18 +194,18 @@ def _rows_of(item, pipeline: _LazyPipeline, landmarks, index: int, max_num: int)
 
     image = item.load()
     h, w = image.shape[:2]
-    size = pipeline.crop_size
     whole = np.array([0, 0, w, h], np.float32)
     nowhere = np.full((5, 2), np.nan, np.float32)
     points = landmarks_for(landmarks, item.name, index) if landmarks is not None else None
     if points is not None:
-        crop = norm_crop(image, np.asarray(points), size)
+        crop = norm_crop(image, np.asarray(points), pipeline.crop_size)
         return [Row(item.name, -1, crop, whole, float("nan"), np.asarray(points, np.float32))]
-    if (h, w) == (size, size):
+    if (h, w) == pipeline.input_size:
         return [Row(item.name, -1, image, whole, float("nan"), nowhere)]
     if not item.photo:
-        raise FresnetError(f"{item.name}: a {w}x{h} face, not an aligned crop of the model's {size}x{size} input, and "
-                           "dataset images are not photos to detect faces in; use a model of that input size")
+        mh, mw = pipeline.input_size
+        raise FresnetError(f"{item.name}: a {w}x{h} face is not an aligned crop of the model's {mw}x{mh} input, and a "
+                           "dataset's faces are not photos to detect faces in; use a model of that input size")
     faces, crops = pipeline.app.align(image, max_num=max_num)
     return [Row(item.name, k, crop, face.bbox, face.det_score, face.kps) for k, (face, crop) in enumerate(zip(faces, crops))]
 
@@ -317,7 +322,7 @@ def run_embed(args: argparse.Namespace) -> int:
                 flush()
             progress.advance()
     flush()
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if not rows:
         raise FresnetError(f"no face found in the {len(inputs)} input(s); nothing written")
     from fresnet.eval.embed import normalize
@@ -327,9 +332,10 @@ def run_embed(args: argparse.Namespace) -> int:
         _report_fast_path(embedder, console)
     _write_embeddings(output, fmt, emb, rows, names_path)
     photos = sum(1 for item in inputs if item.photo)
-    console.print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings of {len(inputs)} input(s) to {output}"
+    print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings of {len(inputs)} input(s) to {output}"
                   + (f" (names: {names_path})" if fmt == ".npy" else "")
-                  + (f"; {photos - len({r.file for r in rows if r.face >= 0})} photo(s) without a face" if photos else ""))
+                  + (f"; {photos - len({r.file for r in rows if r.face >= 0})} photo(s) without a face" if photos else ""),
+          file=sys.stderr)
     return 0
 
 
