@@ -24,3 +24,24 @@ def draw_detections(rgb: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray, s
             cv2.putText(out, f"{float(scores[i]):.2f}", (x1, max(0, y1 - 2 * thick)), cv2.FONT_HERSHEY_SIMPLEX,
                         0.4 * thick, BOX_COLOUR, max(1, thick // 2), cv2.LINE_AA)
     return out
+
+
+def faces_figure(rgb: np.ndarray, faces, gap: int = 8) -> np.ndarray:
+    """The photo with its detections drawn, and beside it each face's aligned crop (``Face.crop``)
+    enlarged to a third of the photo's height, stacked top to bottom, on white."""
+    import cv2
+
+    boxes = np.array([f.bbox for f in faces], np.float32).reshape(-1, 4)
+    points = np.array([f.kps for f in faces], np.float32).reshape(-1, 5, 2)
+    scores = [f.det_score for f in faces]
+    marked = draw_detections(rgb, boxes, points, scores)
+    height = marked.shape[0]
+    side = max(1, height // 3 - gap)
+    crops = [cv2.resize(f.crop, (side, side), interpolation=cv2.INTER_NEAREST) for f in faces if f.crop is not None][:3]
+    width = marked.shape[1] + (gap + side if crops else 0)
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    canvas[:, :marked.shape[1]] = marked
+    for i, crop in enumerate(crops):
+        top = i * (side + gap)
+        canvas[top:top + side, marked.shape[1] + gap:] = crop
+    return canvas
