@@ -9,6 +9,8 @@ from fresnet.lazy_exports import lazy_exports
 _EXPORTS = {
     "Detections": "fresnet.faces.detection",
     "Detector": "fresnet.faces.detection",
+    "SCRFD": "fresnet.faces.scrfd",
+    "ONNXRecognizer": "fresnet.faces.recognizer",
     "mtcnn_weights": "fresnet.faces.weights",
     "yunet_model": "fresnet.faces.weights",
     "sface_model": "fresnet.faces.weights",
