@@ -21,7 +21,6 @@ where the time goes (detection vs recognition), and the embeddings' agreement (m
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import tempfile
 import time
@@ -31,7 +30,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_timing, machine_info, print_table, realistic_model, set_threads, write_json  # noqa: E402
+from common import (
+    interleaved_timing,
+    machine_info,
+    print_table,
+    realistic_model,
+    set_threads,
+    write_json,
+)
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "faces" / "photos"
 CANVAS = (720, 1280)  # height, width
@@ -128,7 +134,7 @@ def main() -> int:
     def insightface_path(photos_bgr):
         out = []
         for img in photos_bgr:
-            bboxes, kpss = theirs_det.detect(img, max_num=0, metric="default")
+            _, kpss = theirs_det.detect(img, max_num=0, metric="default")
             for kps in kpss:
                 aimg = face_align.norm_crop(img, landmark=kps, image_size=112)
                 out.append(theirs_rec.get_feat(aimg).flatten())
@@ -151,7 +157,8 @@ def main() -> int:
         found = len(mine) // len(photos)
         cos = np.sum(theirs * mine, 1) / (np.linalg.norm(theirs, axis=1) * np.linalg.norm(mine, axis=1)) \
             if theirs.shape == mine.shape else np.array([np.nan])
-        timings = interleaved_timing({"insightface": lambda: insightface_path(bgr), "fresnet": lambda: fresnet_path(photos)},
+        timings = interleaved_timing({"insightface": lambda bgr=bgr: insightface_path(bgr),
+                                      "fresnet": lambda photos=photos: fresnet_path(photos)},
                                      rounds=args.rounds, warmup=1)
         t0 = time.perf_counter()
         for p in photos:

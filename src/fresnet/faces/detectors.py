@@ -10,7 +10,8 @@ as it is.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from fresnet.errors import FresnetError
 
@@ -32,13 +33,13 @@ def _is_yunet(path: str) -> bool:
 
     try:
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
+    except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own exception types
         raise FresnetError(f"{path}: onnxruntime cannot load this detector graph: {str(exc).splitlines()[0]}") from None
     names = {o.name.split("_")[0] for o in session.get_outputs()}
     return {"cls", "obj", "bbox", "kps"} <= names
 
 
-def create_detector(spec: Any = "mtcnn", det_size: Optional[Sequence[int]] = None, det_thresh: Optional[float] = None,
+def create_detector(spec: Any = "mtcnn", det_size: Sequence[int] | None = None, det_thresh: float | None = None,
                     device: str = "cpu") -> Any:
     """The detector ``spec`` names (see the module docs). ``det_size`` is an ONNX detector's input
     ``(width, height)`` (default 640x640; MTCNN searches the whole photo and ignores it);
