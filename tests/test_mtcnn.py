@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import importlib.metadata
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import reference_path
 
 from fresnet.errors import FresnetError
 from fresnet.faces.detection import Detections
-
-cv2 = pytest.importorskip("cv2")
 
 try:
     importlib.metadata.distribution("facenet-pytorch")
@@ -20,40 +16,22 @@ except importlib.metadata.PackageNotFoundError:
     pytest.skip("facenet-pytorch is not installed (pip install --no-deps facenet-pytorch==2.6.0)",
                 allow_module_level=True)
 
+from face_photos import (
+    PHOTOS,
+    assert_plausible,
+    assert_same,
+    collage,
+    grace_hopper,
+    load_photos,
+)
 from facenet_oracle import facenet_detect, facenet_mtcnn
 
 from fresnet.faces.mtcnn import INSIGHTFACE_THRESHOLDS, MTCNN
 
-PHOTOS = ("impostor_1", "impostor_2", "person_a_1", "person_a_2", "person_b_1", "person_b_2")
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
 
 @pytest.fixture(scope="module")
 def photos() -> dict[str, np.ndarray]:
-    folder = reference_path("faces", "photos")
-    return {name: read_rgb(folder / f"{name}.jpg") for name in PHOTOS}
-
-
-def collage(images: list[np.ndarray], height: int = 300, columns: int = 3) -> np.ndarray:
-    """The photos scaled to one height, in a grid (one face per tile)."""
-    tiles = [cv2.resize(im, (round(im.shape[1] * height / im.shape[0]), height), interpolation=cv2.INTER_AREA)
-             for im in images]
-    width = max(t.shape[1] for t in tiles)
-    rows = []
-    for start in range(0, len(tiles), columns):
-        row = np.zeros((height, width * columns, 3), np.uint8)
-        for k, tile in enumerate(tiles[start:start + columns]):
-            row[:, k * width:k * width + tile.shape[1]] = tile
-        rows.append(row)
-    return np.concatenate(rows)
-
-
-def grace_hopper() -> np.ndarray:
-    matplotlib = pytest.importorskip("matplotlib")
-    return read_rgb(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
+    return load_photos()
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +52,8 @@ def found(detector, photos) -> dict[str, Detections]:
     return result
 
 
-def assert_same(ours: Detections, reference: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    boxes, scores, landmarks = reference
-    assert len(ours) == len(scores)
-    np.testing.assert_allclose(ours.boxes, boxes, atol=0.5, rtol=0)
-    np.testing.assert_allclose(ours.scores, scores, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(ours.landmarks, landmarks, atol=0.5, rtol=0)
-
-
-def assert_plausible(found: Detections) -> None:
-    """Eyes above the nose above the mouth, left (as seen) before right, all inside the box."""
-    for box, points in zip(found.boxes, found.landmarks):
-        left_eye, right_eye, nose, left_mouth, right_mouth = points
-        assert left_eye[0] < right_eye[0] and left_mouth[0] < right_mouth[0]
-        assert max(left_eye[1], right_eye[1]) < nose[1] < min(left_mouth[1], right_mouth[1])
-        assert np.all(points[:, 0] > box[0]) and np.all(points[:, 0] < box[2])
-        assert np.all(points[:, 1] > box[1]) and np.all(points[:, 1] < box[3])
+def assert_same_as(ours: Detections, reference: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    assert_same(ours, *reference)
 
 
 def test_every_photo_one_plausible_face(found):
@@ -102,25 +66,25 @@ def test_every_photo_one_plausible_face(found):
 
 def test_same_as_facenet_pytorch_on_each_photo(found, oracle, photos):
     for name, rgb in photos.items():
-        assert_same(found[name], facenet_detect(oracle, rgb))
+        assert_same_as(found[name], facenet_detect(oracle, rgb))
 
 
 def test_collage_of_six_and_grace_hopper(detector, found, oracle, photos):
     assert len(found["collage"]) == 6
     assert_plausible(found["collage"])
-    assert_same(found["collage"], facenet_detect(oracle, collage(list(photos.values()))))
+    assert_same_as(found["collage"], facenet_detect(oracle, collage(list(photos.values()))))
     hopper = grace_hopper()
     found = detector.detect(hopper)
     assert len(found) == 1
     assert_plausible(found)
-    assert_same(found, facenet_detect(oracle, hopper))
+    assert_same_as(found, facenet_detect(oracle, hopper))
 
 
 def test_insightface_thresholds_option(photos):
     ours = MTCNN(thresholds=INSIGHTFACE_THRESHOLDS)
     reference = facenet_mtcnn(thresholds=list(INSIGHTFACE_THRESHOLDS))
     rgb = photos["person_b_1"]
-    assert_same(ours.detect(rgb), facenet_detect(reference, rgb))
+    assert_same_as(ours.detect(rgb), facenet_detect(reference, rgb))
 
 
 def test_rows_best_first(found):
