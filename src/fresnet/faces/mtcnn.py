@@ -72,7 +72,7 @@ class _AreaSampler:
         widths = (right - left).to(torch.float32)[None, :, None]
         # (1, h, w, 3) viewed as NCHW: channels-last with a true batch stride, which oneDNN's fast
         # convolution path needs (a size-1 batch dim of stride 3 sends it down a path ~1.5x slower)
-        return (sums.to(torch.float32) / heights / widths).unsqueeze(0).permute(0, 3, 1, 2)
+        return sums.to(torch.float32).div_(heights).div_(widths).unsqueeze(0).permute(0, 3, 1, 2)
 
     def sample(self, y0: torch.Tensor, y1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
                size: tuple[int, int]) -> torch.Tensor:
@@ -89,11 +89,12 @@ class _AreaSampler:
         sums = sums.view(len(y0), size[0], size[1], 3)
         heights = (bottom - top).to(torch.float32)[:, :, None, None]
         widths = (right - left).to(torch.float32)[:, None, :, None]
-        return (sums.to(torch.float32) / heights / widths).permute(0, 3, 1, 2)
+        return sums.to(torch.float32).div_(heights).div_(widths).permute(0, 3, 1, 2)
 
 
 def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    return (pixels - 127.5) * 0.0078125
+    """``(x - 127.5) * 0.0078125`` as the reference computes it, in place."""
+    return pixels.sub_(127.5).mul_(0.0078125)
 
 
 def _squared(boxes: torch.Tensor) -> torch.Tensor:
