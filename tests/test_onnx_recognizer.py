@@ -11,15 +11,11 @@ pytest.importorskip("onnxruntime")
 
 from conftest import reference_path
 from fresnet.errors import FresnetError
-from insightface_oracle import model_zoo
-from test_scrfd import PHOTOS, read_bgr, scrfd_graph
-
-try:  # alignment moves from eval/ to faces/ with the pipeline
-    from fresnet.faces.align import estimate_norm
-except ImportError:
-    from fresnet.eval.align import estimate_norm
+from fresnet.faces.align import estimate_norm
 from fresnet.faces.recognizer import NORMALISED, RAW, ONNXRecognizer
 from fresnet.faces.scrfd import SCRFD
+from insightface_oracle import model_zoo
+from test_scrfd import PHOTOS, read_bgr, scrfd_graph
 
 TINY = {"units": [1, 1, 1, 1], "filter_list": [16, 16, 32, 64, 128], "emb_size": 128}
 

@@ -11,9 +11,18 @@ _EXPORTS = {
     "Detector": "fresnet.faces.detection",
     "SCRFD": "fresnet.faces.scrfd",
     "ONNXRecognizer": "fresnet.faces.recognizer",
+    "MTCNN": "fresnet.faces.mtcnn",
+    "FACENET_THRESHOLDS": "fresnet.faces.mtcnn",
+    "INSIGHTFACE_THRESHOLDS": "fresnet.faces.mtcnn",
+    "YuNet": "fresnet.faces.yunet",
     "mtcnn_weights": "fresnet.faces.weights",
     "yunet_model": "fresnet.faces.weights",
     "sface_model": "fresnet.faces.weights",
+    "FaceAnalysis": "fresnet.faces.analysis",
+    "Face": "fresnet.faces.face",
+    "load_photo": "fresnet.faces.photo",
+    "norm_crop": "fresnet.faces.align",
+    "estimate_norm": "fresnet.faces.align",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

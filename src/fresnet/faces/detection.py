@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from fresnet.errors import FresnetError
+
 
 @dataclass(frozen=True)
 class Detections:
@@ -42,3 +44,30 @@ class Detector(Protocol):
     name: str
 
     def detect(self, image: np.ndarray) -> Detections: ...
+
+
+def check_rgb_image(image: object) -> np.ndarray:
+    """``image`` as a C-contiguous ``(H, W, 3)`` uint8 array, or :class:`FresnetError` saying what it is."""
+    if not isinstance(image, np.ndarray):
+        raise FresnetError(f"a detector takes a NumPy (H, W, 3) uint8 RGB array, got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise FresnetError(
+            f"a detector takes an (H, W, 3) uint8 RGB array, got shape {image.shape} dtype {image.dtype}; "
+            "convert grayscale, alpha, 16-bit or palette images to 8-bit RGB first (the face pipeline's "
+            "image reader does this)"
+        )
+    return np.ascontiguousarray(image)
+
+
+def largest_first(boxes: np.ndarray, shape: tuple, metric: str = "default") -> np.ndarray:
+    """Box indices by decreasing area ('max'), or area minus twice the squared distance of the box
+    centre from the photo centre ('default'), ranked as InsightFace's ``max_num`` ranks them
+    (argsort, reversed)."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if metric == "max":
+        values = area
+    else:
+        centre_y, centre_x = shape[0] // 2, shape[1] // 2
+        offsets = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2 - centre_x, (boxes[:, 1] + boxes[:, 3]) / 2 - centre_y])
+        values = area - np.sum(np.power(offsets, 2.0), 0) * 2.0
+    return np.argsort(values)[::-1]

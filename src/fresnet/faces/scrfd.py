@@ -40,7 +40,7 @@ from typing import Union
 import numpy as np
 
 from fresnet.errors import FresnetError
-from fresnet.faces.detection import Detections
+from fresnet.faces.detection import Detections, largest_first
 from fresnet.faces.onnx_session import fixed, image_input, open_session
 
 Size = tuple[int, int]  # (width, height), InsightFace's convention for det_size
@@ -137,7 +137,7 @@ class SCRFD:
         keep = greedy_nms(boxes, scores, self.nms_thresh)
         boxes, scores, points = boxes[keep], scores[keep], points[keep]
         if 0 < max_num < len(scores):
-            pick = _largest(boxes, image.shape, metric)[:max_num]
+            pick = largest_first(boxes, image.shape, metric)[:max_num]
             boxes, scores, points = boxes[pick], scores[pick], points[pick]
         return Detections(boxes, scores, points)
 
@@ -239,19 +239,6 @@ def greedy_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.nd
         overlap = inter / (areas[best] + areas[rest] - inter)
         order = rest[overlap <= threshold]
     return np.asarray(keep, dtype=np.int64)
-
-
-def _largest(boxes: np.ndarray, shape: tuple, metric: str) -> np.ndarray:
-    """Box indices by decreasing area ('max'), or area minus twice the squared distance of the box
-    centre from the photo centre ('default'), ranked as InsightFace ranks them (argsort, reversed)."""
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    if metric == "max":
-        values = area
-    else:
-        centre_y, centre_x = shape[0] // 2, shape[1] // 2
-        offsets = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2 - centre_x, (boxes[:, 1] + boxes[:, 3]) / 2 - centre_y])
-        values = area - np.sum(np.power(offsets, 2.0), 0) * 2.0
-    return np.argsort(values)[::-1]
 
 
 def _letterbox(image: np.ndarray, size: Size) -> tuple[np.ndarray, float]:

@@ -135,8 +135,8 @@ class Verification:
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
         from fresnet.eval.embed import embed_images
-        from fresnet.eval.model_loader import TorchEmbedder
         from fresnet.eval.verification import verify
+        from fresnet.interop.model_loader import TorchEmbedder
         from fresnet.train import distributed as D
 
         results = {}
