@@ -59,7 +59,10 @@ def main() -> None:
             runs[name]()
             seconds[name].append(time.perf_counter() - start)
     mine, theirs = (statistics.median(seconds[name]) for name in ("fresnet", "opencv"))
-    print(f"YuNet on {len(images)} photos, {args.threads} threads, {args.rounds} rounds; same faces on {same}/{len(images)}")
+    print(
+        f"YuNet on {len(images)} photos, {args.threads} threads, {args.rounds} rounds; "
+        f"same faces on {same}/{len(images)}"
+    )
     print(f"cv2.FaceDetectorYN        {theirs * 1000:8.1f} ms per pass")
     print(f"fresnet faces.YuNet       {mine * 1000:8.1f} ms per pass")
     print(f"ratio (OpenCV / fresnet): {theirs / mine:.2f}x")

@@ -33,8 +33,11 @@ def greedy_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Te
     over = np.zeros((n, n), bool)
     for start in range(0, n, 512):  # rows in blocks: bounded memory
         rows = slice(start, start + 512)
-        w = torch.clamp(torch.minimum(b[rows, None, 2], b[None, :, 2]) - torch.maximum(b[rows, None, 0], b[None, :, 0]), min=0)
-        h = torch.clamp(torch.minimum(b[rows, None, 3], b[None, :, 3]) - torch.maximum(b[rows, None, 1], b[None, :, 1]), min=0)
+        w = torch.clamp(
+            torch.minimum(b[rows, None, 2], b[None, :, 2]) - torch.maximum(b[rows, None, 0], b[None, :, 0]), min=0
+        )
+        h = torch.minimum(b[rows, None, 3], b[None, :, 3]) - torch.maximum(b[rows, None, 1], b[None, :, 1])
+        h = torch.clamp(h, min=0)
         inter = w * h
         iou = inter / (area[rows, None] + area[None, :] - inter)
         over[rows] = ((iou > iou_threshold) & (groups[rows, None] == groups[None, :])).numpy()

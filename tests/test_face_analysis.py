@@ -29,7 +29,7 @@ class FakeDetector:
     def detect(self, image):
         self.calls += 1
         points = []
-        for x1, y1, x2, y2 in self.boxes:
+        for x1, y1, x2, _y2 in self.boxes:
             scale = (x2 - x1) / 112.0
             points.append(ARCFACE_DST * scale + [x1, y1])
         scores = np.linspace(0.99, 0.9, len(self.boxes)).astype(np.float32)
@@ -156,7 +156,9 @@ def test_no_face_is_an_empty_list_and_hundreds_are_fine():
     assert recognizer.batches == []
     grid = [[x, y, x + 20, y + 20] for x in range(0, 600, 24) for y in range(0, 300, 24)]  # 325 faces
     recognizer = FakeRecognizer()
-    faces = FaceAnalysis(detector=FakeDetector(grid), recognizer=recognizer, batch_size=64).get(_photo(5, (320, 640, 3)))
+    faces = FaceAnalysis(detector=FakeDetector(grid), recognizer=recognizer, batch_size=64).get(
+        _photo(5, (320, 640, 3))
+    )
     assert len(faces) == len(grid) and all(f.embedding is not None for f in faces)
     assert max(recognizer.batches) == 64
 

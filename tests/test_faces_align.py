@@ -109,7 +109,7 @@ def test_norm_crop_is_insightfaces_bit_for_bit(dtype):
     oracle = _insightface_face_align()
     rng = np.random.default_rng(7)
     img = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    for trial in range(12):
+    for _trial in range(12):
         forward = _similarity(rng.uniform(0.6, 4.0), rng.uniform(-0.6, 0.6), rng.uniform(0, 400), rng.uniform(0, 200))
         landmarks = (_apply(forward, ARCFACE_DST) + rng.normal(0, 1.5, (5, 2))).astype(dtype)
         for size in (112, 128, 224, 256):

@@ -95,7 +95,9 @@ def test_a_detector_graph_with_an_unexpected_layout_is_named(tmp_path):
     x = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 64, 64])
     outputs = [helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, [1, 3, 64, 64]) for i in range(4)]
     nodes = [helper.make_node("Identity", ["input.1"], [f"out{i}"]) for i in range(4)]
-    model = helper.make_model(helper.make_graph(nodes, "odd", [x], outputs), opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "odd", [x], outputs), opset_imports=[helper.make_opsetid("", 13)]
+    )
     path = tmp_path / "odd.onnx"
     onnx.save(model, path)
     with pytest.raises(FresnetError, match="Layout found") as info:

@@ -103,7 +103,9 @@ def test_compare_photos_with_a_preset_says_the_weights_are_random(photos, scrfd,
     out = capsys.readouterr().out
     assert "face detected" in out and "cosine similarity" in out
     verdict = out.splitlines()[-1]
-    assert verdict.startswith("verdict:") and "RANDOM weights" in verdict and "threshold 0.3: fresnet's default" in verdict
+    assert (
+        verdict.startswith("verdict:") and "RANDOM weights" in verdict and "threshold 0.3: fresnet's default" in verdict
+    )
     assert main(["compare", str(a), str(b), "--model", "r18", *TINY, *scrfd, "--threshold", "-1"]) == 0
     assert "same person" in capsys.readouterr().out
 

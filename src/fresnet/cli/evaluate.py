@@ -169,8 +169,10 @@ def _run_bins(args: argparse.Namespace, embedder, console) -> None:
     from fresnet.eval.plots import plot_roc
     from fresnet.ioutil import atomic_write_text
 
-    console.print(f"model: {escape(embedder.name)} ({embedder.kind}), input {embedder.input_size[0]}x{embedder.input_size[1]}, "
-                  f"flip-sum {'on' if args.flip else 'off'}")
+    console.print(
+        f"model: {escape(embedder.name)} ({embedder.kind}), input {embedder.input_size[0]}x{embedder.input_size[1]}, "
+        f"flip-sum {'on' if args.flip else 'off'}"
+    )
     from fresnet.eval.targets import target_names
 
     evaluations = []

@@ -204,7 +204,9 @@ def _rows_of(item, pipeline: _LazyPipeline, landmarks, index: int, max_num: int)
         raise FresnetError(f"{item.name}: a {w}x{h} face is not an aligned crop of the model's {mw}x{mh} input, and a "
                            "dataset's faces are not photos to detect faces in; use a model of that input size")
     faces, crops = pipeline.app.align(image, max_num=max_num)
-    return [Row(item.name, k, crop, face.bbox, face.det_score, face.kps) for k, (face, crop) in enumerate(zip(faces, crops))]
+    return [
+        Row(item.name, k, crop, face.bbox, face.det_score, face.kps) for k, (face, crop) in enumerate(zip(faces, crops))
+    ]
 
 
 def _inputs(paths: list[str]):
@@ -330,10 +332,12 @@ def run_embed(args: argparse.Namespace) -> int:
         _report_fast_path(embedder, console)
     _write_embeddings(output, fmt, emb, rows, names_path)
     photos = sum(1 for item in inputs if item.photo)
-    print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings of {len(inputs)} input(s) to {output}"
-                  + (f" (names: {names_path})" if fmt == ".npy" else "")
-                  + (f"; {photos - len({r.file for r in rows if r.face >= 0})} photo(s) without a face" if photos else ""),
-          file=sys.stderr)
+    print(
+        f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings of {len(inputs)} input(s) to {output}"
+        + (f" (names: {names_path})" if fmt == ".npy" else "")
+        + (f"; {photos - len({r.file for r in rows if r.face >= 0})} photo(s) without a face" if photos else ""),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -368,14 +372,18 @@ def _write_embeddings(output: Path, fmt: str, emb: np.ndarray, rows: list[Row], 
             np.savez(handle, embeddings=emb, **columns)
     else:
         pa = _pyarrow()
-        table = pa.table({
-            "file": pa.array(columns["files"].tolist()),
-            "face": pa.array(columns["face"]),
-            "box": pa.array(columns["boxes"].tolist(), type=pa.list_(pa.float32(), 4)),
-            "score": pa.array(columns["scores"]),
-            "landmarks": pa.array(columns["landmarks"].reshape(len(rows), 10).tolist(), type=pa.list_(pa.float32(), 10)),
-            "embedding": pa.array(emb.tolist(), type=pa.list_(pa.float32(), emb.shape[1])),
-        })
+        table = pa.table(
+            {
+                "file": pa.array(columns["files"].tolist()),
+                "face": pa.array(columns["face"]),
+                "box": pa.array(columns["boxes"].tolist(), type=pa.list_(pa.float32(), 4)),
+                "score": pa.array(columns["scores"]),
+                "landmarks": pa.array(
+                    columns["landmarks"].reshape(len(rows), 10).tolist(), type=pa.list_(pa.float32(), 10)
+                ),
+                "embedding": pa.array(emb.tolist(), type=pa.list_(pa.float32(), emb.shape[1])),
+            }
+        )
         with atomic_write(output, "wb") as handle:
             pa.parquet.write_table(table, handle)
 
@@ -414,8 +422,12 @@ def run_compare(args: argparse.Namespace) -> int:
     limit = args.threshold if given else DEFAULT_THRESHOLD
     source = "given with --threshold" if given else THRESHOLD_SOURCE
     for row in rows:
-        how = "an aligned crop, used as it is" if row.face < 0 and np.isnan(row.score) and np.isnan(row.landmarks).all() \
-            else ("aligned with the given landmarks" if row.face < 0 else f"face detected (score {row.score:.3f}), aligned")
+        if row.face < 0 and np.isnan(row.score) and np.isnan(row.landmarks).all():
+            how = "an aligned crop, used as it is"
+        elif row.face < 0:
+            how = "aligned with the given landmarks"
+        else:
+            how = f"face detected (score {row.score:.3f}), aligned"
         print(f"{row.file}: {how}")
     print(f"cosine similarity: {cosine:.4f}")
     print(f"squared L2 distance: {2 - 2 * cosine:.4f}")

@@ -84,7 +84,9 @@ def crop_geometry(image_size: int) -> tuple[float, float]:
     if image_size % 128 == 0:
         ratio = image_size / 128.0
         return ratio, 8.0 * ratio
-    raise FresnetError(f"aligned crop size must be a multiple of 112 or 128 (InsightFace's templates), got {image_size}")
+    raise FresnetError(
+        f"aligned crop size must be a multiple of 112 or 128 (InsightFace's templates), got {image_size}"
+    )
 
 
 def _landmark_points(landmarks: np.ndarray) -> np.ndarray:

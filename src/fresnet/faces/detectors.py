@@ -35,7 +35,9 @@ def _is_yunet(path: str) -> bool:
     try:
         graph = onnx.load(path, load_external_data=False).graph
     except Exception as exc:
-        raise FresnetError(f"{path}: not a readable ONNX detector graph ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise FresnetError(
+            f"{path}: not a readable ONNX detector graph ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     names = {o.name.split("_")[0] for o in graph.output}
     return {"cls", "obj", "bbox", "kps"} <= names
 
@@ -70,7 +72,9 @@ def create_detector(spec: Any = "mtcnn", det_size: Sequence[int] | None = None, 
             "zoo (det_10g.onnx, ...; non-commercial research licence, so none is bundled), or use 'mtcnn' or 'yunet'"
         )
     elif not os.path.isfile(spec):
-        raise FresnetError(f"detector {spec!r}: neither a name ({', '.join(DETECTOR_NAMES)}) nor an existing .onnx file")
+        raise FresnetError(
+            f"detector {spec!r}: neither a name ({', '.join(DETECTOR_NAMES)}) nor an existing .onnx file"
+        )
     if name == "yunet" or _is_yunet(spec):
         from fresnet.faces.yunet import YuNet
 

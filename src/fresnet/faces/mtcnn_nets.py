@@ -16,7 +16,8 @@ from fresnet.errors import FresnetError
 
 
 class PNet(nn.Module):
-    """Proposal net: fully convolutional, 12x12 windows at stride 2. ``(N,3,H,W) -> (reg (N,4,h,w), prob (N,2,h,w))``."""
+    """Proposal net: fully convolutional, 12x12 windows at stride 2.
+    ``(N,3,H,W) -> (reg (N,4,h,w), prob (N,2,h,w))``."""
 
     def __init__(self) -> None:
         super().__init__()

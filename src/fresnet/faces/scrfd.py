@@ -272,8 +272,10 @@ def _layout_of(outputs: list, path: str) -> OutputLayout:
             kind, width = layout.groups[index // n]
             last = fixed(output.shape[-1])
             if last is not None and last != width:
-                problem = (f"output {index} {output.name!r} is {kind} of stride {layout.strides[index % n]} by position "
-                           f"and should end in {width}, not {last}")
+                problem = (
+                    f"output {index} {output.name!r} is {kind} of stride {layout.strides[index % n]} by position "
+                    f"and should end in {width}, not {last}"
+                )
                 break
     if problem:
         raise FresnetError(f"{path}: not an SCRFD/RetinaFace detector graph of InsightFace's model zoo: {problem}. "

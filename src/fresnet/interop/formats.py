@@ -119,7 +119,9 @@ def detect_source(path: str | os.PathLike, epoch: Optional[int] = None) -> Model
                            f"{RUN_MODEL} once its first checkpoint is written)")
     kind = _by_suffix(path)
     if kind is Kind.ONNX:
-        raise FresnetError(f"{path}: ONNX is an export-only format here; convert from the .safetensors, .pth or MXNet files")
+        raise FresnetError(
+            f"{path}: ONNX is an export-only format here; convert from the .safetensors, .pth or MXNet files"
+        )
     content = sniff(path) if os.path.isfile(path) else None
     kind = content or kind  # the bytes decide where they say something
     if kind is None:

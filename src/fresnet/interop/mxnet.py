@@ -201,7 +201,9 @@ def _check_prefix_is_free(symbol_path: Path, params_path: Path, text: str, overw
         return
     base = symbol_path.name[: -len("-symbol.json")]
     pattern = f"{base}-[0-9][0-9][0-9][0-9].params"
-    epochs = sorted(p.name[len(base) + 1: -len(".params")] for p in symbol_path.parent.glob(pattern) if p != params_path)
+    epochs = sorted(
+        p.name[len(base) + 1 : -len(".params")] for p in symbol_path.parent.glob(pattern) if p != params_path
+    )
     if epochs:
         raise FresnetError(
             f"{symbol_path} describes another network, and epochs {', '.join(epochs[:6])} use it; writing this "

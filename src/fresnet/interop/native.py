@@ -157,12 +157,16 @@ def load_safetensors(path: PathLike, device: Union[str, torch.device] = "cpu"):
             keys = list(handle.keys())
             stored = sum(product(handle.get_slice(key).get_shape()) for key in keys)
         except Exception as exc:
-            raise FresnetError(f"{path}: the tensor index cannot be read ({_first_line(exc)}); the file is corrupt") from None
+            raise FresnetError(
+                f"{path}: the tensor index cannot be read ({_first_line(exc)}); the file is corrupt"
+            ) from None
         check_declared_size(config, stored, path)
         try:
             tensors = {key: handle.get_tensor(key) for key in keys}
         except Exception as exc:
-            raise FresnetError(f"{path}: the tensor data cannot be read ({_first_line(exc)}); the file is corrupt") from None
+            raise FresnetError(
+                f"{path}: the tensor data cannot be read ({_first_line(exc)}); the file is corrupt"
+            ) from None
     model = FResNet(config)
     load_checked(model, tensors, path)
     return model.to(device).eval()

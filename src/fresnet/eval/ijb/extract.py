@@ -83,7 +83,9 @@ class LooseCropBatches:
         batch = {"start": start, "count": stop - start}
         if self.align:  # on the CPU, OpenCV itself (the torch copy is 37x slower there; it serves the GPU)
             size = (IJB_CROP_SIZE, IJB_CROP_SIZE)
-            batch["faces"] = torch.from_numpy(np.stack([warp_affine_opencv(p, m, size) for p, m in zip(pictures, matrices.numpy())]))
+            batch["faces"] = torch.from_numpy(
+                np.stack([warp_affine_opencv(p, m, size) for p, m in zip(pictures, matrices.numpy())])
+            )
         else:
             pixels, offsets, shapes = pixel_batch(pictures)
             batch.update(pixels=pixels, offsets=offsets, shapes=shapes, matrices=matrices)
@@ -282,7 +284,8 @@ def extract_features(
         raise FresnetError(f"{embedder.name} takes {size[0]}x{size[1]} images; IJB alignment makes 112x112 faces")
     if batch_size < 1:
         raise FresnetError(f"batch size must be >= 1, got {batch_size}")
-    device = torch.device(getattr(embedder, "device", "cpu") if isinstance(getattr(embedder, "model", None), torch.nn.Module) else "cpu")
+    runs_torch = isinstance(getattr(embedder, "model", None), torch.nn.Module)
+    device = torch.device(getattr(embedder, "device", "cpu") if runs_torch else "cpu")
     from fresnet.interop.model_loader import model_identity
 
     identity = {"model": model, **model_identity(embedder), "flip": bool(flip),
