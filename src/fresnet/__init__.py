@@ -28,6 +28,9 @@ _EXPORTS = {
     "export_onnx": "fresnet.interop.onnx_export",
     # speed
     "optimize_for_inference": "fresnet.inference.fast",
+    # 1:N search
+    "Gallery": "fresnet.gallery.gallery",
+    "EmbeddingContract": "fresnet.gallery.contract",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, extra=["__version__"])
