@@ -30,6 +30,7 @@ COMMANDS = {
     "embed": "fresnet.cli.evaluate",
     "compare": "fresnet.cli.evaluate",
     "demo": "fresnet.cli.demo",
+    "gallery": "fresnet.cli.gallery",
 }
 
 

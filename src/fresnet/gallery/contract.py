@@ -75,3 +75,15 @@ def file_digest(path: Union[str, Path], chunk: int = 1 << 20) -> str:
                 break
             digest.update(block)
     return f"sha256:{digest.hexdigest()}"
+
+
+def model_digest(spec: str) -> str:
+    """The digest a model is known by: ``sha256:<hex>`` of its weights file (an MXNet ``prefix,epoch``
+    names its ``-NNNN.params``), or ``preset:<name>`` for a preset's seeded random weights."""
+    path = Path(spec)
+    if path.is_file():
+        return file_digest(path)
+    prefix, _, epoch = spec.rpartition(",")
+    if prefix and epoch.isdigit() and Path(f"{prefix}-{int(epoch):04d}.params").is_file():
+        return file_digest(f"{prefix}-{int(epoch):04d}.params")
+    return f"preset:{spec}"
