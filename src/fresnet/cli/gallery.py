@@ -94,7 +94,7 @@ def _open(path: str, create: bool = False, contract=None):
 def _pipeline(args):
     if not args.model:
         raise FresnetError("photos need --model (the recognition model) and optionally --detector")
-    from fresnet.gallery.photos import build_pipeline
+    from fresnet.gallery.real_pipeline import build_pipeline
 
     return build_pipeline(args.model, args.detector)
 

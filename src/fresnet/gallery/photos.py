@@ -3,7 +3,7 @@ need from a face pipeline, and the checks on uploaded image bytes.
 
 A :class:`FacePipeline` finds faces (box, five landmarks, score, the aligned crop) and embeds
 aligned crops in batches -- two steps, so the service can batch the crops of many requests into
-one recogniser call. :func:`build_pipeline` makes the real one from fresnet's detectors and a
+one recogniser call. :func:`fresnet.gallery.real_pipeline.build_pipeline` makes the real one from fresnet's detectors and a
 recognition model; tests inject a fake.
 """
 from __future__ import annotations
@@ -89,9 +89,3 @@ def embed_faces(pipeline: FacePipeline, faces: Sequence[LocatedFace]) -> np.ndar
         return np.zeros((0, pipeline.contract.embedding_size), np.float32)
     return pipeline.embed(np.stack([face.crop for face in faces]))
 
-
-def build_pipeline(model: str, detector: str = "mtcnn", **options: Any) -> FacePipeline:
-    """The real pipeline: one of fresnet's detectors, ArcFace 5-point alignment, ``model``'s embeddings."""
-    from fresnet.gallery.real_pipeline import RealPipeline
-
-    return RealPipeline.build(model, detector, **options)

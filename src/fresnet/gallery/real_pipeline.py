@@ -35,3 +35,8 @@ class RealPipeline:
     @classmethod
     def build(cls, model: str, detector: str = "mtcnn", **options: Any) -> "RealPipeline":
         raise FresnetError("the photo pipeline (fresnet.faces detectors) is not part of this build yet")
+
+
+def build_pipeline(model: str, detector: str = "mtcnn", **options: Any) -> RealPipeline:
+    """The real pipeline: one of fresnet's detectors, ArcFace 5-point alignment, ``model``'s embeddings."""
+    return RealPipeline.build(model, detector, **options)
