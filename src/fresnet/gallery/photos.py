@@ -3,14 +3,14 @@ need from a face pipeline, and the checks on uploaded image bytes.
 
 A :class:`FacePipeline` finds faces (box, five landmarks, score, the aligned crop) and embeds
 aligned crops in batches -- two steps, so the service can batch the crops of many requests into
-one recogniser call. :func:`fresnet.gallery.real_pipeline.build_pipeline` makes the real one from fresnet's detectors and a
-recognition model; tests inject a fake.
+one recogniser call. :func:`fresnet.gallery.real_pipeline.build_pipeline` makes the real one from
+fresnet's detectors and a recognition model; tests inject a fake.
 """
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
