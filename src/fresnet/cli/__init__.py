@@ -31,6 +31,7 @@ COMMANDS = {
     "compare": "fresnet.cli.evaluate",
     "demo": "fresnet.cli.demo",
     "gallery": "fresnet.cli.gallery",
+    "serve": "fresnet.cli.serve",
 }
 
 

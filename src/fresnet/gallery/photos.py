@@ -18,7 +18,7 @@ from fresnet.errors import FresnetError
 from fresnet.gallery.contract import EmbeddingContract
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LocatedFace:
     """A face found in a photo: box ``x1, y1, x2, y2``, landmarks ``(5, 2)``, detector score, and
     the aligned crop ``(H, W, 3)`` uint8 RGB the recogniser takes."""
