@@ -251,7 +251,7 @@ def bench_extraction(args) -> dict:
 
     from fresnet.eval.ijb.extract import LooseCropBatches, aligned_faces, embed_faces, extract_features
     from fresnet.eval.ijb.layout import read_meta
-    from fresnet.eval.model_loader import load_any
+    from fresnet.interop.model_loader import load_any
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

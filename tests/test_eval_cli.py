@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import reference_path
 from fresnet.cli import main
-from fresnet.eval.align import ARCFACE_DST
+from fresnet.faces.align import ARCFACE_DST
 
 TINY = ["--set", "units=[1,1,1,1]", "--set", "input_size=32x32", "--set", "emb_size=16"]
 

@@ -9,11 +9,11 @@ import torch
 
 from fresnet.cli import main
 from fresnet.errors import FresnetError
-from fresnet.eval.align import align_ijb_face
+from fresnet.faces.align import align_ijb_face
 from fresnet.eval.ijb.extract import extract_features
 from fresnet.eval.ijb.layout import read_meta
 from fresnet.eval.ijb.synthetic import write_synthetic_ijb
-from fresnet.eval.model_loader import TorchEmbedder
+from fresnet.interop.model_loader import TorchEmbedder
 
 TINY = ["--set", "units=[1,1,1,1]", "--set", "filter_list=[8,8,8,8,8]", "--set", "emb_size=16"]
 

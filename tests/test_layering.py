@@ -7,8 +7,8 @@ Layers, top to bottom (docs/architecture.md says what each holds):
     cli         the ``fresnet ...`` command line
     demo        ``fresnet demo``: the whole package end to end
     train       margin losses, Partial FC, DDP, the training loop
-    eval        verification protocol, ROC, embeddings, the any-format model loader
-    interop     MXNet, arcface_torch, safetensors and ONNX files
+    eval        verification protocol, ROC, embeddings
+    interop     MXNet, arcface_torch, safetensors and ONNX files, the any-format model loader
     inference   the fast path: BatchNorm folding, mixed precision, optimize_for_inference
     inspection  summary and viz
     network     the network definition: config, presets, layers, units, heads, model, initialization

@@ -7,7 +7,7 @@ import torch
 
 import fresnet
 from fresnet.errors import FresnetError
-from fresnet.eval.model_loader import detect_kind, load_any
+from fresnet.interop.model_loader import detect_kind, load_any
 
 TINY = {"units": [1, 1, 1, 1], "input_size": (32, 32), "emb_size": 16}
 

@@ -26,6 +26,9 @@ _EXPORTS = {
     "load": "fresnet.interop.formats",
     "save": "fresnet.interop.native",
     "export_onnx": "fresnet.interop.onnx_export",
+    # photos in, faces out
+    "FaceAnalysis": "fresnet.faces.analysis",
+    "Face": "fresnet.faces.face",
     # speed
     "optimize_for_inference": "fresnet.inference.fast",
     # 1:N search

@@ -1,7 +1,7 @@
 """``fresnet eval``, ``fresnet embed`` and ``fresnet compare``.
 
 MODEL everywhere is a preset name (random weights), a ``.safetensors``/``.pth``/``.onnx`` file, or an
-MXNet prefix (``prefix,epoch``): see :func:`fresnet.eval.model_loader.load_any`.
+MXNet prefix (``prefix,epoch``): see :func:`fresnet.interop.model_loader.load_any`.
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _embedder(args: argparse.Namespace):
     from fresnet.network.config import parse_assignments
-    from fresnet.eval.model_loader import load_any
+    from fresnet.interop.model_loader import load_any
 
     device = args.device
     if device == "auto":
@@ -219,7 +219,7 @@ def _run_bins(args: argparse.Namespace, embedder, console) -> None:
 def _load_landmarks(args, names):
     if not args.landmarks:
         return None
-    from fresnet.eval.align import check_landmarks_cover, read_landmarks
+    from fresnet.faces.align import check_landmarks_cover, read_landmarks
 
     table = read_landmarks(args.landmarks)
     check_landmarks_cover(table, names, args.landmarks)

@@ -142,7 +142,7 @@ def network_plot(state: DemoState) -> str:
 def eval_untrained(state: DemoState) -> str:
     import torch
 
-    from fresnet.eval.model_loader import load_any
+    from fresnet.interop.model_loader import load_any
     from fresnet.network.model import FResNet
 
     with torch.random.fork_rng(devices=[]):
@@ -218,7 +218,7 @@ def training_plot(state: DemoState) -> None:
 
 
 def eval_trained(state: DemoState) -> str:
-    from fresnet.eval.model_loader import load_any
+    from fresnet.interop.model_loader import load_any
 
     embedder = load_any(state.train_result.model_path)  # read back from disk: the saved file is what counts
     state.trained_embedder = embedder
@@ -244,7 +244,7 @@ def roc_plots(state: DemoState) -> None:
 
 
 def export(state: DemoState) -> str:
-    from fresnet.eval.model_loader import load_any
+    from fresnet.interop.model_loader import load_any
     from fresnet.interop.onnx_export import export_onnx, verify_onnx
 
     model = state.trained_embedder.model

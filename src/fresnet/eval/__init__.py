@@ -17,14 +17,14 @@ _EXPORTS = {
     "roc_from_distances": "fresnet.eval.roc",
     "FAR_TARGETS": "fresnet.eval.roc",
     "plot_roc": "fresnet.eval.plots",
-    "load_any": "fresnet.eval.model_loader",
-    "Embedder": "fresnet.eval.model_loader",
+    "load_any": "fresnet.interop.model_loader",
+    "Embedder": "fresnet.interop.model_loader",
     "embed_images": "fresnet.eval.embed",
     "evaluate_bin": "fresnet.eval.embed",
-    "ARCFACE_DST": "fresnet.eval.align",
-    "estimate_norm": "fresnet.eval.align",
-    "norm_crop": "fresnet.eval.align",
-    "umeyama": "fresnet.eval.align",
+    "ARCFACE_DST": "fresnet.faces.align",
+    "estimate_norm": "fresnet.faces.align",
+    "norm_crop": "fresnet.faces.align",
+    "umeyama": "fresnet.faces.align",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

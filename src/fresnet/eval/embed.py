@@ -206,7 +206,7 @@ def prepare_image(image: np.ndarray, input_size: tuple[int, int], landmarks: Opt
 
     h, w = int(input_size[0]), int(input_size[1])
     if landmarks is not None:
-        from fresnet.eval.align import norm_crop
+        from fresnet.faces.align import norm_crop
 
         if h != w:
             raise FresnetError(f"alignment makes square crops; the model takes {h}x{w} input")
@@ -225,7 +225,7 @@ def embed_inputs(
     progress: Progress = None,
 ) -> np.ndarray:
     """Normalised embeddings of named inputs, decoded, aligned/resized and embedded a batch at a time."""
-    from fresnet.eval.align import landmarks_for
+    from fresnet.faces.align import landmarks_for
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise FresnetError(f"batch size must be an integer >= 1, got {batch_size!r}")

@@ -42,3 +42,17 @@ class Detector(Protocol):
     name: str
 
     def detect(self, image: np.ndarray) -> Detections: ...
+
+
+def largest_first(boxes: np.ndarray, shape: tuple, metric: str = "default") -> np.ndarray:
+    """Box indices by decreasing area ('max'), or area minus twice the squared distance of the box
+    centre from the photo centre ('default'), ranked as InsightFace's ``max_num`` ranks them
+    (argsort, reversed)."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if metric == "max":
+        values = area
+    else:
+        centre_y, centre_x = shape[0] // 2, shape[1] // 2
+        offsets = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2 - centre_x, (boxes[:, 1] + boxes[:, 3]) / 2 - centre_y])
+        values = area - np.sum(np.power(offsets, 2.0), 0) * 2.0
+    return np.argsort(values)[::-1]

@@ -230,7 +230,7 @@ def read_faces(paths: IJBPaths) -> FaceTable:
         if count == 10:
             landmarks[chosen] = points
         else:
-            from fresnet.eval.align import landmarks_68_to_5
+            from fresnet.faces.align import landmarks_68_to_5
 
             landmarks[chosen] = np.stack([landmarks_68_to_5(p) for p in points])
     faceness = [row[-1] for row in rows]

@@ -162,7 +162,7 @@ def synthetic_ijb(faces: int, target: str = "IJBC", seed: int = 0) -> SyntheticI
     angle = rng.uniform(-0.3, 0.3, sizes.faces)
     side = np.ceil(112 * scale * rng.uniform(1.25, 1.6, sizes.faces))
     crops = np.stack([side, side, scale, angle], 1)
-    from fresnet.eval.align import ARCFACE_DST
+    from fresnet.faces.align import ARCFACE_DST
 
     centre = side[:, None] / 2 + rng.uniform(-0.08, 0.08, (sizes.faces, 2)) * side[:, None]
     cos, sin = np.cos(angle), np.sin(angle)
@@ -253,7 +253,7 @@ def render_loose_crops(ijb: SyntheticIJB, faces: np.ndarray) -> list[bytes]:
         landmarks = ijb.landmarks[face].astype(np.float64)
         # the similarity from the 112 face to the crop, fitted to the (rounded) landmarks, inverted
         # for PIL, whose affine maps output to input in pixel-corner coordinates
-        from fresnet.eval.align import ARCFACE_DST, umeyama
+        from fresnet.faces.align import ARCFACE_DST, umeyama
 
         forward = umeyama(ARCFACE_DST, landmarks)
         inverse = np.linalg.inv(forward)

@@ -1,0 +1,151 @@
+"""Photos in, identities out: detect -> align -> embed, as InsightFace's ``FaceAnalysis`` and its
+MXNet deploy code do it, with every face of every photo of a call embedded in batches.
+
+    >>> app = fresnet.FaceAnalysis(recognizer="model.safetensors")
+    >>> faces = app.get("group.jpg")            # list[Face], best detector score first
+    >>> faces[0].normed_embedding @ faces[1].normed_embedding
+
+The detector finds boxes and five landmarks; :func:`fresnet.faces.align.norm_crop` warps each face
+onto InsightFace's template at the recogniser's input size (bit for bit InsightFace's crop); the
+recogniser embeds all crops a batch at a time. ``flip=True`` is the MXNet deploy semantics: the
+embedding is ``emb(crop) + emb(mirror)`` and ``normed_embedding`` its L2-normalised form.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from fresnet.errors import FresnetError
+from fresnet.faces.face import Face
+from fresnet.faces.photo import Photo, load_photo
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class FaceAnalysis:
+    """Detect, align and embed the faces of photographs.
+
+    Args:
+        detector: 'mtcnn' (the default: embedded, PyTorch, no ONNX needed), 'yunet', a path to an
+            SCRFD/RetinaFace/YuNet ``.onnx``, or any object with ``detect(rgb) -> Detections``.
+        recognizer: anything ``fresnet eval`` loads (a preset name -- random weights --, a fresnet
+            model, ``.safetensors``, an MXNet checkpoint, an arcface_torch ``.pth``), an ``.onnx``
+            recogniser (fresnet exports, InsightFace model-zoo graphs, SFace), or an object with
+            ``input_size`` and ``embed(crops)``. None: detection and alignment only.
+        flip: embed each face and its mirror and sum them (InsightFace MXNet deploy's ``flip``).
+        det_size: an ONNX detector's input ``(width, height)`` (default 640x640; MTCNN ignores it).
+        det_thresh: the detector's score threshold (default: the detector's own).
+        device: 'cpu', 'cuda' or 'auto'.
+        fast: run a PyTorch recogniser through ``optimize_for_inference`` (bf16/int8 where its
+            calibration on the first batch keeps the embeddings; docs/performance.md).
+        batch_size: faces per recogniser call; faces of several photos share a batch.
+        keep_crops: keep each face's aligned crop on ``Face.crop``.
+    """
+
+    def __init__(self, detector: Any = "mtcnn", recognizer: Any = None, flip: bool = False,
+                 det_size: Optional[Sequence[int]] = None, det_thresh: Optional[float] = None,
+                 device: str = "cpu", fast: bool = True, batch_size: int = 64, keep_crops: bool = False):
+        from fresnet.faces.detectors import create_detector
+        from fresnet.faces.recognition import check_input_size, create_recognizer
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise FresnetError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.device = _device(device)
+        self.detector = create_detector(detector, det_size=det_size, det_thresh=det_thresh, device=self.device)
+        self.recognizer = None if recognizer is None else create_recognizer(recognizer, device=self.device, fast=fast)
+        self.crop_size = 112 if self.recognizer is None else check_input_size(self.recognizer)
+        self.flip = bool(flip)
+        self.batch_size = batch_size
+        self.keep_crops = keep_crops
+
+    def get(self, image: Photo, max_num: int = 0, bgr: bool = False) -> list[Face]:
+        """The faces of one photo (a path, a PIL image or an RGB array; ``bgr=True`` for OpenCV's
+        arrays), best detector score first; ``max_num > 0`` keeps the largest, most central ones."""
+        return self.get_many([image], max_num=max_num, bgr=bgr)[0]
+
+    def get_many(self, images: Iterable[Photo], max_num: int = 0, bgr: bool = False,
+                 progress: Optional[Callable[[int], None]] = None) -> list[list[Face]]:
+        """The faces of each photo, one list per photo; all faces are embedded together in batches
+        of ``batch_size``. ``progress`` is called with 1 after each photo is detected."""
+        if isinstance(max_num, bool) or not isinstance(max_num, int) or max_num < 0:
+            raise FresnetError(f"max_num must be an integer >= 0 (0 keeps every face), got {max_num!r}")
+        results: list[list[Face]] = []
+        pending_faces: list[Face] = []
+        pending_crops: list[np.ndarray] = []
+        for image in images:
+            faces, crops = self._detect_and_align(image, max_num, bgr)
+            results.append(faces)
+            pending_faces.extend(faces)
+            pending_crops.extend(crops)
+            while len(pending_crops) >= self.batch_size:  # memory stays bounded by one batch of crops
+                self._embed(pending_faces[:self.batch_size], pending_crops[:self.batch_size])
+                del pending_faces[:self.batch_size], pending_crops[:self.batch_size]
+            if progress is not None:
+                progress(1)
+        if pending_crops:
+            self._embed(pending_faces, pending_crops)
+        return results
+
+    def detect(self, image: Photo, max_num: int = 0, bgr: bool = False):
+        """The detector's :class:`Detections` for one photo (after ``max_num``), nothing embedded."""
+        return self._detections(load_photo(image, bgr=bgr), max_num)
+
+    def _detections(self, rgb: np.ndarray, max_num: int):
+        import inspect
+
+        from fresnet.faces.detection import Detections, largest_first
+
+        detect = self.detector.detect
+        if max_num and "max_num" in inspect.signature(detect).parameters:
+            return detect(rgb, max_num=max_num)
+        found = detect(rgb)
+        if not isinstance(found, Detections):
+            raise FresnetError(f"detector {getattr(self.detector, 'name', self.detector)!r} returned "
+                               f"{type(found).__name__}, not Detections")
+        if 0 < max_num < len(found):
+            pick = largest_first(found.boxes, rgb.shape, "default")[:max_num]
+            found = Detections(found.boxes[pick], found.scores[pick], found.landmarks[pick])
+        return found
+
+    def _detect_and_align(self, image: Photo, max_num: int, bgr: bool) -> tuple[list[Face], list[np.ndarray]]:
+        from fresnet.faces.align import norm_crop
+
+        rgb = load_photo(image, bgr=bgr)
+        found = self._detections(rgb, max_num)
+        faces, crops = [], []
+        for box, score, points in zip(found.boxes, found.scores, found.landmarks):
+            crop = norm_crop(rgb, points, self.crop_size) if (self.recognizer is not None or self.keep_crops) else None
+            faces.append(Face(bbox=np.asarray(box, np.float32), kps=np.asarray(points, np.float32),
+                              det_score=float(score), crop=crop if self.keep_crops else None))
+            if self.recognizer is not None:
+                crops.append(crop)
+        return faces, crops
+
+    def embed_crops(self, crops: np.ndarray) -> np.ndarray:
+        """Raw embeddings of aligned crops ``(N, S, S, 3)`` uint8 RGB (flip-summed with ``flip``)."""
+        if self.recognizer is None:
+            raise FresnetError("this FaceAnalysis has no recogniser; pass recognizer=... to embed faces")
+        crops = np.ascontiguousarray(crops, dtype=np.uint8)
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            batch = crops[start:start + self.batch_size]
+            emb = np.asarray(self.recognizer.embed(batch), dtype=np.float32)
+            if self.flip:
+                emb = emb + np.asarray(self.recognizer.embed(np.ascontiguousarray(batch[:, :, ::-1])), dtype=np.float32)
+            out.append(emb)
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def _embed(self, faces: list[Face], crops: list[np.ndarray]) -> None:
+        if self.recognizer is None or not faces:
+            return
+        embeddings = self.embed_crops(np.stack(crops))
+        for face, embedding in zip(faces, embeddings):
+            face.embedding = embedding

@@ -1,0 +1,59 @@
+"""Open an ONNX graph in onnxruntime for a face model, with errors that name the file.
+
+The detectors and recognisers of InsightFace's model zoo are plain ONNX files; this module is the one
+place that turns a path into an ``InferenceSession`` (quietly: int8 graphs exported by old
+converters list their initializers as inputs, and onnxruntime warns about each) and finds the image
+input among the graph's inputs.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from fresnet.errors import FresnetError
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def open_session(path: str | os.PathLike, providers: Sequence | None = None, what: str = "ONNX model",
+                 graph=None):
+    """An ``onnxruntime.InferenceSession`` for ``path`` (CPU unless ``providers`` says otherwise).
+
+    ``graph``, an ``onnx.ModelProto`` read from ``path`` and edited (e.g. its input size fixed), is
+    run instead of the file's bytes; ``path`` then names it in errors.
+    """
+    import onnxruntime as ort
+
+    file = Path(path)
+    if graph is None and not file.is_file():
+        raise FresnetError(f"no such {what}: {file}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try:
+        source = os.fspath(file) if graph is None else graph.SerializeToString()
+        return ort.InferenceSession(source, options, providers=list(providers or DEFAULT_PROVIDERS))
+    except Exception as exc:  # noqa: BLE001 (onnxruntime raises its own exception types)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FresnetError(f"{file}: onnxruntime cannot load this {what}: {first}") from None
+
+
+def image_input(session, path: str | os.PathLike, what: str = "ONNX model"):
+    """The graph's image input: the first input that is not also an initializer.
+
+    Graphs converted from MXNet (SFace) list every weight as an input too; onnxruntime reports those
+    after the data input, so the first input is the image, but only a 4-D one is accepted.
+    """
+    inputs = session.get_inputs()
+    if not inputs:
+        raise FresnetError(f"{path}: the {what} has no input")
+    first = inputs[0]
+    if len(first.shape) != 4:
+        raise FresnetError(f"{path}: the {what}'s input {first.name!r} has shape {list(first.shape)}; "
+                           "expected an NCHW image batch (N, 3, H, W)")
+    return first
+
+
+def fixed(dim) -> int | None:
+    """A dimension of an onnxruntime shape as an int, or None when it is symbolic or unknown."""
+    return int(dim) if isinstance(dim, int) and dim > 0 else None
