@@ -13,8 +13,6 @@ from pathlib import Path
 from fresnet.cli import args as A
 from fresnet.errors import FresnetError
 
-DETECTORS = ("mtcnn", "scrfd", "yunet")
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def model_args(q, required=False):
         q.add_argument("--model", required=required, help="recognition model (preset, .safetensors, .onnx, ...)")
-        q.add_argument("--detector", choices=DETECTORS, default="mtcnn", help="face detector (default mtcnn)")
+        q.add_argument("--detector", default="mtcnn",
+                       help="face detector: mtcnn (default), yunet, or an SCRFD/RetinaFace/YuNet .onnx file")
 
     q = actions.add_parser("create", help="create an empty gallery bound to a model (the embedding contract)")
     gallery_arg(q)
@@ -100,10 +99,10 @@ def _pipeline(args):
 
 
 def _photo_faces(pipeline, path: str):
-    from fresnet.data.decode import read_file_bytes
-    from fresnet.gallery.photos import decode_photo, embed_faces
+    from fresnet.faces.photo import read_photo
+    from fresnet.gallery.photos import embed_faces
 
-    image = decode_photo(read_file_bytes(path), path)
+    image = read_photo(path)
     faces = pipeline.locate(image)
     return faces, embed_faces(pipeline, faces)
 
@@ -247,7 +246,7 @@ def run_calibrate(args) -> int:
             if digest is not None and given != digest:
                 raise FresnetError(f"--model {args.model} ({given}) is not the gallery's model ({digest}); a "
                                    "threshold only holds for the model that computed the scores")
-            from fresnet.eval.model_loader import load_any
+            from fresnet.interop.model_loader import load_any
 
             embedder = load_any(args.model)
             result = calibrate.calibrate_verification_pack(embedder, args.pack, args.fmr, flip=args.flip,

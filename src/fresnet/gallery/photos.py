@@ -72,12 +72,18 @@ def decode_photo(data: bytes, where: str) -> np.ndarray:
     if width * height > cap:
         raise ImageRefused(f"{where}: a {width}x{height} image is above the limit of {cap:,} pixels "
                            "(max_image_pixels)", "too_large")
-    from fresnet.data.decode import decode_image
+    from PIL import Image
+
+    from fresnet.faces.photo import load_photo
 
     try:
-        return decode_image(data, where)
+        with Image.open(io.BytesIO(data)) as opened:
+            return load_photo(opened, where=where)  # upright by EXIF, every mode to RGB
     except FresnetError as exc:
         raise ImageRefused(str(exc), "not_image") from None
+    except Exception as exc:  # truncated or corrupt data surface while decoding
+        raise ImageRefused(f"{where}: cannot decode the image ({type(exc).__name__}); the upload is damaged or not "
+                           "an image", "not_image") from None
 
 
 def largest(faces: Sequence[LocatedFace]) -> Optional[LocatedFace]:

@@ -1,42 +1,68 @@
-"""The real :class:`~fresnet.gallery.photos.FacePipeline`: a fresnet detector, ArcFace five-point
-alignment (InsightFace's ``norm_crop``), and a recogniser's embeddings, L2-normalised."""
+"""The real :class:`~fresnet.gallery.photos.FacePipeline`: :class:`fresnet.faces.analysis.FaceAnalysis`
+(a fresnet detector, InsightFace's ``norm_crop``, a recogniser) split into its two steps, and the
+embedding contract that names what it computes."""
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+from typing import Any, Optional
 
 import numpy as np
 
-from fresnet.errors import FresnetError
-from fresnet.gallery.contract import EmbeddingContract
+from fresnet.gallery.contract import EmbeddingContract, model_digest
 from fresnet.gallery.photos import LocatedFace
 
 
-class RealPipeline:
-    """``detector.detect(rgb) -> Detections``; ``recognizer.embed(crops (N, H, W, 3) uint8) -> (N, D)``."""
+def _spec_digest(spec: Any) -> str:
+    if isinstance(spec, (str, os.PathLike)):
+        return model_digest(os.fspath(spec))
+    return f"object:{type(spec).__name__}"
 
-    def __init__(self, detector: Any, recognizer: Any, contract: EmbeddingContract, align: Any):
-        self.detector = detector
-        self.recognizer = recognizer
+
+class RealPipeline:
+    """``locate``: detect and align one photo; ``embed``: L2-normalised embeddings of aligned crops."""
+
+    def __init__(self, analysis: Any, contract: EmbeddingContract):
+        self.analysis = analysis
         self.contract = contract
-        self._align = align
-        self.crop_size = int(recognizer.input_size[0])
 
     def locate(self, image: np.ndarray) -> list[LocatedFace]:
-        found = self.detector.detect(image)
+        from fresnet.faces.align import norm_crop
+
+        found = self.analysis.detect(image)
+        size = self.analysis.crop_size
         return [LocatedFace(np.asarray(found.boxes[i], np.float32), np.asarray(found.landmarks[i], np.float32),
-                            float(found.scores[i]), self._align(image, found.landmarks[i], self.crop_size))
+                            float(found.scores[i]), norm_crop(image, found.landmarks[i], size))
                 for i in range(len(found))]
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
-        raw = np.asarray(self.recognizer.embed(np.ascontiguousarray(crops)), np.float32)
-        norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        return raw / np.maximum(norms, 1e-12)
+        raw = np.asarray(self.analysis.embed_crops(np.ascontiguousarray(crops)), np.float32)
+        return raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
 
     @classmethod
-    def build(cls, model: str, detector: str = "mtcnn", **options: Any) -> "RealPipeline":
-        raise FresnetError("the photo pipeline (fresnet.faces detectors) is not part of this build yet")
+    def build(cls, model: Any, detector: Any = "mtcnn", det_thresh: Optional[float] = None, flip: bool = False,
+              device: str = "cpu", fast: bool = False) -> "RealPipeline":
+        from fresnet.faces.analysis import FaceAnalysis
+
+        analysis = FaceAnalysis(detector=detector, recognizer=model, flip=flip, det_thresh=det_thresh, device=device,
+                                fast=fast)
+        size = analysis.crop_size
+        probe = analysis.embed_crops(np.zeros((1, size, size, 3), np.uint8))
+        recognizer = analysis.recognizer
+        settings = {"detector": getattr(analysis.detector, "name", type(analysis.detector).__name__),
+                    "spec": os.path.basename(os.fspath(detector)) if isinstance(detector, (str, os.PathLike))
+                    else type(detector).__name__,
+                    "det_thresh": det_thresh}
+        if isinstance(detector, (str, os.PathLike)) and os.path.isfile(os.fspath(detector)):
+            settings["digest"] = model_digest(os.fspath(detector))
+        contract = EmbeddingContract(
+            model_digest=_spec_digest(model), embedding_size=int(probe.shape[1]),
+            input_size=(int(recognizer.input_size[0]), int(recognizer.input_size[1])),
+            normalisation=f"{type(recognizer).__name__} input, flip={bool(flip)}, L2-normalised",
+            detector=json.dumps(settings, sort_keys=True), alignment=f"insightface norm_crop {size}x{size}")
+        return cls(analysis, contract)
 
 
-def build_pipeline(model: str, detector: str = "mtcnn", **options: Any) -> RealPipeline:
+def build_pipeline(model: Any, detector: Any = "mtcnn", **options: Any) -> RealPipeline:
     """The real pipeline: one of fresnet's detectors, ArcFace 5-point alignment, ``model``'s embeddings."""
     return RealPipeline.build(model, detector, **options)

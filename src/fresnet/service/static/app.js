@@ -39,7 +39,7 @@ async function start() {
 
 function draw(faces) {
   const canvas = $("canvas");
-  const scale = Math.min(1, 1280 / image.naturalWidth);
+  const scale = Math.min(1280 / image.naturalWidth, Math.max(1, 640 / image.naturalWidth));
   canvas.width = Math.round(image.naturalWidth * scale);
   canvas.height = Math.round(image.naturalHeight * scale);
   const ctx = canvas.getContext("2d");
