@@ -23,7 +23,7 @@ from fresnet.gallery.approximate import ApproximateSettings, FaissIndex
 from fresnet.gallery.contract import EmbeddingContract
 from fresnet.gallery.errors import GalleryError, IdentityNotFound
 from fresnet.gallery.names import identity_name
-from fresnet.gallery.scoring import Match, SampleScorer, best_identities, query_blocks
+from fresnet.gallery.scoring import PRECISIONS, Match, SampleScorer, best_identities, query_blocks
 from fresnet.gallery.store import SQLiteStore, metadata_json
 from fresnet.validate import load_json
 
@@ -75,7 +75,8 @@ class Gallery:
         self.index_kind = index
         self.approximate = approximate or (ApproximateSettings(kind=index) if index != "exact" else None)
         self.precision = precision
-        SampleScorer(np.zeros((0, 1), np.float32), precision)  # refuses an unknown precision now
+        if precision not in PRECISIONS:
+            raise GalleryError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         self._store = SQLiteStore(path, create=create)
         self._lock = threading.RLock()
         try:
@@ -101,8 +102,10 @@ class Gallery:
 
     @property
     def embedding_size(self) -> Optional[int]:
-        text = self._store.get_meta("embedding_size")
-        return None if text is None else int(text)
+        if getattr(self, "_embedding_size", None) is None:  # set once, then fixed for the file's life
+            text = self._store.get_meta("embedding_size")
+            self._embedding_size = None if text is None else int(text)
+        return self._embedding_size
 
     def _settle_contract(self, given: Optional[EmbeddingContract], size: Optional[int]) -> Optional[EmbeddingContract]:
         stored_text = self._store.get_meta("contract")
@@ -332,20 +335,31 @@ class _IndexState:
     ids: np.ndarray
     owners: np.ndarray
     embeddings: np.ndarray
-    scorer: SampleScorer
+    precision: str
     most_samples: int
     approximate_settings: Optional[ApproximateSettings]
     approximate: Optional[FaissIndex]
+    _scorer: Optional[SampleScorer] = None
 
     @property
     def count(self) -> int:
         return len(self.ids)
 
+    @property
+    def scorer(self) -> SampleScorer:
+        """Built on the first search (a process that only writes never loads PyTorch)."""
+        if self._scorer is None:
+            self._scorer = SampleScorer(self.embeddings, self.precision)
+        return self._scorer
+
+    @staticmethod
+    def _most(owners: np.ndarray) -> int:
+        return int(np.bincount(np.unique(owners, return_inverse=True)[1]).max()) if len(owners) else 0
+
     @classmethod
     def build(cls, ids, owners, embeddings, precision: str, settings: Optional[ApproximateSettings]) -> "_IndexState":
-        most = int(np.bincount(np.unique(owners, return_inverse=True)[1]).max()) if len(owners) else 0
         approximate = FaissIndex(embeddings, settings) if settings is not None and len(ids) else None
-        return cls(ids, owners, embeddings, SampleScorer(embeddings, precision), most, settings, approximate)
+        return cls(ids, owners, embeddings, precision, cls._most(owners), settings, approximate)
 
     def updated(self, pending, removed_owners: set, removed_samples: set, precision: str) -> "_IndexState":
         """Appends first, then removals (a sample may be added and removed before the next search)."""
@@ -363,7 +377,6 @@ class _IndexState:
             ids, owners, embeddings = ids[keep], owners[keep], embeddings[keep]
         if self.approximate is not None and not removing and new_rows is not None:
             self.approximate.add(new_rows)  # appends keep the FAISS positions; removals rebuild it
-            most = int(np.bincount(np.unique(owners, return_inverse=True)[1]).max())
-            return _IndexState(ids, owners, embeddings, SampleScorer(embeddings, precision), most,
-                               self.approximate_settings, self.approximate)
+            return _IndexState(ids, owners, embeddings, precision, self._most(owners), self.approximate_settings,
+                               self.approximate)
         return _IndexState.build(ids, owners, embeddings, precision, self.approximate_settings)
