@@ -181,14 +181,15 @@ class SQLiteStore:
                 self.db.execute("COMMIT")
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         owners = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-        embeddings = np.empty((len(rows), dim), np.float32)
         width = 4 * dim
-        for position, (sample, _, blob) in enumerate(rows):
+        blobs = [r[2] for r in rows]
+        for position, blob in enumerate(blobs):
             if not isinstance(blob, bytes) or len(blob) != width:
                 size = len(blob) if isinstance(blob, (bytes, str)) else describe(blob)
-                raise GalleryCorrupt(f"{self.path}: sample {sample}: embedding of {size} bytes, expected {width} "
-                                     f"({dim} float32); the file was changed outside fresnet")
-            embeddings[position] = np.frombuffer(blob, "<f4")
+                raise GalleryCorrupt(f"{self.path}: sample {int(ids[position])}: embedding of {size} bytes, expected "
+                                     f"{width} ({dim} float32); the file was changed outside fresnet")
+        embeddings = np.frombuffer(b"".join(blobs), "<f4").reshape(len(rows), dim).astype(np.float32)
+        del blobs
         check_embeddings(embeddings, ids, self.path)
         return StoredSamples(ids, owners, embeddings)
 
