@@ -107,3 +107,15 @@ def test_calibrate_from_an_ijb_release(tmp_path):
     assert "G1" in stored["method"]
     assert main(["gallery", "calibrate", db, "--ijb", str(tmp_path / "ijb"), "--features",
                  str(tmp_path / "f.npy"), "--fmr", "0.05"]) == 2
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_key(tmp_path, capsys, monkeypatch):
+    db = str(tmp_path / "g.db")
+    assert main(["serve", "--gallery", db, "--model", "r18", "--host", "0.0.0.0"]) == 2
+    assert "needs an API key" in capsys.readouterr().err
+    monkeypatch.setenv("SHORT_KEY", "abc")
+    assert main(["serve", "--gallery", db, "--model", "r18", "--host", "0.0.0.0", "--api-key-env", "SHORT_KEY"]) == 2
+    assert "at least 16" in capsys.readouterr().err
+    assert main(["serve", "--gallery", db, "--model", "r18", "--api-key-env", "UNSET_KEY_VARIABLE"]) == 2
+    assert "is not set" in capsys.readouterr().err
+    assert not (tmp_path / "g.db").exists()  # refused before anything was created
