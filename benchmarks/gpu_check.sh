@@ -2,7 +2,7 @@
 # The one prepared GPU run: CUDA tests, an end-to-end `fresnet train` of r50 from a RecordIO pack in
 # bf16 and fp16, the training benchmark against arcface_torch's recipe, r100 rates and its largest
 # batch, and a short inference check. One call, about 8 minutes; each step runs under its own time
-# limit, so a slow step cannot lose the others' results. At most 8 files land in $OUT:
+# limit, so a slow step cannot lose the others' results. At most 9 files land in $OUT:
 #
 #   check.log         environment, every step's command, exit code, time and output tail, summary
 #   tests.txt         pytest -m cuda (tests/test_cuda.py, the CUDA tests of tests/test_fast.py)
@@ -14,6 +14,8 @@
 #   e2e.txt           `fresnet train` from the pack: bf16 (compiled) then fp16, with their samples/s; the
 #                     training loader alone: worker decode vs GPU decode (bench_data.py --training-loader)
 #   inference.json    optimize_for_inference on CUDA (r50, batch 1 and 256)
+#   faces.json        photos -> embeddings (bench_faces.py): fresnet.FaceAnalysis vs InsightFace's path, 1/10/50
+#                     faces per 1280x720 photo
 #
 # Worst case (every step at its limit) about 8.5 minutes; the limits are caps, not the expected times.
 #
@@ -59,6 +61,7 @@ if [ -n "${DRY_RUN:-}" ]; then
   LOADER=(--batch-size 16 --steps 5 --workers 0 2)
   IJB=(--model r18 --faces 64 --distinct 16 --batch-size 16 --workers 2)
   FP16_E2E=(amp=bf16 compile=none)
+  FACES=(--model r18 --faces 1,10 --photos 1 --rounds 1 --no-fast)
 else
   DEV=cuda
   TESTS=(tests/test_cuda.py tests/test_fast.py -m cuda)
@@ -73,6 +76,7 @@ else
   LOADER=(--batch-size 128 --steps 60 --workers 4 8 12)
   IJB=(--model r100 --fast --faces 20000 --distinct 1500 --batch-size 512)
   FP16_E2E=(amp=fp16 compile=none)
+  FACES=(--model r50 --faces 1,10,50 --photos 4 --rounds 3)
 fi
 
 {
@@ -111,12 +115,15 @@ step loader e2e.txt 25 "$PY" benchmarks/bench_data.py --training-loader --rec "$
 step bench_r100 bench_train.txt 40 "$PY" benchmarks/bench_train.py --device $DEV "${R100[@]}" --json "$OUT/bench_r100.json"
 step ijb_extract bench_train.txt 45 "$PY" benchmarks/bench_ijb.py --extract --device $DEV "${IJB[@]}"
 step inference bench_train.txt 25 "$PY" benchmarks/bench_inference.py --device $DEV "${INF[@]}" --json "$OUT/inference.json"
+# photos -> embeddings: fresnet.FaceAnalysis vs InsightFace's SCRFD + ArcFaceONNX (needs the oracle wheels
+# and the scrfd sdist's graph, as `make venv` installs them; it says so and stops when they are absent)
+step faces bench_train.txt 60 "$PY" benchmarks/bench_faces.py --device $DEV "${FACES[@]}" --json "$OUT/faces.json"
 
 {
   echo "=== summary (t=$((SECONDS - START))s)"
   grep -h -E "passed|failed" "$OUT/tests.txt" | tail -n 1
   grep -h -E "^(arcface_torch|fresnet-[a-z0-9]+) +[0-9]" "$OUT/bench_train.txt"
-  grep -h -E "^best:|mean over the last|batch [0-9]+: (fits|out of memory)|faces/s" "$OUT/bench_train.txt"
+  grep -h -E "^best:|mean over the last|batch [0-9]+: (fits|out of memory)|faces/s|^│ (1|10|50) " "$OUT/bench_train.txt"
   grep -h -E "^training on|^throughput:|^  decode=" "$OUT/e2e.txt"
   ls -la "$OUT"
 } 2>&1 | tee -a "$LOG"

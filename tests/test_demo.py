@@ -32,7 +32,7 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
     assert results["trained"]["num_pairs"] == 40 and results["untrained"]["num_pairs"] == 40
     assert results["onnx"]["max_abs_diff"] < 1e-2 and results["onnx"]["accuracy_matches"]
     for name in ("data/train.rec", "data/train.idx", "data/property", "data/holdout.bin", "train/model.safetensors",
-                 "model.onnx", "roc.png", "distances.png", "training.png", "samples.png", "network.svg",
+                 "model.onnx", "roc.png", "distances.png", "training.png", "samples.png", "network.svg", "faces.png",
                  "report.md", "report.html"):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
@@ -41,6 +41,9 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
     assert "![the network graph" in report and "drawn with matplotlib" in report
     assert "<svg" in (out / "network.svg").read_text() and not (out / "network.dot").exists()
     assert "![ROC" in report and "## 5. ONNX export" in report
+    # photos in, faces out: MTCNN finds Grace Hopper's face in matplotlib's sample photo
+    assert "## Photos in, faces out" in report and "![detection (box, landmarks, score)" in report
+    assert results["photo_faces"]["faces"] == 1 and results["photo_faces"]["score"] > 0.99
     assert "<img src=\"roc.png\"" in (out / "report.html").read_text()
 
     # a second run into the same report folder replaces it; a foreign non-empty folder is refused

@@ -11,7 +11,8 @@ from conftest import reference_path
 from fresnet.cli import main
 from fresnet.faces.align import ARCFACE_DST
 
-TINY = ["--set", "units=[1,1,1,1]", "--set", "input_size=32x32", "--set", "emb_size=16"]
+TINY = ["--set", "units=[1,1,1,1]", "--set", "filter_list=[8,8,8,16,16]", "--set", "emb_size=16"]
+SMALL = ["--set", "units=[1,1,1,1]", "--set", "input_size=32x32", "--set", "emb_size=16"]  # for .bin packs of 32x32
 
 
 def test_eval_small_lfw(tmp_path, capsys):
@@ -39,7 +40,7 @@ def test_eval_two_packs_with_negatives(tmp_path, capsys):
         images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
         save_bin(tmp_path / f"{name}.bin", images, [i % 2 == 0 for i in range(20)])
     out = tmp_path / "report"
-    code = main(["eval", "r18", *TINY, "--bin", str(tmp_path / "a.bin"), "--bin", str(tmp_path / "b.bin"),
+    code = main(["eval", "r18", *SMALL, "--bin", str(tmp_path / "a.bin"), "--bin", str(tmp_path / "b.bin"),
                  "--out", str(out), "--no-flip", "--nfolds", "5"])
     assert code == 0
     report = json.loads((out / "results.json").read_text())
@@ -84,6 +85,10 @@ def test_embed_folder_with_landmarks(tmp_path, capsys):
     # landmarks missing for an image: one clear error
     (tmp_path / "partial.json").write_text(json.dumps({"face0.png": landmarks["face0.png"]}))
     assert main(["embed", "r18", *TINY, str(tmp_path / "faces"), "-o", str(out),
+                 "--landmarks", str(tmp_path / "lm.json")]) == 2  # the one overwrite rule
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err
+    assert main(["embed", "r18", *TINY, str(tmp_path / "faces"), "-o", str(out), "--overwrite",
                  "--landmarks", str(tmp_path / "partial.json")]) == 2
     assert "no landmarks for 2 image" in capsys.readouterr().err
 
@@ -99,13 +104,21 @@ def test_embed_recordio_and_bin(tmp_path):
 
 
 def test_compare(tmp_path, capsys):
-    _face_files(tmp_path / "faces", count=2)
+    landmarks = _face_files(tmp_path / "faces", count=2)
     a, b = tmp_path / "faces" / "face0.png", tmp_path / "faces" / "face1.png"
-    assert main(["compare", "r18", *TINY, str(a), str(a)]) == 0
+    (tmp_path / "lm.json").write_text(json.dumps(landmarks))
+    lm = ["--landmarks", str(tmp_path / "lm.json")]
+    assert main(["compare", "r18", *TINY, str(a), str(a), *lm]) == 0
     out = capsys.readouterr().out
     assert "cosine similarity: 1.0000" in out and "same person" in out
-    assert main(["compare", "r18", *TINY, str(a), str(b), "--threshold", "1.01"]) == 0
-    assert "different people" in capsys.readouterr().out
+    assert "RANDOM weights" in out.splitlines()[-1]  # a preset's verdict says its weights are random
+    assert main(["compare", "r18", *TINY, str(a), str(b), "--threshold", "0.999", *lm]) == 0
+    out = capsys.readouterr().out
+    assert "different people" in out and "given with --threshold" in out
+    # a threshold outside [-1, 1] is refused; a photo with no face is named, not resized
+    with pytest.raises(SystemExit):
+        main(["compare", "r18", *TINY, str(a), str(b), "--threshold", "1.5"])
+    assert "[-1, 1]" in capsys.readouterr().err
 
 
 def test_embed_and_eval_with_the_fast_path(tmp_path, capsys):

@@ -27,8 +27,9 @@ COMMANDS = {
     "synth": "fresnet.cli.data",
     "train": "fresnet.cli.train",
     "eval": "fresnet.cli.evaluate",
-    "embed": "fresnet.cli.evaluate",
-    "compare": "fresnet.cli.evaluate",
+    "detect": "fresnet.cli.faces",
+    "embed": "fresnet.cli.faces",
+    "compare": "fresnet.cli.faces",
     "demo": "fresnet.cli.demo",
     "gallery": "fresnet.cli.gallery",
     "serve": "fresnet.cli.serve",
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         # `train CONFIG a=1 --no-progress b=2`: argparse ends a positional list at the first option
         if getattr(args, "intermixed_overrides", False) and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
+        elif getattr(args, "intermixed_inputs", None) and not any(e.startswith("-") for e in extra):
+            # `embed MODEL --set k=v PHOTO`: the inputs after the options (the same argparse limit)
+            setattr(args, args.intermixed_inputs, list(getattr(args, args.intermixed_inputs)) + extra)
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):

@@ -1,4 +1,4 @@
-"""``fresnet eval``, ``fresnet embed`` and ``fresnet compare``.
+"""``fresnet eval`` (``embed`` and ``compare`` share its model options; they live in :mod:`fresnet.cli.faces`).
 
 MODEL everywhere is a preset name (random weights), a ``.safetensors``/``.pth``/``.onnx`` file, or an
 MXNet prefix (``prefix,epoch``): see :func:`fresnet.interop.model_loader.load_any`.
@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -79,31 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="InsightFace's D1: weight each face by its faceness score (--no-detector-score: D0)")
     p.set_defaults(func=run_eval)
 
-    p = sub.add_parser(
-        "embed", help="embeddings of image files, folders, RecordIO datasets or .bin packs -> .npy",
-        description="Writes L2-normalised embeddings (float32, one row per image) to -o, and the image names, "
-        "one per line, next to it (<out>.names.txt).",
-    )
-    _add_model_args(p)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder, train.rec / its folder, or .bin")
-    p.add_argument("-o", "--output", default="embeddings.npy", help="output .npy (default embeddings.npy)")
-    p.add_argument("--landmarks", default=None, metavar="FILE",
-                   help="5-point landmarks (.json or .txt) to align each image to the ArcFace 112x112 template")
-    _add_flip(p)
-    p.set_defaults(func=run_embed)
-
-    p = sub.add_parser(
-        "compare", help="cosine similarity of two face images and a same/different verdict",
-    )
-    _add_model_args(p)
-    p.add_argument("image_a", metavar="A", help="first image")
-    p.add_argument("image_b", metavar="B", help="second image")
-    p.add_argument("--threshold", type=A.finite_float, default=0.3,
-                   help="cosine similarity at or above which the faces count as the same person (default 0.3; "
-                   "`fresnet eval` reports a tuned one as best_threshold_cosine)")
-    p.add_argument("--landmarks", default=None, metavar="FILE", help="5-point landmarks for both images (.json/.txt)")
-    _add_flip(p)
-    p.set_defaults(func=run_compare)
+    # embed and compare: fresnet.cli.faces (photos go through detect -> align -> embed)
 
 
 def _embedder(args: argparse.Namespace):
@@ -224,49 +199,3 @@ def _load_landmarks(args, names):
     table = read_landmarks(args.landmarks)
     check_landmarks_cover(table, names, args.landmarks)
     return table
-
-
-def run_embed(args: argparse.Namespace) -> int:
-    import numpy as np
-    from rich.console import Console
-
-    from fresnet.eval.embed import collect_inputs, embed_inputs
-    from fresnet.ioutil import atomic_write, atomic_write_text
-
-    console = Console(stderr=True)
-    inputs = collect_inputs(args.inputs)
-    names = [item.name for item in inputs]
-    landmarks = _load_landmarks(args, names)
-    embedder = _embedder(args)
-    with _progress("embedding", len(inputs), stream=sys.stderr) as progress:
-        emb = embed_inputs(embedder, inputs, landmarks=landmarks, batch_size=args.batch_size, flip=args.flip,
-                           progress=progress.advance)
-    _report_fast_path(embedder, console)
-    output = Path(args.output)
-    if output.suffix != ".npy":
-        output = output.with_name(output.name + ".npy")
-    with atomic_write(output, "wb") as handle:
-        np.save(handle, emb)
-    names_path = output.with_suffix(".names.txt")
-    atomic_write_text(names_path, "".join(f"{n}\n" for n in names))
-    console.print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {output} (names: {names_path})")
-    return 0
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from fresnet.eval.embed import collect_inputs, embed_inputs
-
-    inputs = collect_inputs([args.image_a, args.image_b])
-    if len(inputs) != 2:
-        raise FresnetError(f"compare takes exactly two images; {args.image_a!r} and {args.image_b!r} hold {len(inputs)}")
-    landmarks = _load_landmarks(args, [item.name for item in inputs])
-    embedder = _embedder(args)
-    emb = embed_inputs(embedder, inputs, landmarks=landmarks, batch_size=2, flip=args.flip)
-    cosine = float(np.dot(emb[0], emb[1]))
-    same = cosine >= args.threshold
-    print(f"cosine similarity: {cosine:.4f}")
-    print(f"squared L2 distance: {2 - 2 * cosine:.4f}")
-    print(f"verdict: {'same person' if same else 'different people'} (threshold {args.threshold:g})")
-    return 0

@@ -161,6 +161,19 @@ def write_report(state: DemoState, total: Optional[float] = None, failed: Option
         if "samples" in state.doc_parts:
             doc.img(state.doc_parts["samples"], "six synthetic identities (rows), six images each")
 
+    photo = state.results.get("photo_faces")
+    if photo:
+        doc.h(2, "Photos in, faces out")
+        doc.p(
+            f"`fresnet.FaceAnalysis()` -- MTCNN, the embedded detector -- on matplotlib's sample photograph "
+            f"(`grace_hopper.jpg`, {photo['size'][0]}x{photo['size'][1]}, public domain): {photo['faces']} face(s), "
+            f"box {photo['box']}, score {photo['score']}; the five landmarks (eyes, nose, mouth corners) put the "
+            "face onto InsightFace's ArcFace template, 112x112, exactly as InsightFace aligns it. A trained model "
+            "embeds such crops: `fresnet embed PHOTOS --model model.safetensors --out faces.npz`."
+        )
+        if "faces" in state.doc_parts:
+            doc.img(state.doc_parts["faces"], "detection (box, landmarks, score) and the aligned face")
+
     model = state.results.get("model")
     if model:
         doc.h(2, "2. Model")

@@ -41,6 +41,7 @@ def run_demo(options: DemoOptions, console=None) -> DemoResult:
         ("configuration", stages.configure, False),
         ("data: synthetic identities -> RecordIO + held-out .bin", stages.make_data, False),
         ("data: picture of sample identities", stages.sample_picture, True),
+        ("photos in, faces out: MTCNN on a real photograph", stages.photo_faces, True),
         ("model: summary", stages.summary, False),
         ("model: network graph", stages.network_plot, True),
         ("evaluate the untrained network (random weights)", stages.eval_untrained, False),

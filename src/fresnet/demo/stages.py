@@ -116,6 +116,37 @@ def sample_picture(state: DemoState) -> None:
     state.doc_parts["samples"] = "samples.png"
 
 
+def photo_faces(state: DemoState) -> str:
+    """MTCNN (the embedded detector) finds and aligns the face in matplotlib's sample photograph
+    (Grace Hopper, public domain): photos in, faces out."""
+    import io
+    from pathlib import Path
+
+    import matplotlib
+    from PIL import Image
+
+    from fresnet.faces.analysis import FaceAnalysis
+    from fresnet.faces.drawing import faces_figure
+    from fresnet.faces.photo import read_photo
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    rgb = read_photo(photo)
+    faces = FaceAnalysis(detector="mtcnn", keep_crops=True).get(rgb)
+    if not faces:
+        raise FresnetError(f"{photo}: MTCNN found no face")
+    buffer = io.BytesIO()
+    Image.fromarray(faces_figure(rgb, faces)).save(buffer, format="PNG")
+    atomic_write_bytes(state.out / "faces.png", buffer.getvalue())
+    state.doc_parts["faces"] = "faces.png"
+    face = faces[0]
+    state.results["photo_faces"] = {
+        "photo": str(photo), "size": [int(rgb.shape[1]), int(rgb.shape[0])], "faces": len(faces),
+        "box": [round(float(v), 1) for v in face.bbox], "score": round(float(face.det_score), 4),
+        "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.kps],
+    }
+    return f"{len(faces)} face(s), score {face.det_score:.3f}, aligned to 112x112"
+
+
 def summary(state: DemoState) -> str:
     from fresnet.inspection.summary import summarize
 

@@ -135,16 +135,18 @@ def evaluate_bin(
 
 @dataclass(frozen=True)
 class InputImage:
-    """A named image whose pixels are read on demand (uint8 HWC RGB)."""
+    """A named image whose pixels are read on demand (uint8 HWC RGB); ``photo``: a file of its own
+    (a photograph or an aligned crop), not a face of a dataset."""
 
     name: str
     load: Callable[[], np.ndarray]
+    photo: bool = False
 
 
 def _file_image(path: Path) -> InputImage:
-    from fresnet.data.decode import read_image_file
+    from fresnet.faces.photo import read_photo
 
-    return InputImage(str(path), lambda: read_image_file(path))
+    return InputImage(str(path), lambda: read_photo(path), photo=True)
 
 
 def _is_recordio(path: Path) -> bool:
@@ -200,20 +202,24 @@ def collect_inputs(paths: Iterable[Union[str, os.PathLike]]) -> list[InputImage]
     return items
 
 
-def prepare_image(image: np.ndarray, input_size: tuple[int, int], landmarks: Optional[np.ndarray] = None) -> np.ndarray:
-    """Align (when landmarks are given) or resize an image to the model's input size, HWC uint8."""
-    from fresnet.data.decode import resize_rgb
-
+def prepare_image(image: np.ndarray, input_size: tuple[int, int], landmarks: Optional[np.ndarray] = None,
+                  name: str = "image") -> np.ndarray:
+    """The model's input, HWC uint8: the face aligned with ``landmarks`` at the model's size, or the
+    image as it is when it already is a crop of that size. Never resized: a resized photo is not a
+    face the network was trained on (photos go through ``fresnet.FaceAnalysis`` instead)."""
     h, w = int(input_size[0]), int(input_size[1])
     if landmarks is not None:
         from fresnet.faces.align import norm_crop
 
         if h != w:
-            raise FresnetError(f"alignment makes square crops; the model takes {h}x{w} input")
-        # the template is defined for 112 (and 128) crops; other sizes align at 112, then resize
-        crop = h if h % 112 == 0 or h % 128 == 0 else 112
-        image = norm_crop(image, landmarks, image_size=crop)
-    return resize_rgb(image, h, w)
+            raise FresnetError(f"{name}: alignment makes square crops; the model takes {h}x{w} input")
+        return norm_crop(image, landmarks, image_size=h)
+    if image.shape[:2] != (h, w):
+        raise FresnetError(
+            f"{name}: a {image.shape[1]}x{image.shape[0]} image is not an aligned crop of the model's {w}x{h} input; "
+            "give landmarks to align it, or detect its faces (fresnet.FaceAnalysis, `fresnet embed`)"
+        )
+    return image
 
 
 def embed_inputs(
@@ -234,7 +240,7 @@ def embed_inputs(
         batch = []
         for offset, item in enumerate(inputs[start:start + batch_size]):
             points = landmarks_for(landmarks, item.name, start + offset) if landmarks is not None else None
-            batch.append(prepare_image(item.load(), embedder.input_size, points))
+            batch.append(prepare_image(item.load(), embedder.input_size, points, item.name))
         chunks.append(embed_images(embedder, np.stack(batch), batch_size=batch_size, flip=flip))
         if progress is not None:
             progress(len(batch))

@@ -81,10 +81,11 @@ class FaceAnalysis:
         pending_faces: list[Face] = []
         pending_crops: list[np.ndarray] = []
         for image in images:
-            faces, crops = self._detect_and_align(image, max_num, bgr)
+            faces, crops = self.align(image, max_num, bgr)
             results.append(faces)
-            pending_faces.extend(faces)
-            pending_crops.extend(crops)
+            if self.recognizer is not None:
+                pending_faces.extend(faces)
+                pending_crops.extend(crops)
             while len(pending_crops) >= self.batch_size:  # memory stays bounded by one batch of crops
                 self._embed(pending_faces[:self.batch_size], pending_crops[:self.batch_size])
                 del pending_faces[:self.batch_size], pending_crops[:self.batch_size]
@@ -115,33 +116,25 @@ class FaceAnalysis:
             found = Detections(found.boxes[pick], found.scores[pick], found.landmarks[pick])
         return found
 
-    def _detect_and_align(self, image: Photo, max_num: int, bgr: bool) -> tuple[list[Face], list[np.ndarray]]:
+    def align(self, image: Photo, max_num: int = 0, bgr: bool = False) -> tuple[list[Face], list[np.ndarray]]:
+        """The faces of one photo, not yet embedded, and their aligned crops at the recogniser's size."""
         from fresnet.faces.align import norm_crop
 
         rgb = load_photo(image, bgr=bgr)
         found = self._detections(rgb, max_num)
         faces, crops = [], []
         for box, score, points in zip(found.boxes, found.scores, found.landmarks):
-            crop = norm_crop(rgb, points, self.crop_size) if (self.recognizer is not None or self.keep_crops) else None
+            crop = norm_crop(rgb, points, self.crop_size)
             faces.append(Face(bbox=np.asarray(box, np.float32), kps=np.asarray(points, np.float32),
                               det_score=float(score), crop=crop if self.keep_crops else None))
-            if self.recognizer is not None:
-                crops.append(crop)
+            crops.append(crop)
         return faces, crops
 
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         """Raw embeddings of aligned crops ``(N, S, S, 3)`` uint8 RGB (flip-summed with ``flip``)."""
         if self.recognizer is None:
             raise FresnetError("this FaceAnalysis has no recogniser; pass recognizer=... to embed faces")
-        crops = np.ascontiguousarray(crops, dtype=np.uint8)
-        out = []
-        for start in range(0, len(crops), self.batch_size):
-            batch = crops[start:start + self.batch_size]
-            emb = np.asarray(self.recognizer.embed(batch), dtype=np.float32)
-            if self.flip:
-                emb = emb + np.asarray(self.recognizer.embed(np.ascontiguousarray(batch[:, :, ::-1])), dtype=np.float32)
-            out.append(emb)
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        return embed_crops(self.recognizer, crops, flip=self.flip, batch_size=self.batch_size)
 
     def _embed(self, faces: list[Face], crops: list[np.ndarray]) -> None:
         if self.recognizer is None or not faces:
@@ -149,3 +142,17 @@ class FaceAnalysis:
         embeddings = self.embed_crops(np.stack(crops))
         for face, embedding in zip(faces, embeddings):
             face.embedding = embedding
+
+
+def embed_crops(recognizer: Any, crops: np.ndarray, flip: bool = False, batch_size: int = 64) -> np.ndarray:
+    """Raw embeddings of aligned crops ``(N, S, S, 3)`` uint8 RGB, ``batch_size`` at a time; with
+    ``flip``, ``emb(crop) + emb(mirror)`` (InsightFace MXNet deploy's flip)."""
+    crops = np.ascontiguousarray(crops, dtype=np.uint8)
+    out = []
+    for start in range(0, len(crops), batch_size):
+        batch = crops[start:start + batch_size]
+        emb = np.asarray(recognizer.embed(batch), dtype=np.float32)
+        if flip:
+            emb = emb + np.asarray(recognizer.embed(np.ascontiguousarray(batch[:, :, ::-1])), dtype=np.float32)
+        out.append(emb)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

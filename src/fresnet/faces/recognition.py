@@ -45,7 +45,13 @@ class EmbedderRecognizer:
 
 def _onnx_recognizer(path: str, device: str) -> Any:
     from fresnet.faces.detectors import onnx_providers
-    from fresnet.faces.recognizer import ONNXRecognizer
+
+    try:
+        from fresnet.faces.recognizer import ONNXRecognizer
+    except ModuleNotFoundError:  # a tree without the ONNX recogniser: onnxruntime through load_any
+        from fresnet.interop.model_loader import load_any
+
+        return EmbedderRecognizer(load_any(path, device=device))
 
     try:
         return ONNXRecognizer(path, providers=onnx_providers(device))
