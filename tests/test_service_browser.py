@@ -23,26 +23,33 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 DOCS_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "images" / "service.png"
 
 
-def real_pipeline_parts() -> tuple[str, str]:
-    """(recogniser, detector) for the test, or skip naming what is missing."""
+def real_service_command(gallery: Path, port: int) -> list[str]:
+    """``fresnet serve`` with SFace and MTCNN; while this build has no ONNX recogniser, the same
+    pipeline with SFace run by OpenCV (tests/service_real_server.py). Skips naming what is missing."""
     try:
-        from fresnet.faces.recognizer import ONNXRecognizer  # noqa: F401
-
         from fresnet.faces.weights import sface_model
 
-        recogniser = str(sface_model())
+        sface = str(sface_model())
     except Exception as exc:  # noqa: BLE001 - any absence is a reason to skip
         pytest.skip(f"the SFace recogniser is not available here ({type(exc).__name__}: {exc})")
-    for detector, module in (("mtcnn", "fresnet.faces.mtcnn"), ("yunet", "fresnet.faces.yunet")):
-        try:
-            __import__(module)
-            return recogniser, detector
-        except Exception:  # noqa: BLE001
-            continue
-    oracle = Path(sys.prefix) / "oracles" / "scrfd.onnx"
-    if oracle.is_file():
-        return recogniser, str(oracle)
-    pytest.skip("no face detector available (mtcnn, yunet or the SCRFD oracle graph)")
+    try:
+        import fresnet.faces.mtcnn  # noqa: F401
+        from fresnet.faces.weights import mtcnn_weights
+
+        mtcnn_weights()
+        detector = "mtcnn"
+    except Exception as exc:  # noqa: BLE001
+        oracle = Path(sys.prefix) / "oracles" / "scrfd.onnx"
+        if not oracle.is_file():
+            pytest.skip(f"no face detector available ({type(exc).__name__}: {exc})")
+        detector = str(oracle)
+    try:
+        from fresnet.faces.recognizer import ONNXRecognizer  # noqa: F401
+    except ImportError:
+        return [sys.executable, str(Path(__file__).parent / "service_real_server.py"), str(gallery), str(port), sface,
+                detector]
+    return [sys.executable, "-m", "fresnet", "serve", "--gallery", str(gallery), "--model", sface, "--detector",
+            detector, "--port", str(port)]
 
 
 @pytest.fixture
@@ -68,10 +75,8 @@ def browser(tmp_path):
 @pytest.mark.slow
 def test_the_page_finds_a_person_enrolled_from_another_photo(tmp_path, browser):
     photos = reference_path("faces", "photos")
-    recogniser, detector = real_pipeline_parts()
     port = free_port()
-    server = start([sys.executable, "-m", "fresnet", "serve", "--gallery", str(tmp_path / "people.db"),
-                    "--model", recogniser, "--detector", detector, "--port", str(port)], port, timeout=240)
+    server = start(real_service_command(tmp_path / "people.db", port), port, timeout=240)
     try:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=120) as http:
