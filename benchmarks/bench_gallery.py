@@ -66,7 +66,9 @@ def main() -> None:
     parser.add_argument("--hnsw-m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--ef-search", type=int, default=64)
+    parser.add_argument("--ef-sweep", default="64,256,1024", help="HNSW efSearch values measured on one build")
     parser.add_argument("--folder", help="where the gallery file goes (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="keep the gallery file a previous run left in --folder")
     parser.add_argument("--out", help="write the numbers as JSON here")
     args = parser.parse_args()
     threads = set_threads(args.threads)
@@ -76,20 +78,24 @@ def main() -> None:
     centres, around, truth = synthetic(args.identities, args.samples, args.dim, args.queries)
     queries = around(centres[truth])
     folder = Path(args.folder or tempfile.mkdtemp(prefix="bench_gallery_"))
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "bench.db"
-    path.unlink(missing_ok=True)
-
-    start = time.perf_counter()
-    with Gallery(path, embedding_size=args.dim) as gallery:
-        chunk = 5000
-        for first in range(0, args.identities, chunk):
-            rows = range(first, min(args.identities, first + chunk))
-            gallery.add_many((f"id{i}", around(np.repeat(centres[i:i + 1], args.samples, 0))) for i in rows)
-    enrol = time.perf_counter() - start
-    results["enrol"] = {"seconds": round(enrol, 2), "samples_per_s": round(args.identities * args.samples / enrol),
-                        "file_mb": round(path.stat().st_size / 2**20, 1), "transactions": -(-args.identities // 5000)}
-    print(f"enrolled {args.identities:,} x {args.samples} samples in {enrol:.1f} s "
-          f"({results['enrol']['samples_per_s']:,} samples/s), file {results['enrol']['file_mb']} MB")
+    if not (args.reuse and path.exists()):
+        path.unlink(missing_ok=True)
+        start = time.perf_counter()
+        with Gallery(path, embedding_size=args.dim) as gallery:
+            chunk = 5000
+            for first in range(0, args.identities, chunk):
+                rows = range(first, min(args.identities, first + chunk))
+                gallery.add_many((f"id{i}", around(np.repeat(centres[i:i + 1], args.samples, 0))) for i in rows)
+        enrol = time.perf_counter() - start
+        results["enrol"] = {"seconds": round(enrol, 2), "samples_per_s": round(args.identities * args.samples / enrol),
+                            "file_mb": round(path.stat().st_size / 2**20, 1),
+                            "transactions": -(-args.identities // 5000)}
+        print(f"enrolled {args.identities:,} x {args.samples} samples in {enrol:.1f} s "
+              f"({results['enrol']['samples_per_s']:,} samples/s), file {results['enrol']['file_mb']} MB")
+    else:  # the same seed made the same data: only the queries are needed
+        print(f"reusing {path}")
 
     galleries = {}
     for precision in args.precisions.split(","):
@@ -123,6 +129,15 @@ def main() -> None:
             single[name] += [timed(lambda: g.search(q, k=args.k), 1)[0] for q in picks]
             batch[name] += timed(lambda: g.search(batches[round_ % len(batches)], k=args.k), 1)
 
+    import torch
+
+    reference = torch.randn(args.identities * args.samples, args.dim)
+    reads = timed(lambda: reference.sum(), 5)
+    read_ms = statistics.median(reads) * 1e3
+    results["read_all_samples_ms"] = round(read_ms, 1)
+    print(f"reading {reference.numel() * 4 / 2**20:.0f} MB once (the fp32 samples' size) takes {read_ms:.1f} ms "
+          f"here ({reference.numel() * 4 / read_ms / 1e6:.1f} GB/s): the floor of one exact fp32 query")
+    del reference
     answers = {name: g.search(queries, k=args.k) for name, g in galleries.items()}
     exact = answers["fp32"] if "fp32" in answers else None
     table = {}
@@ -147,6 +162,21 @@ def main() -> None:
         print(f"{name:8} {row['single_ms']:>10} {row['single_qps']:>11} {row['batch_ms_per_query']:>11} "
               f"{row['batch_qps']:>10} {row['top1_correct']:>8} {row.get('top1_agreement_with_fp32', '-'):>10} "
               f"{row.get(f'recall_at_{args.k}', '-'):>9}")
+    if "hnsw" in galleries and exact is not None:
+        sweep = {}
+        for ef in [int(v) for v in args.ef_sweep.split(",") if v]:
+            g = galleries["hnsw"]
+            g.tune(ef_search=ef)
+            found = g.search(queries, k=args.k)
+            one = statistics.median([timed(lambda: g.search(q, k=args.k), 1)[0] for q in queries[:16]])
+            many = statistics.median(timed(lambda: g.search(batches[0], k=args.k), 3)) / args.batch
+            sweep[ef] = {"single_ms": round(one * 1e3, 2), "batch_ms_per_query": round(many * 1e3, 3),
+                         "top1_agreement_with_fp32": round(float(np.mean(
+                             [a[0].name == b[0].name for a, b in zip(found, exact)])), 4),
+                         f"recall_at_{args.k}": round(recall_at_k([[m.name for m in r] for r in found],
+                                                                  [[m.name for m in r] for r in exact]), 4)}
+            print(f"HNSW efSearch={ef}: {json.dumps(sweep[ef])}")
+        results["hnsw_ef_sweep"] = sweep
     for g in galleries.values():
         g.close()
     if args.out:

@@ -7,7 +7,7 @@ identities it finds (benchmarks/bench_gallery.py reports it beside the speed).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -72,6 +72,13 @@ class FaissIndex:
             if self.settings.kind == "ivf" and not self.index.is_trained:
                 self.index.train(np.ascontiguousarray(embeddings, np.float32))
             self.index.add(np.ascontiguousarray(embeddings, np.float32))
+
+    def tune(self, ef_search: Optional[int] = None, ivf_probe: Optional[int] = None) -> None:
+        """Change the search breadth without rebuilding: HNSW's efSearch, IVF's probed lists."""
+        if ef_search is not None and self.settings.kind == "hnsw":
+            self.index.hnsw.efSearch = int(ef_search)
+        if ivf_probe is not None and self.settings.kind == "ivf":
+            self.index.nprobe = int(ivf_probe)
 
     def search(self, queries: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
         """``(q, m)`` scores and positions (``-1`` where fewer than ``m`` were found)."""

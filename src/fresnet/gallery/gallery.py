@@ -11,6 +11,7 @@ change (SQLite's ``data_version``), so several processes may share one gallery f
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from dataclasses import dataclass, field
@@ -260,6 +261,18 @@ class Gallery:
                 answers.append(_group(row_values, row_positions, state.owners, int(k), threshold))
         return [[Match(names[owner], score, int(state.ids[position])) for owner, score, position in row]
                 for row in answers]
+
+    def tune(self, ef_search: Optional[int] = None, ivf_probe: Optional[int] = None) -> None:
+        """The approximate index's search breadth (HNSW efSearch, IVF probes), kept across rebuilds."""
+        if self.approximate is None:
+            raise GalleryError("tune applies to an approximate index (index='hnsw' or 'ivf')")
+        changes = {k: int(v) for k, v in (("ef_search", ef_search), ("ivf_probe", ivf_probe)) if v is not None}
+        self.approximate = dataclasses.replace(self.approximate, **changes)
+        with self._lock:
+            state = self._index()
+            state.approximate_settings = self.approximate
+            if state.approximate is not None:
+                state.approximate.tune(ef_search, ivf_probe)
 
     @staticmethod
     def compare(a: Any, b: Any) -> Union[float, np.ndarray]:

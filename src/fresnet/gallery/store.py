@@ -83,6 +83,8 @@ class SQLiteStore:
             raise GalleryError(f"{self.path}: no such gallery; create it first (fresnet gallery create)")
         if self.path.exists() and not self.path.is_file():
             raise GalleryError(f"{self.path}: not a regular file")
+        if not self.path.parent.is_dir():
+            raise GalleryError(f"{self.path}: the folder {self.path.parent} does not exist; create it first")
         self.lock = threading.RLock()
         self.db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                   check_same_thread=False)
