@@ -137,7 +137,7 @@ def main() -> None:
     results["read_all_samples_ms"] = round(read_ms, 1)
     print(f"reading {reference.numel() * 4 / 2**20:.0f} MB once (the fp32 samples' size) takes {read_ms:.1f} ms "
           f"here ({reference.numel() * 4 / read_ms / 1e6:.1f} GB/s): the floor of one exact fp32 query")
-    del reference
+    reference = None  # free it before the searches
     answers = {name: g.search(queries, k=args.k) for name, g in galleries.items()}
     exact = answers["fp32"] if "fp32" in answers else None
     table = {}
