@@ -13,9 +13,14 @@ there and the file must pass SQLite's integrity check.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
+
+# as the fresnet command line does first thing (cli/process_settings.py): OpenMP threads spin only
+# briefly before sleeping -- on a shared machine long spins take the cores the working threads need
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+import argparse  # noqa: E402
+import json
 import signal
 import socket
 import statistics
