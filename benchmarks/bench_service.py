@@ -82,27 +82,37 @@ def start_service(gallery: Path, port: int, args) -> subprocess.Popen:
     raise SystemExit("the service did not start within 300 s")
 
 
-def offline_rate(args, photos: list[bytes], seconds: float) -> float:
-    """Photos per second of the pipeline in this process, one photo after another."""
-    import numpy as np
+class Offline:
+    """The pipeline in this process, one photo after another (warmed up on every photo first)."""
 
-    from fresnet.gallery.photos import decode_photo
-    from fresnet.gallery.real_pipeline import build_pipeline
+    def __init__(self, args, photos: list[bytes]):
+        from fresnet.gallery.real_pipeline import build_pipeline
 
-    pipeline = build_pipeline(args.model, args.detector)
+        self.pipeline = build_pipeline(args.model, args.detector)
+        self.photos = photos
+        self.done, self.seconds = 0, 0.0
+        for data in photos:
+            self._one(data)
 
-    def one(data: bytes) -> None:
-        faces = pipeline.locate(decode_photo(data, "photo"))
+    def _one(self, data: bytes) -> None:
+        import numpy as np
+
+        from fresnet.gallery.photos import decode_photo
+
+        faces = self.pipeline.locate(decode_photo(data, "photo"))
         if faces:
-            pipeline.embed(np.stack([f.crop for f in faces]))
+            self.pipeline.embed(np.stack([f.crop for f in faces]))
 
-    for data in photos:  # warm-up: the first call of each size pays one-off costs, as the service's did
-        one(data)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or done < len(photos):
-        one(photos[done % len(photos)])
-        done += 1
-    return done / (time.perf_counter() - start)
+    def run(self, seconds: float) -> None:
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self._one(self.photos[self.done % len(self.photos)])
+            self.done += 1
+        self.seconds += time.perf_counter() - start
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
 
 
 def load(base: str, photos: list[bytes], clients: int, seconds: float, path: str) -> dict:
@@ -134,11 +144,8 @@ def load(base: str, photos: list[bytes], clients: int, seconds: float, path: str
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - begin
-    ordered = sorted(latencies)
-    return {"requests": len(latencies), "failures": len(failures), "first_failure": failures[:1],
-            "photos_per_s": round(len(latencies) / wall, 2),
-            "p50_ms": round(1e3 * statistics.median(ordered), 1) if ordered else None,
-            "p99_ms": round(1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1) if ordered else None}
+    return {"requests": len(latencies), "failures": len(failures), "first_failure": failures[:1], "wall": wall,
+            "latencies": latencies}
 
 
 def durability(args, folder: Path) -> dict:
@@ -196,7 +203,8 @@ def durability(args, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=60.0, help="per endpoint")
+    parser.add_argument("--seconds", type=float, default=60.0, help="per endpoint (and for the offline pipeline)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the seconds are split into")
     parser.add_argument("--enrolments", type=int, default=1000, help="durability: enrolments from 4 clients")
     parser.add_argument("--durability-timeout", type=float, default=600.0)
     parser.add_argument("--model", help="recogniser (default: SFace if present, else r18 random weights)")
@@ -215,28 +223,42 @@ def main() -> None:
                      "clients": args.clients, "seconds": args.seconds}
     print(f"model {args.model}, detector {args.detector}, load average {results['machine']['load_average_start']}")
     folder = Path(tempfile.mkdtemp(prefix="bench_service_"))
-    if "offline" not in skip:
-        results["offline_photos_per_s"] = round(offline_rate(args, photos, min(args.seconds, 30.0)), 2)
-        print(f"offline pipeline: {results['offline_photos_per_s']} photos/s")
     if "load" not in skip:
+        offline = None if "offline" in skip else Offline(args, photos)
         port = free_port()
         server = start_service(folder / "bench.db", port, args)
         base = f"http://127.0.0.1:{port}"
+        parts: dict[str, list[dict]] = {"embeddings": [], "search": []}
         try:
             for index, photo in enumerate(photos):  # also the service's warm-up
                 httpx.post(f"{base}/v1/galleries/bench/identities", data={"name": f"person {index}"}, timeout=120,
                            files=[("photos", ("p.jpg", photo, "image/jpeg"))])
-            for name, path in (("embeddings", "/v1/embeddings"), ("search", "/v1/galleries/bench/search")):
-                results[name] = load(base, photos, args.clients, args.seconds, path)
-                print(f"{name}: {json.dumps(results[name])}")
+            slice_ = args.seconds / args.rounds
+            for round_ in range(args.rounds):  # interleaved, so slow spells of the machine hit all alike
+                if offline is not None:
+                    offline.run(slice_)
+                for name, path in (("embeddings", "/v1/embeddings"), ("search", "/v1/galleries/bench/search")):
+                    parts[name].append(load(base, photos, args.clients, slice_, path))
             results["batching"] = httpx.get(f"{base}/v1/health").json()["batching"]
-            print(f"batching: {results['batching']}")
         finally:
             server.kill()
             server.wait()
-        if "offline_photos_per_s" in results:
+        for name, runs in parts.items():
+            latencies = sorted(x for run in runs for x in run.pop("latencies"))
+            results[name] = {
+                "requests": sum(r["requests"] for r in runs), "failures": sum(r["failures"] for r in runs),
+                "first_failure": next((r["first_failure"] for r in runs if r["first_failure"]), []),
+                "photos_per_s": round(sum(r["requests"] for r in runs) / sum(r["wall"] for r in runs), 2),
+                "p50_ms": round(1e3 * statistics.median(latencies), 1) if latencies else None,
+                "p99_ms": round(1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)
+                if latencies else None}
+            print(f"{name}: {json.dumps(results[name])}")
+        print(f"batching: {results['batching']}")
+        if offline is not None:
+            results["offline_photos_per_s"] = round(offline.rate, 2)
+            print(f"offline pipeline (same photos, same rounds): {results['offline_photos_per_s']} photos/s")
             for name in ("embeddings", "search"):
-                results[name]["vs_offline"] = round(results[name]["photos_per_s"] / results["offline_photos_per_s"], 3)
+                results[name]["vs_offline"] = round(results[name]["photos_per_s"] / offline.rate, 3)
                 print(f"{name}: {results[name]['vs_offline']:.0%} of the offline pipeline's throughput")
     if "durability" not in skip:
         results["durability"] = durability(args, folder)
