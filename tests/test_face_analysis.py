@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import reference_path
 from PIL import Image
 
-from conftest import reference_path
 from fresnet.errors import FresnetError
 from fresnet.faces.align import ARCFACE_DST, norm_crop
 from fresnet.faces.analysis import FaceAnalysis
@@ -215,7 +215,7 @@ def _detector(name):
 
 
 def _plausible(face):
-    (lx, ly), (rx, ry), (nx, ny), (mlx, mly), (mrx, mry) = face.kps
+    (lx, ly), (rx, ry), (_, ny), (mlx, mly), (mrx, mry) = face.kps
     x1, y1, x2, y2 = face.bbox
     assert lx < rx and mlx < mrx  # left (in the image) before right
     assert max(ly, ry) < ny < min(mly, mry)  # eyes above the nose above the mouth

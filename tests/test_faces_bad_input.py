@@ -58,7 +58,7 @@ def test_every_image_mode_becomes_rgb(tmp_path, mode):
 def test_arrays_of_every_layout():
     assert load_photo(RGB[..., 0]).shape == (40, 50, 3)
     np.testing.assert_array_equal(load_photo(np.dstack([RGB, np.full((40, 50), 7, np.uint8)])), RGB)
-    np.testing.assert_array_equal(load_photo((RGB.astype(np.uint16) * 257)), RGB)
+    np.testing.assert_array_equal(load_photo(RGB.astype(np.uint16) * 257), RGB)
     np.testing.assert_array_equal(load_photo(RGB[:, :, ::-1], bgr=True), RGB)
     for bad, message in ((RGB.astype(np.float32), "dtype float32"), (np.zeros((0, 5, 3), np.uint8), "empty"),
                          (np.zeros((4, 4, 2), np.uint8), "shape"), ("", "empty path"), (3.5, "float")):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import reference_path
 from PIL import Image
 
-from conftest import reference_path
 from fresnet.cli import main
 
 TINY = ["--set", "units=[1,1,1,1]", "--set", "filter_list=[8,8,8,16,16]", "--set", "emb_size=16"]

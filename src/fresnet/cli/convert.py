@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="config override when SRC is a preset name, e.g. --set net_output=GDC (repeatable)",
     )
     _add_onnx_args(p)
+    p.add_argument("--insightface", action="store_true",
+                   help="write the graph for InsightFace's ArcFaceONNX / FaceAnalysis: raw RGB 0..255 in, its first "
+                        "nodes named _minusscalar0/_mulscalar0 so InsightFace feeds raw pixels (docs/faces.md)")
     g = p.add_argument_group("int8 (static quantisation, onnxruntime QDQ)")
     g.add_argument("--int8", action="store_true",
                    help="write an int8 model: per-channel int8 weights, uint8 activations calibrated on --calibration; "
@@ -173,6 +176,10 @@ def run_export(args: argparse.Namespace) -> int:
         if args.overrides:
             raise FresnetError("--set only applies when SRC is a preset name; a file carries its own config")
         model = _read(args)
+    if args.insightface:
+        from fresnet.cli.export_insightface import write_insightface
+
+        return write_insightface(model, destination.path, args)
     if args.int8:
         return _write_int8(model, destination.path, args)
     if args.calibration is not None:

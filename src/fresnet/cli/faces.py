@@ -12,7 +12,6 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -124,7 +123,7 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _pipeline(args: argparse.Namespace, model: Optional[str]):
+def _pipeline(args: argparse.Namespace, model: str | None):
     """The FaceAnalysis (detector built lazily: aligned crops never need one) and the embedder."""
     from fresnet.faces.recognition import EmbedderRecognizer, create_recognizer
     from fresnet.interop.model_loader import load_any
@@ -287,8 +286,9 @@ def _write_image(path: Path, rgb: np.ndarray) -> None:
 # fresnet embed
 
 def run_embed(args: argparse.Namespace) -> int:
-    from fresnet.cli.evaluate import _load_landmarks, _report_fast_path
     from rich.console import Console
+
+    from fresnet.cli.evaluate import _load_landmarks, _report_fast_path
 
     model, paths = _split_model(args, args.inputs, needed=1)
     output = Path(args.output)
@@ -342,7 +342,7 @@ def run_embed(args: argparse.Namespace) -> int:
 def _pyarrow():
     try:
         import pyarrow
-        import pyarrow.parquet  # noqa: F401
+        import pyarrow.parquet
     except ImportError:
         raise FresnetError("writing .parquet needs pyarrow, which is not installed: `pip install pyarrow`, "
                            "or write .npz (numpy) instead") from None
@@ -403,7 +403,7 @@ def run_compare(args: argparse.Namespace) -> int:
             raise FresnetError(f"{item.name}: no face found; give a photo with a face, or an aligned "
                                f"{pipeline.crop_size}x{pipeline.crop_size} crop")
         if len(found) > 1:
-            best = pipeline.app._detections(item.load(), 1)  # InsightFace's max_num=1: largest, most central
+            best = pipeline.app.detect(item.load(), max_num=1)  # InsightFace's max_num=1: largest, most central
             keep = [r for r in found if np.array_equal(r.box, best.boxes[0])]
             print(f"{item.name}: {len(found)} faces; comparing the largest, most central one", file=sys.stderr)
             found = keep[:1] or found[:1]

@@ -9,6 +9,12 @@ from fresnet.lazy_exports import lazy_exports
 _EXPORTS = {
     "Detections": "fresnet.faces.detection",
     "Detector": "fresnet.faces.detection",
+    "SCRFD": "fresnet.faces.scrfd",
+    "ONNXRecognizer": "fresnet.faces.recognizer",
+    "MTCNN": "fresnet.faces.mtcnn",
+    "FACENET_THRESHOLDS": "fresnet.faces.mtcnn",
+    "INSIGHTFACE_THRESHOLDS": "fresnet.faces.mtcnn",
+    "YuNet": "fresnet.faces.yunet",
     "mtcnn_weights": "fresnet.faces.weights",
     "yunet_model": "fresnet.faces.weights",
     "sface_model": "fresnet.faces.weights",

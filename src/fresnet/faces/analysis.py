@@ -13,7 +13,7 @@ embedding is ``emb(crop) + emb(mirror)`` and ``normed_embedding`` its L2-normali
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class FaceAnalysis:
     """
 
     def __init__(self, detector: Any = "mtcnn", recognizer: Any = None, flip: bool = False,
-                 det_size: Optional[Sequence[int]] = None, det_thresh: Optional[float] = None,
+                 det_size: Sequence[int] | None = None, det_thresh: float | None = None,
                  device: str = "cpu", fast: bool = True, batch_size: int = 64, keep_crops: bool = False):
         from fresnet.faces.detectors import create_detector
         from fresnet.faces.recognition import check_input_size, create_recognizer
@@ -72,7 +72,7 @@ class FaceAnalysis:
         return self.get_many([image], max_num=max_num, bgr=bgr)[0]
 
     def get_many(self, images: Iterable[Photo], max_num: int = 0, bgr: bool = False,
-                 progress: Optional[Callable[[int], None]] = None) -> list[list[Face]]:
+                 progress: Callable[[int], None] | None = None) -> list[list[Face]]:
         """The faces of each photo, one list per photo; all faces are embedded together in batches
         of ``batch_size``. ``progress`` is called with 1 after each photo is detected."""
         if isinstance(max_num, bool) or not isinstance(max_num, int) or max_num < 0:

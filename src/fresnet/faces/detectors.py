@@ -10,7 +10,8 @@ as it is.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from fresnet.errors import FresnetError
 
@@ -28,17 +29,18 @@ def onnx_providers(device: str) -> list[str]:
 
 
 def _is_yunet(path: str) -> bool:
-    import onnxruntime as ort
+    """YuNet's outputs are named cls/obj/bbox/kps_<stride>; SCRFD's are read by position."""
+    import onnx
 
     try:
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise FresnetError(f"{path}: onnxruntime cannot load this detector graph: {str(exc).splitlines()[0]}") from None
-    names = {o.name.split("_")[0] for o in session.get_outputs()}
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 -- onnx raises DecodeError and friends
+        raise FresnetError(f"{path}: not a readable ONNX detector graph ({type(exc).__name__}: {str(exc)[:200]})") from None
+    names = {o.name.split("_")[0] for o in graph.output}
     return {"cls", "obj", "bbox", "kps"} <= names
 
 
-def create_detector(spec: Any = "mtcnn", det_size: Optional[Sequence[int]] = None, det_thresh: Optional[float] = None,
+def create_detector(spec: Any = "mtcnn", det_size: Sequence[int] | None = None, det_thresh: float | None = None,
                     device: str = "cpu") -> Any:
     """The detector ``spec`` names (see the module docs). ``det_size`` is an ONNX detector's input
     ``(width, height)`` (default 640x640; MTCNN searches the whole photo and ignores it);
@@ -58,9 +60,6 @@ def create_detector(spec: Any = "mtcnn", det_size: Optional[Sequence[int]] = Non
         from fresnet.faces.mtcnn import FACENET_THRESHOLDS
 
         return MTCNN(thresholds=(*tuple(FACENET_THRESHOLDS)[:2], float(det_thresh)), device=device)
-    options: dict[str, Any] = {}
-    if det_thresh is not None:
-        options["det_thresh"] = float(det_thresh)
     if name == "yunet":
         from fresnet.faces.weights import yunet_model
 
@@ -75,8 +74,11 @@ def create_detector(spec: Any = "mtcnn", det_size: Optional[Sequence[int]] = Non
     if name == "yunet" or _is_yunet(spec):
         from fresnet.faces.yunet import YuNet
 
-        return YuNet(spec, **options) if det_size is None else YuNet(spec, det_size=tuple(det_size), **options)
+        # YuNet runs at the photo's own size, as cv2.FaceDetectorYN given setInputSize(photo): no det_size
+        options = {} if det_thresh is None else {"score_threshold": float(det_thresh)}
+        return YuNet(spec, providers=onnx_providers(device), **options)
     from fresnet.faces.scrfd import SCRFD
 
     size = (640, 640) if det_size is None else tuple(int(v) for v in det_size)
+    options = {} if det_thresh is None else {"det_thresh": float(det_thresh)}
     return SCRFD(spec, det_size=size, providers=onnx_providers(device), **options)

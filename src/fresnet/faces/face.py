@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -20,15 +19,15 @@ class Face:
     bbox: np.ndarray
     kps: np.ndarray
     det_score: float
-    embedding: Optional[np.ndarray] = None
-    crop: Optional[np.ndarray] = field(default=None, repr=False)
+    embedding: np.ndarray | None = None
+    crop: np.ndarray | None = field(default=None, repr=False)
 
     @property
-    def embedding_norm(self) -> Optional[float]:
+    def embedding_norm(self) -> float | None:
         return None if self.embedding is None else float(np.linalg.norm(self.embedding))
 
     @property
-    def normed_embedding(self) -> Optional[np.ndarray]:
+    def normed_embedding(self) -> np.ndarray | None:
         """The embedding divided by its L2 norm (a zero embedding stays zero)."""
         if self.embedding is None:
             return None

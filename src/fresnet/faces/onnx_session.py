@@ -38,6 +38,22 @@ def open_session(path: str | os.PathLike, providers: Sequence | None = None, wha
         raise FresnetError(f"{file}: onnxruntime cannot load this {what}: {first}") from None
 
 
+def drop_unused_inputs(proto) -> list[str]:
+    """Remove graph inputs that no node reads and no initializer backs; returns their names.
+
+    OpenCV zoo's int8 SFace still declares the float weights its converter replaced with
+    ``DequantizeLinear`` nodes as graph inputs: nothing reads them, but onnxruntime would demand a
+    value for each.
+    """
+    graph = proto.graph
+    read = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+    backed = {init.name for init in graph.initializer}
+    unused = [value for value in graph.input if value.name not in read and value.name not in backed]
+    for value in unused:
+        graph.input.remove(value)
+    return [value.name for value in unused]
+
+
 def image_input(session, path: str | os.PathLike, what: str = "ONNX model"):
     """The graph's image input: the first input that is not also an initializer.
 

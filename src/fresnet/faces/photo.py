@@ -35,7 +35,7 @@ def load_photo(image: Photo, bgr: bool = False, where: str | None = None) -> np.
     )
 
 
-def read_photo(path: Union[str, os.PathLike]) -> np.ndarray:
+def read_photo(path: str | os.PathLike) -> np.ndarray:
     """Decode one photo file (any format Pillow reads), upright and RGB."""
     from fresnet.data.decode import opened_image, read_file_bytes
 
@@ -50,7 +50,7 @@ def read_photo(path: Union[str, os.PathLike]) -> np.ndarray:
             return _from_pil(image, where)
         except FresnetError:
             raise
-        except Exception as exc:  # truncated or corrupt data surface while decoding, not at open
+        except Exception as exc:  # noqa: BLE001 -- truncated or corrupt data surface while decoding, not at open
             raise FresnetError(
                 f"{where}: cannot decode the image ({type(exc).__name__}: {str(exc)[:200]}); "
                 "the file is damaged, truncated or not an image; re-create it"
