@@ -24,10 +24,11 @@ DOCS_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "images" / "service.
 
 
 def real_service_command(gallery: Path, port: int) -> list[str]:
-    """``fresnet serve`` with SFace and MTCNN; while this build has no ONNX recogniser, the same
-    pipeline with SFace run by OpenCV (tests/service_real_server.py). Skips naming what is missing."""
+    """``fresnet serve`` with SFace (fresnet's ONNX recogniser) and MTCNN; skips naming what is missing."""
     try:
         from fresnet.faces.weights import sface_model
+
+        from fresnet.faces.recognizer import ONNXRecognizer  # noqa: F401
 
         sface = str(sface_model())
     except Exception as exc:  # noqa: BLE001 - any absence is a reason to skip
@@ -43,11 +44,6 @@ def real_service_command(gallery: Path, port: int) -> list[str]:
         if not oracle.is_file():
             pytest.skip(f"no face detector available ({type(exc).__name__}: {exc})")
         detector = str(oracle)
-    try:
-        from fresnet.faces.recognizer import ONNXRecognizer  # noqa: F401
-    except ImportError:
-        return [sys.executable, str(Path(__file__).parent / "service_real_server.py"), str(gallery), str(port), sface,
-                detector]
     return [sys.executable, "-m", "fresnet", "serve", "--gallery", str(gallery), "--model", sface, "--detector",
             detector, "--port", str(port)]
 
