@@ -26,9 +26,8 @@ DOCS_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "images" / "service.
 def real_service_command(gallery: Path, port: int) -> list[str]:
     """``fresnet serve`` with SFace (fresnet's ONNX recogniser) and MTCNN; skips naming what is missing."""
     try:
-        from fresnet.faces.weights import sface_model
-
         from fresnet.faces.recognizer import ONNXRecognizer  # noqa: F401
+        from fresnet.faces.weights import sface_model
 
         sface = str(sface_model())
     except Exception as exc:  # noqa: BLE001 - any absence is a reason to skip
