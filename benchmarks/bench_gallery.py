@@ -18,7 +18,7 @@ import os
 # briefly before sleeping -- on a shared machine long spins take the cores the working threads need
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-import argparse  # noqa: E402
+import argparse
 import json
 import statistics
 import tempfile
@@ -132,8 +132,9 @@ def main() -> None:
         for name in names:
             g = galleries[name]
             picks = queries[(round_ * 8) % len(queries):][:8]
-            single[name] += [timed(lambda: g.search(q, k=args.k), 1)[0] for q in picks]
-            batch[name] += timed(lambda: g.search(batches[round_ % len(batches)], k=args.k), 1)
+            single[name] += [timed(lambda g=g, q=q: g.search(q, k=args.k), 1)[0] for q in picks]
+            chosen = batches[round_ % len(batches)]
+            batch[name] += timed(lambda g=g, b=chosen: g.search(b, k=args.k), 1)
 
     import torch
 
@@ -145,7 +146,7 @@ def main() -> None:
           f"here ({reference.numel() * 4 / read_ms / 1e6:.1f} GB/s): the floor of one exact fp32 query")
     reference = None  # free it before the searches
     answers = {name: g.search(queries, k=args.k) for name, g in galleries.items()}
-    exact = answers["fp32"] if "fp32" in answers else None
+    exact = answers.get("fp32", None)
     table = {}
     for name in galleries:
         one = statistics.median(single[name])
@@ -174,8 +175,8 @@ def main() -> None:
             g = galleries["hnsw"]
             g.tune(ef_search=ef)
             found = g.search(queries, k=args.k)
-            one = statistics.median([timed(lambda: g.search(q, k=args.k), 1)[0] for q in queries[:16]])
-            many = statistics.median(timed(lambda: g.search(batches[0], k=args.k), 3)) / args.batch
+            one = statistics.median([timed(lambda g=g, q=q: g.search(q, k=args.k), 1)[0] for q in queries[:16]])
+            many = statistics.median(timed(lambda g=g: g.search(batches[0], k=args.k), 3)) / args.batch
             sweep[ef] = {"single_ms": round(one * 1e3, 2), "batch_ms_per_query": round(many * 1e3, 3),
                          "top1_agreement_with_fp32": round(float(np.mean(
                              [a[0].name == b[0].name for a, b in zip(found, exact)])), 4),

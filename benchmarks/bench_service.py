@@ -19,7 +19,7 @@ import os
 # briefly before sleeping -- on a shared machine long spins take the cores the working threads need
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-import argparse  # noqa: E402
+import argparse
 import json
 import signal
 import socket
@@ -42,18 +42,17 @@ def default_parts() -> tuple[str, str]:
     recogniser, detector = "r18", str(Path(sys.prefix) / "oracles" / "scrfd.onnx")
     try:
         from fresnet.faces.recognizer import ONNXRecognizer  # noqa: F401
-
         from fresnet.faces.weights import sface_model
 
         recogniser = str(sface_model())
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception as exc:  # noqa: BLE001 - any absence means the fallback
+        print(f"SFace is not available ({type(exc).__name__}); the recogniser is r18", file=sys.stderr)
     for name, module in (("mtcnn", "fresnet.faces.mtcnn"), ("yunet", "fresnet.faces.yunet")):
         try:
             __import__(module)
             return recogniser, name
-        except Exception:  # noqa: BLE001
-            continue
+        except Exception as exc:  # noqa: BLE001 - any absence means the next detector
+            print(f"detector {name} is not available ({type(exc).__name__})", file=sys.stderr)
     return recogniser, detector
 
 

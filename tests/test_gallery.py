@@ -13,7 +13,12 @@ import pytest
 
 from fresnet.errors import FresnetError
 from fresnet.gallery.contract import EmbeddingContract
-from fresnet.gallery.errors import ContractMismatch, GalleryCorrupt, GalleryError, IdentityNotFound
+from fresnet.gallery.errors import (
+    ContractMismatch,
+    GalleryCorrupt,
+    GalleryError,
+    IdentityNotFound,
+)
 from fresnet.gallery.gallery import Gallery
 from fresnet.gallery.names import gallery_name, identity_name
 

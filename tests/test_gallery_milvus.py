@@ -7,10 +7,10 @@ import pytest
 pytest.importorskip("pymilvus", reason="the Milvus gallery needs pymilvus (pip install 'fresnet[milvus]')")
 pytest.importorskip("milvus_lite", reason="the embedded Milvus needs milvus-lite (pip install 'fresnet[milvus]')")
 
-from fresnet.gallery.contract import EmbeddingContract  # noqa: E402
-from fresnet.gallery.errors import ContractMismatch, IdentityNotFound  # noqa: E402
-from fresnet.gallery.gallery import Gallery  # noqa: E402
-from fresnet.gallery.milvus import MilvusGallery  # noqa: E402
+from fresnet.gallery.contract import EmbeddingContract
+from fresnet.gallery.errors import ContractMismatch, IdentityNotFound
+from fresnet.gallery.gallery import Gallery
+from fresnet.gallery.milvus import MilvusGallery
 
 
 def units(rng, n, d=32):

@@ -11,14 +11,14 @@ import pytest
 pytest.importorskip("fastapi", reason="the service needs fastapi (pip install 'fresnet[serve]')")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
-from fastapi.testclient import TestClient  # noqa: E402
-from service_fakes import BLUE, GREEN, RED, FakePipeline, photo  # noqa: E402
+from fastapi.testclient import TestClient
+from service_fakes import BLUE, GREEN, RED, FakePipeline, photo
 
-from fresnet.errors import FresnetError  # noqa: E402
-from fresnet.gallery.gallery import Gallery  # noqa: E402
-from fresnet.limits import override  # noqa: E402
-from fresnet.service.app import create_app  # noqa: E402
-from fresnet.service.security import check_exposure, is_loopback  # noqa: E402
+from fresnet.errors import FresnetError
+from fresnet.gallery.gallery import Gallery
+from fresnet.limits import override
+from fresnet.service.app import create_app
+from fresnet.service.security import check_exposure, is_loopback
 
 KEY = "k" * 24
 

@@ -17,7 +17,7 @@ pytest.importorskip("selenium", reason="the browser test drives Chromium with se
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from service_process import free_port, start  # noqa: E402
+from service_process import free_port, start
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 DOCS_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "images" / "service.png"

@@ -10,10 +10,10 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from service_fakes import photo  # noqa: E402
-from service_process import fake_server, free_port  # noqa: E402
+from service_fakes import photo
+from service_process import fake_server, free_port
 
-from fresnet.gallery.gallery import Gallery  # noqa: E402
+from fresnet.gallery.gallery import Gallery
 
 
 def test_sigkill_during_enrolments_keeps_every_acknowledged_one(tmp_path):

@@ -30,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fresnet.service.server import ServeSettings, serve  # the service loads only for this command
+    from fresnet.service.server import (  # the service loads only for this command
+        ServeSettings,
+        serve,
+    )
 
     serve(ServeSettings(tuple(args.galleries), args.model, args.detector, args.host, args.port, args.api_key_env,
                         args.max_batch, args.max_wait_ms, args.detect_workers, args.device))

@@ -6,8 +6,8 @@ identities it finds (benchmarks/bench_gallery.py reports it beside the speed).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class FaissIndex:
                 self.index.train(np.ascontiguousarray(embeddings, np.float32))
             self.index.add(np.ascontiguousarray(embeddings, np.float32))
 
-    def tune(self, ef_search: Optional[int] = None, ivf_probe: Optional[int] = None) -> None:
+    def tune(self, ef_search: int | None = None, ivf_probe: int | None = None) -> None:
         """Change the search breadth without rebuilding: HNSW's efSearch, IVF's probed lists."""
         if ef_search is not None and self.settings.kind == "hnsw":
             self.index.hnsw.efSearch = int(ef_search)

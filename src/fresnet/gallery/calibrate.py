@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -56,9 +56,9 @@ def threshold_from_pairs(similarities: np.ndarray, issame: np.ndarray, target_fm
     }
 
 
-def calibrate_verification_pack(embedder: Any, pack: Union[str, os.PathLike], target_fmr: float,
+def calibrate_verification_pack(embedder: Any, pack: str | os.PathLike, target_fmr: float,
                                 flip: bool = True, batch_size: int = 64,
-                                model_digest: Optional[str] = None) -> dict[str, Any]:
+                                model_digest: str | None = None) -> dict[str, Any]:
     """Embed a verification pack with ``embedder`` and calibrate on its pairs."""
     from fresnet.data.verification_bin import load_bin
     from fresnet.eval.embed import embed_images
@@ -73,9 +73,9 @@ def calibrate_verification_pack(embedder: Any, pack: Union[str, os.PathLike], ta
             "model": getattr(embedder, "name", ""), "model_digest": model_digest, "calibrated": _now()}
 
 
-def calibrate_ijb(root: Union[str, os.PathLike], features: Union[str, os.PathLike], target_fpir: float,
-                  release: str = "IJBC", ijb_gallery: Optional[str] = None,
-                  model_digest: Optional[str] = None) -> dict[str, Any]:
+def calibrate_ijb(root: str | os.PathLike, features: str | os.PathLike, target_fpir: float,
+                  release: str = "IJBC", ijb_gallery: str | None = None,
+                  model_digest: str | None = None) -> dict[str, Any]:
     """The open-set threshold of an IJB release at ``target_fpir`` (one of
     :data:`fresnet.eval.ijb.identification.FPIR_LABELS`), from its saved per-face features."""
     from fresnet.eval.ijb.identification import FPIR_LABELS
@@ -88,7 +88,7 @@ def calibrate_ijb(root: Union[str, os.PathLike], features: Union[str, os.PathLik
     result = evaluate(root, features, target=release)
     if result.tpir_at_fpir is None:
         raise GalleryError(f"{root}: this {release} release has no 1:N (identification) files")
-    name = ijb_gallery or sorted(result.tpir_at_fpir)[0]
+    name = ijb_gallery or min(result.tpir_at_fpir)
     if name not in result.tpir_at_fpir:
         raise GalleryError(f"{root}: no gallery {name!r}; it has {', '.join(sorted(result.tpir_at_fpir))}")
     reading = result.tpir_at_fpir[name][matching[0]]

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from fresnet.gallery.errors import ContractMismatch, GalleryCorrupt
 from fresnet.validate import as_int, as_int_tuple, as_mapping, as_str
@@ -32,7 +32,7 @@ class EmbeddingContract:
         return json.dumps({**asdict(self), "input_size": list(self.input_size)}, sort_keys=True)
 
     @classmethod
-    def from_mapping(cls, data: Any, where: str = "embedding contract") -> "EmbeddingContract":
+    def from_mapping(cls, data: Any, where: str = "embedding contract") -> EmbeddingContract:
         data = as_mapping(data, "contract", where)
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
@@ -50,11 +50,11 @@ class EmbeddingContract:
         except KeyError as exc:
             raise GalleryCorrupt(f"{where}: missing key {exc.args[0]!r}") from None
 
-    def differences(self, other: "EmbeddingContract") -> list[str]:
+    def differences(self, other: EmbeddingContract) -> list[str]:
         return [f"{f.name}: gallery has {getattr(self, f.name)!r}, given {getattr(other, f.name)!r}"
                 for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
 
-    def require_same(self, other: Optional["EmbeddingContract"], where: str) -> None:
+    def require_same(self, other: EmbeddingContract | None, where: str) -> None:
         """Refuse ``other`` when it names another model (``None`` states nothing, and passes)."""
         if other is None or other == self:
             return
@@ -65,7 +65,7 @@ class EmbeddingContract:
         )
 
 
-def file_digest(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     """``sha256:<hex>`` of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

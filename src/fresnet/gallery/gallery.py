@@ -14,17 +14,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
+from typing_extensions import Self
 
 from fresnet.gallery.approximate import ApproximateSettings, FaissIndex
 from fresnet.gallery.contract import EmbeddingContract
 from fresnet.gallery.errors import GalleryError, IdentityNotFound
 from fresnet.gallery.names import identity_name
-from fresnet.gallery.scoring import PRECISIONS, Match, SampleScorer, best_identities, query_blocks
+from fresnet.gallery.scoring import (
+    PRECISIONS,
+    Match,
+    SampleScorer,
+    best_identities,
+    query_blocks,
+)
 from fresnet.gallery.store import SQLiteStore, metadata_json
 from fresnet.validate import load_json
 
@@ -41,7 +49,7 @@ class Identity:
     sample_count: int = 0
 
 
-def unit_rows(embeddings: Any, dim: Optional[int], what: str) -> np.ndarray:
+def unit_rows(embeddings: Any, dim: int | None, what: str) -> np.ndarray:
     """``(n, d)`` float32 unit rows from one vector or a batch; refuses empty, non-finite and zero rows."""
     try:
         array = np.asarray(embeddings, dtype=np.float32)
@@ -66,9 +74,9 @@ class Gallery:
     one refuses it when it differs. ``index`` is ``"exact"`` (default), ``"hnsw"`` or ``"ivf"``
     (FAISS, approximate); ``precision`` (exact only) ``"fp32"`` (default), ``"fp16"`` or ``"int8"``."""
 
-    def __init__(self, path: Union[str, Path], contract: Optional[EmbeddingContract] = None, *,
-                 index: str = "exact", precision: str = "fp32", approximate: Optional[ApproximateSettings] = None,
-                 create: bool = True, embedding_size: Optional[int] = None):
+    def __init__(self, path: str | Path, contract: EmbeddingContract | None = None, *,
+                 index: str = "exact", precision: str = "fp32", approximate: ApproximateSettings | None = None,
+                 create: bool = True, embedding_size: int | None = None):
         if index not in ("exact", "hnsw", "ivf"):
             raise GalleryError(f"index {index!r}: expected exact, hnsw or ivf")
         if index != "exact" and precision != "fp32":
@@ -85,7 +93,7 @@ class Gallery:
         except BaseException:
             self._store.close()
             raise
-        self._loaded_version: Optional[int] = None
+        self._loaded_version: int | None = None
         self._reload()
 
     # ---- identity of the file ---------------------------------------------------------------------
@@ -98,17 +106,17 @@ class Gallery:
         return self.path.stem
 
     @property
-    def contract(self) -> Optional[EmbeddingContract]:
+    def contract(self) -> EmbeddingContract | None:
         return self._contract
 
     @property
-    def embedding_size(self) -> Optional[int]:
+    def embedding_size(self) -> int | None:
         if getattr(self, "_embedding_size", None) is None:  # set once, then fixed for the file's life
             text = self._store.get_meta("embedding_size")
             self._embedding_size = None if text is None else int(text)
         return self._embedding_size
 
-    def _settle_contract(self, given: Optional[EmbeddingContract], size: Optional[int]) -> Optional[EmbeddingContract]:
+    def _settle_contract(self, given: EmbeddingContract | None, size: int | None) -> EmbeddingContract | None:
         stored_text = self._store.get_meta("contract")
         stored = None
         if stored_text is not None:
@@ -128,7 +136,7 @@ class Gallery:
                 self._store.set_meta("embedding_size", str(wanted), db)
         return given
 
-    def _check_contract(self, contract: Optional[EmbeddingContract], where: str) -> None:
+    def _check_contract(self, contract: EmbeddingContract | None, where: str) -> None:
         if self._contract is not None:
             self._contract.require_same(contract, where)
         elif contract is not None:  # a gallery made without a contract learns it from its first model
@@ -136,13 +144,13 @@ class Gallery:
 
     # ---- calibrated threshold ---------------------------------------------------------------------
     @property
-    def calibration(self) -> Optional[dict]:
+    def calibration(self) -> dict | None:
         """The stored calibration (threshold, target false-match rate, provenance), or ``None``."""
         text = self._store.get_meta("calibration")
         return None if text is None else load_json(text, f"{self.path}: calibration")
 
     @property
-    def threshold(self) -> Optional[float]:
+    def threshold(self) -> float | None:
         calibration = self.calibration
         return None if calibration is None else float(calibration["threshold"])
 
@@ -152,14 +160,14 @@ class Gallery:
         self._store.set_meta("calibration", metadata_json(calibration, "calibration"))
 
     # ---- changes ----------------------------------------------------------------------------------
-    def add(self, name: str, embeddings: Any, metadata: Optional[dict] = None,
-            sample_metadata: Optional[Sequence[Optional[dict]]] = None,
-            contract: Optional[EmbeddingContract] = None) -> list[int]:
+    def add(self, name: str, embeddings: Any, metadata: dict | None = None,
+            sample_metadata: Sequence[dict | None] | None = None,
+            contract: EmbeddingContract | None = None) -> list[int]:
         """Enrol ``embeddings`` (one or several) as samples of ``name`` (created if new; ``metadata``
         replaces its metadata when given), in one transaction. Returns the new sample ids."""
         return self.add_many([(name, embeddings, metadata, sample_metadata)], contract=contract)[0]
 
-    def add_many(self, entries: Iterable[tuple], contract: Optional[EmbeddingContract] = None) -> list[list[int]]:
+    def add_many(self, entries: Iterable[tuple], contract: EmbeddingContract | None = None) -> list[list[int]]:
         """Several :meth:`add` calls, ``(name, embeddings[, metadata[, sample_metadata]])`` each, in
         one transaction (all or nothing): the fast way to load many identities."""
         self._check_contract(contract, f"{self.path}: add")
@@ -234,8 +242,8 @@ class Gallery:
         _, name, metadata, samples = found
         return Identity(name, json.loads(metadata), tuple(s for s, _ in samples), len(samples))
 
-    def search(self, embeddings: Any, k: int = 5, threshold: Optional[float] = None,
-               contract: Optional[EmbeddingContract] = None) -> list[list[Match]]:
+    def search(self, embeddings: Any, k: int = 5, threshold: float | None = None,
+               contract: EmbeddingContract | None = None) -> list[list[Match]]:
         """For each query embedding, up to ``k`` identities best first, each scored by its best sample;
         with ``threshold``, only those scoring ``>= threshold``."""
         if self._contract is not None:
@@ -262,7 +270,7 @@ class Gallery:
         return [[Match(names[owner], score, int(state.ids[position])) for owner, score, position in row]
                 for row in answers]
 
-    def tune(self, ef_search: Optional[int] = None, ivf_probe: Optional[int] = None) -> None:
+    def tune(self, ef_search: int | None = None, ivf_probe: int | None = None) -> None:
         """The approximate index's search breadth (HNSW efSearch, IVF probes), kept across rebuilds."""
         if self.approximate is None:
             raise GalleryError("tune applies to an approximate index (index='hnsw' or 'ivf')")
@@ -275,7 +283,7 @@ class Gallery:
                 state.approximate.tune(ef_search, ivf_probe)
 
     @staticmethod
-    def compare(a: Any, b: Any) -> Union[float, np.ndarray]:
+    def compare(a: Any, b: Any) -> float | np.ndarray:
         """Cosine similarity of two embeddings (or of two equal-length batches, row by row)."""
         first, second = unit_rows(a, None, "compare: a"), unit_rows(b, None, "compare: b")
         if first.shape != second.shape:
@@ -290,7 +298,7 @@ class Gallery:
     def close(self) -> None:
         self._store.close()
 
-    def __enter__(self) -> "Gallery":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -317,7 +325,7 @@ class Gallery:
             self._stale = False
             self._loaded_version = version
 
-    def _index(self) -> "_IndexState":
+    def _index(self) -> _IndexState:
         if self._store.data_version() != self._loaded_version:
             self._reload()  # another process changed the file
         elif self._stale:
@@ -329,7 +337,7 @@ class Gallery:
 
 
 def _group(values: np.ndarray, positions: np.ndarray, owners: np.ndarray, k: int,
-           threshold: Optional[float]) -> list[tuple[int, float, int]]:
+           threshold: float | None) -> list[tuple[int, float, int]]:
     found, seen = [], set()
     for score, position in zip(values, positions):
         if position < 0 or (threshold is not None and score < threshold):
@@ -350,9 +358,9 @@ class _IndexState:
     embeddings: np.ndarray
     precision: str
     most_samples: int
-    approximate_settings: Optional[ApproximateSettings]
-    approximate: Optional[FaissIndex]
-    _scorer: Optional[SampleScorer] = None
+    approximate_settings: ApproximateSettings | None
+    approximate: FaissIndex | None
+    _scorer: SampleScorer | None = None
 
     @property
     def count(self) -> int:
@@ -370,11 +378,11 @@ class _IndexState:
         return int(np.bincount(np.unique(owners, return_inverse=True)[1]).max()) if len(owners) else 0
 
     @classmethod
-    def build(cls, ids, owners, embeddings, precision: str, settings: Optional[ApproximateSettings]) -> "_IndexState":
+    def build(cls, ids, owners, embeddings, precision: str, settings: ApproximateSettings | None) -> _IndexState:
         approximate = FaissIndex(embeddings, settings) if settings is not None and len(ids) else None
         return cls(ids, owners, embeddings, precision, cls._most(owners), settings, approximate)
 
-    def updated(self, pending, removed_owners: set, removed_samples: set, precision: str) -> "_IndexState":
+    def updated(self, pending, removed_owners: set, removed_samples: set, precision: str) -> _IndexState:
         """Appends first, then removals (a sample may be added and removed before the next search)."""
         ids, owners, embeddings = self.ids, self.owners, self.embeddings
         new_rows = None

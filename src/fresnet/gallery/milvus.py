@@ -17,10 +17,12 @@ default; this one is for scale.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
+from typing_extensions import Self
 
 from fresnet.gallery.contract import EmbeddingContract
 from fresnet.gallery.errors import GalleryError, IdentityNotFound
@@ -53,8 +55,8 @@ class MilvusGallery:
     """:class:`fresnet.gallery.gallery.Gallery`'s API over Milvus. ``uri``: a server URL or a local
     ``.db`` file (milvus-lite); ``name``: the collections' prefix."""
 
-    def __init__(self, uri: Union[str, Path], contract: Optional[EmbeddingContract] = None, *,
-                 name: str = "fresnet", embedding_size: Optional[int] = None, token: str = ""):
+    def __init__(self, uri: str | Path, contract: EmbeddingContract | None = None, *,
+                 name: str = "fresnet", embedding_size: int | None = None, token: str = ""):
         pymilvus = _milvus()
         self.uri = str(uri)
         self.name = gallery_name(name).replace(".", "_").replace("-", "_")
@@ -109,7 +111,7 @@ class MilvusGallery:
                                      ("identity", "VARCHAR", {"max_length": 4 * MAX_IDENTITY_NAME}),
                                      ("metadata", "JSON", {})], "IP", auto_id=True)
 
-    def _get_meta(self, key: str) -> Optional[str]:
+    def _get_meta(self, key: str) -> str | None:
         rows = self.client.query(self._meta, filter=f"key == {_literal(key)}", output_fields=["value"])
         return rows[0]["value"] if rows else None
 
@@ -118,33 +120,33 @@ class MilvusGallery:
 
     # ---- the Gallery API --------------------------------------------------------------------------
     @property
-    def contract(self) -> Optional[EmbeddingContract]:
+    def contract(self) -> EmbeddingContract | None:
         return self._contract
 
     @property
-    def embedding_size(self) -> Optional[int]:
+    def embedding_size(self) -> int | None:
         size = self._get_meta("embedding_size")
         return None if size is None else int(size)
 
     @property
-    def calibration(self) -> Optional[dict]:
+    def calibration(self) -> dict | None:
         text = self._get_meta("calibration")
         return None if text is None else load_json(text, "milvus calibration")
 
     @property
-    def threshold(self) -> Optional[float]:
+    def threshold(self) -> float | None:
         calibration = self.calibration
         return None if calibration is None else float(calibration["threshold"])
 
     def set_calibration(self, calibration: dict) -> None:
         self._set_meta("calibration", metadata_json(calibration, "calibration"))
 
-    def add(self, name: str, embeddings: Any, metadata: Optional[dict] = None,
-            sample_metadata: Optional[Sequence[Optional[dict]]] = None,
-            contract: Optional[EmbeddingContract] = None) -> list[int]:
+    def add(self, name: str, embeddings: Any, metadata: dict | None = None,
+            sample_metadata: Sequence[dict | None] | None = None,
+            contract: EmbeddingContract | None = None) -> list[int]:
         return self.add_many([(name, embeddings, metadata, sample_metadata)], contract=contract)[0]
 
-    def add_many(self, entries: Iterable[tuple], contract: Optional[EmbeddingContract] = None) -> list[list[int]]:
+    def add_many(self, entries: Iterable[tuple], contract: EmbeddingContract | None = None) -> list[list[int]]:
         if self._contract is not None:
             self._contract.require_same(contract, f"{self.uri}: add")
         results = []
@@ -169,7 +171,7 @@ class MilvusGallery:
             results.append([int(i) for i in inserted["ids"]])
         return results
 
-    def _identity_row(self, name: str) -> Optional[dict]:
+    def _identity_row(self, name: str) -> dict | None:
         if not self.client.has_collection(self._identities):
             return None
         rows = self.client.query(self._identities, filter=f"name == {_literal(name)}",
@@ -228,8 +230,8 @@ class MilvusGallery:
         samples = sorted(int(s["id"]) for s in self._samples_of(name, ["id"]))
         return Identity(name, dict(row["metadata"] or {}), tuple(samples), len(samples))
 
-    def search(self, embeddings: Any, k: int = 5, threshold: Optional[float] = None,
-               contract: Optional[EmbeddingContract] = None) -> list[list[Match]]:
+    def search(self, embeddings: Any, k: int = 5, threshold: float | None = None,
+               contract: EmbeddingContract | None = None) -> list[list[Match]]:
         if self._contract is not None:
             self._contract.require_same(contract, f"{self.uri}: search")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_LIMIT:
@@ -254,7 +256,7 @@ class MilvusGallery:
     def close(self) -> None:
         self.client.close()
 
-    def __enter__(self) -> "MilvusGallery":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

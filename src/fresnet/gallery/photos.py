@@ -9,8 +9,9 @@ fresnet's detectors and a recognition model; tests inject a fake.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -81,12 +82,12 @@ def decode_photo(data: bytes, where: str) -> np.ndarray:
             return load_photo(opened, where=where)  # upright by EXIF, every mode to RGB
     except FresnetError as exc:
         raise ImageRefused(str(exc), "not_image") from None
-    except Exception as exc:  # truncated or corrupt data surface while decoding
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for truncated or corrupt data
         raise ImageRefused(f"{where}: cannot decode the image ({type(exc).__name__}); the upload is damaged or not "
                            "an image", "not_image") from None
 
 
-def largest(faces: Sequence[LocatedFace]) -> Optional[LocatedFace]:
+def largest(faces: Sequence[LocatedFace]) -> LocatedFace | None:
     return max(faces, key=lambda face: face.area) if faces else None
 
 

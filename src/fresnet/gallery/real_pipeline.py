@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +40,8 @@ class RealPipeline:
         return raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
 
     @classmethod
-    def build(cls, model: Any, detector: Any = "mtcnn", det_thresh: Optional[float] = None, flip: bool = False,
-              device: str = "cpu", fast: bool = False) -> "RealPipeline":
+    def build(cls, model: Any, detector: Any = "mtcnn", det_thresh: float | None = None, flip: bool = False,
+              device: str = "cpu", fast: bool = False) -> RealPipeline:
         from fresnet.faces.analysis import FaceAnalysis
 
         analysis = FaceAnalysis(detector=detector, recognizer=model, flip=flip, det_thresh=det_thresh, device=device,

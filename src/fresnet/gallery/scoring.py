@@ -11,7 +11,6 @@ identity's first appearance is its maximum.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -72,7 +71,7 @@ class SampleScorer:
 
 
 def best_identities(scores: np.ndarray, owners: np.ndarray, most_samples: int, k: int,
-                    threshold: Optional[float]) -> list[list[tuple[int, float, int]]]:
+                    threshold: float | None) -> list[list[tuple[int, float, int]]]:
     """For each row of ``scores`` ``(q, n)``: up to ``k`` ``(owner, score, sample position)``, best
     first, one per owner, each owner scored by its best sample; with ``threshold``, only scores
     ``>= threshold``. Ties are broken by sample position, so answers are reproducible."""

@@ -15,10 +15,11 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ def metadata_json(metadata: Any, what: str) -> str:
 class SQLiteStore:
     """The gallery file. Thread-safe within a process (one connection behind a lock)."""
 
-    def __init__(self, path: Union[str, Path], create: bool = True):
+    def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise GalleryError(f"{self.path}: no such gallery; create it first (fresnet gallery create)")
@@ -138,12 +139,12 @@ class SQLiteStore:
             return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     # ---- meta ------------------------------------------------------------------------------------
-    def get_meta(self, key: str) -> Optional[str]:
+    def get_meta(self, key: str) -> str | None:
         with self.lock:
             row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
-    def set_meta(self, key: str, value: str, db: Optional[sqlite3.Connection] = None) -> None:
+    def set_meta(self, key: str, value: str, db: sqlite3.Connection | None = None) -> None:
         if db is None:
             with self.transaction() as own:
                 own.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
@@ -151,7 +152,7 @@ class SQLiteStore:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     # ---- reads -----------------------------------------------------------------------------------
-    def identity_id(self, name: str, db: Optional[sqlite3.Connection] = None) -> Optional[int]:
+    def identity_id(self, name: str, db: sqlite3.Connection | None = None) -> int | None:
         with self.lock:
             row = (db or self.db).execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
         return None if row is None else int(row[0])
@@ -163,7 +164,7 @@ class SQLiteStore:
                 "SELECT i.id, i.name, i.metadata, COUNT(s.id) FROM identities i "
                 "LEFT JOIN samples s ON s.identity = i.id GROUP BY i.id ORDER BY i.name").fetchall()
 
-    def identity(self, name: str) -> Optional[tuple[int, str, str, list[tuple[int, str]]]]:
+    def identity(self, name: str) -> tuple[int, str, str, list[tuple[int, str]]] | None:
         """``(id, name, metadata JSON, [(sample id, sample metadata JSON)])`` or ``None``."""
         with self.lock:
             row = self.db.execute("SELECT id, name, metadata FROM identities WHERE name = ?", (name,)).fetchone()
@@ -200,7 +201,7 @@ class SQLiteStore:
             return dict(self.db.execute("SELECT id, name FROM identities").fetchall())
 
     # ---- writes ----------------------------------------------------------------------------------
-    def add_samples_many(self, entries: list[tuple[str, np.ndarray, Optional[str], list[str]]]
+    def add_samples_many(self, entries: list[tuple[str, np.ndarray, str | None, list[str]]]
                          ) -> list[tuple[int, list[int]]]:
         """For each ``(name, embeddings, metadata JSON or None, sample metadata JSON)``: create the
         identity if new (replacing its metadata when given) and append its samples -- all in one
@@ -223,7 +224,7 @@ class SQLiteStore:
                 results.append((int(identity), samples))
         return results
 
-    def remove_identity(self, name: str) -> Optional[int]:
+    def remove_identity(self, name: str) -> int | None:
         with self.transaction() as db:
             identity = self.identity_id(name, db)
             if identity is not None:
@@ -231,7 +232,7 @@ class SQLiteStore:
                 db.execute("DELETE FROM identities WHERE id = ?", (identity,))
         return identity
 
-    def remove_sample(self, sample: int) -> Optional[int]:
+    def remove_sample(self, sample: int) -> int | None:
         """Remove one sample; its identity stays (with no samples it matches nothing)."""
         with self.transaction() as db:
             row = db.execute("SELECT identity FROM samples WHERE id = ?", (sample,)).fetchone()
@@ -239,7 +240,7 @@ class SQLiteStore:
                 db.execute("DELETE FROM samples WHERE id = ?", (sample,))
         return None if row is None else int(row[0])
 
-    def rename(self, old: str, new: str) -> Optional[int]:
+    def rename(self, old: str, new: str) -> int | None:
         with self.transaction() as db:
             identity = self.identity_id(old, db)
             if identity is not None:

@@ -10,8 +10,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+from collections.abc import Mapping
 from importlib import resources
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -52,7 +53,7 @@ _COMPARE_BODY["requestBody"]["content"]["application/json"] = {"schema": {"type"
     "required": ["a", "b"]}}
 
 
-def face_json(face: LocatedFace, embedding: Optional[np.ndarray] = None) -> dict:
+def face_json(face: LocatedFace, embedding: np.ndarray | None = None) -> dict:
     out = {"box": [round(float(v), 2) for v in face.box],
            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks],
            "score": round(float(face.score), 5)}
@@ -119,7 +120,7 @@ async def _json(request: Request) -> Any:
         raise ApiError(400, "bad_request", f"the body is not JSON: {str(exc)[:200]}") from None
 
 
-def _limit_and_threshold(limit: Any, threshold: Any, gallery) -> tuple[int, Optional[float]]:
+def _limit_and_threshold(limit: Any, threshold: Any, gallery) -> tuple[int, float | None]:
     from fresnet.validate import as_float, as_int
 
     try:
@@ -131,7 +132,7 @@ def _limit_and_threshold(limit: Any, threshold: Any, gallery) -> tuple[int, Opti
         raise ApiError(422, "invalid_request", str(exc)) from None
 
 
-def create_app(pipeline: FacePipeline, galleries: Mapping[str, Any], *, api_key: Optional[str] = None,
+def create_app(pipeline: FacePipeline, galleries: Mapping[str, Any], *, api_key: str | None = None,
                max_batch: int = 32, max_wait_ms: float = 5.0, detect_workers: int = 2) -> FastAPI:
     from fresnet.limits import current
 

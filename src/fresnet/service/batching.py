@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -35,8 +35,8 @@ class EmbedBatcher:
         self.max_wait_s = max_wait_s
         self.stats = BatchStats()
         self._queue: list[tuple[np.ndarray, asyncio.Future]] = []
-        self._wake: Optional[asyncio.Event] = None
-        self._task: Optional[asyncio.Task] = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fresnet-recogniser")
 
     def start(self) -> None:
@@ -82,7 +82,7 @@ class EmbedBatcher:
             batch = np.concatenate([c for c, _ in live])
             try:
                 rows = await loop.run_in_executor(self._worker, self._embed, batch)
-            except Exception as exc:  # every waiting request learns of it
+            except Exception as exc:  # noqa: BLE001 - every waiting request learns of any failure
                 for _, future in live:
                     if not future.done():
                         future.set_exception(exc)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import Optional
 
 from fresnet.errors import FresnetError
 from fresnet.service.errors import envelope
@@ -26,7 +25,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, api_key: Optional[str]) -> None:
+def check_exposure(host: str, api_key: str | None) -> None:
     """Refuse to listen beyond this machine without an API key (or with a guessable one)."""
     if api_key is not None and len(api_key) < MIN_KEY_LENGTH:
         raise FresnetError(f"the API key is {len(api_key)} characters; use at least {MIN_KEY_LENGTH} random ones, "
@@ -47,7 +46,7 @@ def key_matches(headers, api_key: str) -> bool:
 class Guard:
     """ASGI middleware: the API key on ``/v1/*`` (health excepted) and the body size cap."""
 
-    def __init__(self, app, api_key: Optional[str], max_body: int):
+    def __init__(self, app, api_key: str | None, max_body: int):
         self.app, self.api_key, self.max_body = app, api_key, max_body
 
     async def __call__(self, scope, receive, send):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from fresnet.errors import FresnetError
 from fresnet.service.security import check_exposure
@@ -17,7 +16,7 @@ class ServeSettings:
     detector: str = "mtcnn"
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key_env: Optional[str] = None
+    api_key_env: str | None = None
     max_batch: int = 32
     max_wait_ms: float = 5.0
     detect_workers: int = 2
@@ -25,7 +24,7 @@ class ServeSettings:
     extra: dict = field(default_factory=dict)
 
 
-def api_key_from(env: Optional[str]) -> Optional[str]:
+def api_key_from(env: str | None) -> str | None:
     if env is None:
         return None
     value = os.environ.get(env)
