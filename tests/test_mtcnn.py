@@ -83,7 +83,8 @@ def test_collage_of_six_and_grace_hopper(detector, found, oracle, photos):
 def test_insightface_thresholds_option(photos):
     ours = MTCNN(thresholds=INSIGHTFACE_THRESHOLDS)
     reference = facenet_mtcnn(thresholds=list(INSIGHTFACE_THRESHOLDS))
-    rgb = photos["person_b_1"]
+    assert ours.thresholds == (0.6, 0.7, 0.8)
+    rgb = photos["person_a_1"]  # the smallest portrait: the second oracle run stays cheap
     assert_same_as(ours.detect(rgb), facenet_detect(reference, rgb))
 
 
@@ -137,3 +138,26 @@ def test_cuda_matches_cpu(found, photos):
         np.testing.assert_allclose(ours.boxes, theirs.boxes, atol=0.5)
         np.testing.assert_allclose(ours.landmarks, theirs.landmarks, atol=0.5)
         np.testing.assert_allclose(ours.scores, theirs.scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 300, 2500])  # 2500: past the IoU-table limit, the per-box loop
+def test_nms_same_as_reference_nms(count):
+    from facenet_oracle import greedy_batched_nms
+
+    from fresnet.faces.nms import nms_iou, nms_min_plus_one
+
+    facenet_mtcnn()  # imports facenet-pytorch behind the stand-in torchvision
+    from facenet_pytorch.models.utils.detect_face import nms_numpy
+
+    rng = np.random.default_rng(count)
+    corner = rng.integers(0, 200, (count, 2)).astype(np.float32)
+    boxes = np.concatenate([corner, corner + rng.integers(1, 60, (count, 2)).astype(np.float32)], 1)
+    scores = rng.random(count).astype(np.float32)
+    scores[: count // 3] = 0.5  # ties: broken by the lower index
+    for threshold in (0.5, 0.7):
+        reference = greedy_batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                                       torch.zeros(count, dtype=torch.long), threshold)
+        np.testing.assert_array_equal(nms_iou(boxes, scores, threshold), reference.numpy())
+        if count:
+            np.testing.assert_array_equal(nms_min_plus_one(boxes, scores, threshold),
+                                          nms_numpy(boxes, scores, threshold, "Min"))

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from fresnet.errors import FresnetError
+
 
 @dataclass(frozen=True)
 class Detections:
@@ -42,6 +44,19 @@ class Detector(Protocol):
     name: str
 
     def detect(self, image: np.ndarray) -> Detections: ...
+
+
+def check_rgb_image(image: object) -> np.ndarray:
+    """``image`` as a C-contiguous ``(H, W, 3)`` uint8 array, or :class:`FresnetError` saying what it is."""
+    if not isinstance(image, np.ndarray):
+        raise FresnetError(f"a detector takes a NumPy (H, W, 3) uint8 RGB array, got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise FresnetError(
+            f"a detector takes an (H, W, 3) uint8 RGB array, got shape {image.shape} dtype {image.dtype}; "
+            "convert grayscale, alpha, 16-bit or palette images to 8-bit RGB first (the face pipeline's "
+            "image reader does this)"
+        )
+    return np.ascontiguousarray(image)
 
 
 def largest_first(boxes: np.ndarray, shape: tuple, metric: str = "default") -> np.ndarray:

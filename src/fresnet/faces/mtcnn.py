@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from fresnet.errors import FresnetError
-from fresnet.faces.detection import Detections
+from fresnet.faces.detection import Detections, check_rgb_image
 from fresnet.faces.mtcnn_nets import ONet, PNet, RNet, load_net
 from fresnet.faces.nms import nms_iou, nms_min_plus_one
 from fresnet.faces.weights import mtcnn_weights
@@ -38,19 +38,6 @@ from fresnet.faces.weights import mtcnn_weights
 FACENET_THRESHOLDS = (0.6, 0.7, 0.7)  # facenet-pytorch's defaults
 INSIGHTFACE_THRESHOLDS = (0.6, 0.7, 0.8)  # InsightFace's MXNet deploy (face_model.py)
 _CROP_BATCH = 2048  # R-/O-Net crops per forward, bounds memory on photos with many candidates
-
-
-def check_rgb_image(image: object) -> np.ndarray:
-    """``image`` as a C-contiguous ``(H, W, 3)`` uint8 array, or :class:`FresnetError` saying what it is."""
-    if not isinstance(image, np.ndarray):
-        raise FresnetError(f"a detector takes a NumPy (H, W, 3) uint8 RGB array, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-        raise FresnetError(
-            f"a detector takes an (H, W, 3) uint8 RGB array, got shape {image.shape} dtype {image.dtype}; "
-            "convert grayscale, alpha, 16-bit or palette images to 8-bit RGB first (the face pipeline's "
-            "image reader does this)"
-        )
-    return np.ascontiguousarray(image)
 
 
 class _AreaSampler:
@@ -85,7 +72,7 @@ class _AreaSampler:
         widths = (right - left).to(torch.float32)[None, :, None]
         # (1, h, w, 3) viewed as NCHW: channels-last with a true batch stride, which oneDNN's fast
         # convolution path needs (a size-1 batch dim of stride 3 sends it down a path ~1.5x slower)
-        return (sums.to(torch.float32) / heights / widths).unsqueeze(0).permute(0, 3, 1, 2)
+        return sums.to(torch.float32).div_(heights).div_(widths).unsqueeze(0).permute(0, 3, 1, 2)
 
     def sample(self, y0: torch.Tensor, y1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
                size: tuple[int, int]) -> torch.Tensor:
@@ -102,11 +89,12 @@ class _AreaSampler:
         sums = sums.view(len(y0), size[0], size[1], 3)
         heights = (bottom - top).to(torch.float32)[:, :, None, None]
         widths = (right - left).to(torch.float32)[:, None, :, None]
-        return (sums.to(torch.float32) / heights / widths).permute(0, 3, 1, 2)
+        return sums.to(torch.float32).div_(heights).div_(widths).permute(0, 3, 1, 2)
 
 
 def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    return (pixels - 127.5) * 0.0078125
+    """``(x - 127.5) * 0.0078125`` as the reference computes it, in place."""
+    return pixels.sub_(127.5).mul_(0.0078125)
 
 
 def _squared(boxes: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,15 @@
   of ``numpy.argsort(scores)`` (its default sort), as the reference does.
 
 Both compute in float32, the boxes' precision, term by term as the references do, so the same
-boxes give the same decisions. Inputs are NumPy arrays; the loop runs once per kept box over the
-remaining candidates, vectorised.
+boxes give the same decisions. Inputs are NumPy arrays; up to 2048 boxes the IoU table is computed
+at once (a box suppressed by an already-suppressed box is not a problem: the greedy pass only
+applies rows of kept boxes), beyond that one vectorised row per kept box.
 """
 from __future__ import annotations
 
 import numpy as np
+
+_TABLE_LIMIT = 2048  # up to this many boxes, the pairwise IoU table (16 MiB) replaces the per-box loop
 
 
 def nms_iou(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -23,17 +26,29 @@ def nms_iou(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarr
     order = np.argsort(-np.asarray(scores, np.float32), kind="stable")
     x1, y1, x2, y2 = (boxes[order, k] for k in range(4))
     area = (x2 - x1) * (y2 - y1)
-    suppressed = np.zeros(len(order), bool)
-    keep = []
     threshold = np.float32(threshold)
+    zero = np.float32(0)
+    keep = []
     with np.errstate(invalid="ignore", divide="ignore"):
+        if len(order) <= _TABLE_LIMIT:  # the whole IoU table at once, then one cheap pass
+            w = np.maximum(np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :]), zero)
+            h = np.maximum(np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :]), zero)
+            inter = w * h
+            over = inter / (area[:, None] + area[None, :] - inter) > threshold
+            suppressed = np.zeros(len(order), bool)
+            for r in range(len(order)):
+                if not suppressed[r]:
+                    keep.append(order[r])
+                    suppressed |= over[r]
+            return np.asarray(keep, np.int64)
+        suppressed = np.zeros(len(order), bool)
         for r in range(len(order)):
             if suppressed[r]:
                 continue
             keep.append(order[r])
             rest = slice(r + 1, None)
-            w = np.maximum(np.minimum(x2[r], x2[rest]) - np.maximum(x1[r], x1[rest]), np.float32(0))
-            h = np.maximum(np.minimum(y2[r], y2[rest]) - np.maximum(y1[r], y1[rest]), np.float32(0))
+            w = np.maximum(np.minimum(x2[r], x2[rest]) - np.maximum(x1[r], x1[rest]), zero)
+            h = np.maximum(np.minimum(y2[r], y2[rest]) - np.maximum(y1[r], y1[rest]), zero)
             inter = w * h
             suppressed[rest] |= inter / (area[r] + area[rest] - inter) > threshold
     return np.asarray(keep, np.int64)

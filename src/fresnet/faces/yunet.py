@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fresnet.errors import FresnetError
-from fresnet.faces.detection import Detections
-from fresnet.faces.mtcnn import check_rgb_image
+from fresnet.faces.detection import Detections, check_rgb_image
 from fresnet.faces.weights import yunet_model
 
 STRIDES = (8, 16, 32)
