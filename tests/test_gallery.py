@@ -130,6 +130,9 @@ def test_bad_embeddings_are_refused(tmp_path):
             gallery.add("a", np.ones(4), metadata={"x": object()})
         with pytest.raises(GalleryError, match="k = 0"):
             gallery.search(np.ones(4), k=0)
+        for bad in ("high", float("nan"), 1.5):
+            with pytest.raises(FresnetError, match="threshold"):
+                gallery.search(np.ones(4), threshold=bad)
 
 
 def test_the_embedding_contract_refuses_another_model(tmp_path):

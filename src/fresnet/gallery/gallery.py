@@ -250,6 +250,10 @@ class Gallery:
             self._contract.require_same(contract, f"{self.path}: search")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise GalleryError(f"search: k = {k!r}: expected an integer >= 1")
+        if threshold is not None:
+            from fresnet.validate import as_float
+
+            threshold = as_float(threshold, "threshold", "search", minimum=-1.0, maximum=1.0)
         queries = unit_rows(embeddings, self.embedding_size, "search")
         with self._lock:
             state = self._index()
