@@ -31,6 +31,9 @@ _EXPORTS = {
     "Face": "fresnet.faces.face",
     # speed
     "optimize_for_inference": "fresnet.inference.fast",
+    # 1:N search
+    "Gallery": "fresnet.gallery.gallery",
+    "EmbeddingContract": "fresnet.gallery.contract",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, extra=["__version__"])

@@ -67,6 +67,9 @@ class Limits:
     max_list_bytes: int = 256 * MiB
     #: nesting depth of JSON and YAML documents (fresnet's own are 4 deep)
     max_nesting: int = 64
+    #: bytes of one HTTP request body sent to ``fresnet serve`` (all its photos together; a phone
+    #: photo is 2-8 MB)
+    max_upload_bytes: int = 32 * MiB
 
     def replace(self, **caps: Union[int, float, str]) -> Limits:
         return dataclasses.replace(self, **{name: parse_cap(name, value, "limits") for name, value in caps.items()})

@@ -31,6 +31,8 @@ COMMANDS = {
     "embed": "fresnet.cli.faces",
     "compare": "fresnet.cli.faces",
     "demo": "fresnet.cli.demo",
+    "gallery": "fresnet.cli.gallery",
+    "serve": "fresnet.cli.serve",
 }
 
 
