@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import machine_info, set_threads
 
+from common import machine_info, set_threads
 from fresnet.gallery.approximate import ApproximateSettings, recall_at_k
 from fresnet.gallery.gallery import Gallery
 

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from common import REPO_ROOT, machine_info
 
 PHOTOS = REPO_ROOT.parent / "shared" / "reference" / "faces" / "photos"
@@ -45,13 +46,13 @@ def default_parts() -> tuple[str, str]:
         from fresnet.faces.weights import sface_model
 
         recogniser = str(sface_model())
-    except Exception as exc:  # noqa: BLE001 - any absence means the fallback
+    except Exception as exc:
         print(f"SFace is not available ({type(exc).__name__}); the recogniser is r18", file=sys.stderr)
     for name, module in (("mtcnn", "fresnet.faces.mtcnn"), ("yunet", "fresnet.faces.yunet")):
         try:
             __import__(module)
             return recogniser, name
-        except Exception as exc:  # noqa: BLE001 - any absence means the next detector
+        except Exception as exc:
             print(f"detector {name} is not available ({type(exc).__name__})", file=sys.stderr)
     return recogniser, detector
 
@@ -233,7 +234,7 @@ def main() -> None:
                 httpx.post(f"{base}/v1/galleries/bench/identities", data={"name": f"person {index}"}, timeout=120,
                            files=[("photos", ("p.jpg", photo, "image/jpeg"))])
             slice_ = args.seconds / args.rounds
-            for round_ in range(args.rounds):  # interleaved, so slow spells of the machine hit all alike
+            for _round in range(args.rounds):  # interleaved, so slow spells of the machine hit all alike
                 if offline is not None:
                     offline.run(slice_)
                 for name, path in (("embeddings", "/v1/embeddings"), ("search", "/v1/galleries/bench/search")):

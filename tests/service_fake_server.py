@@ -7,10 +7,10 @@ from __future__ import annotations
 import sys
 
 import uvicorn
-from service_fakes import FakePipeline
 
 from fresnet.gallery.gallery import Gallery
 from fresnet.service.app import create_app
+from service_fakes import FakePipeline
 
 
 def main() -> None:

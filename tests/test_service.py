@@ -12,13 +12,13 @@ pytest.importorskip("fastapi", reason="the service needs fastapi (pip install 'f
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
 from fastapi.testclient import TestClient
-from service_fakes import BLUE, GREEN, RED, FakePipeline, photo
 
 from fresnet.errors import FresnetError
 from fresnet.gallery.gallery import Gallery
 from fresnet.limits import override
 from fresnet.service.app import create_app
 from fresnet.service.security import check_exposure, is_loopback
+from service_fakes import BLUE, GREEN, RED, FakePipeline, photo
 
 KEY = "k" * 24
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import reference_path
 
 pytest.importorskip("selenium", reason="the browser test drives Chromium with selenium")
@@ -30,7 +31,7 @@ def real_service_command(gallery: Path, port: int) -> list[str]:
         from fresnet.faces.weights import sface_model
 
         sface = str(sface_model())
-    except Exception as exc:  # noqa: BLE001 - any absence is a reason to skip
+    except Exception as exc:
         pytest.skip(f"the SFace recogniser is not available here ({type(exc).__name__}: {exc})")
     try:
         import fresnet.faces.mtcnn  # noqa: F401
@@ -38,7 +39,7 @@ def real_service_command(gallery: Path, port: int) -> list[str]:
 
         mtcnn_weights()
         detector = "mtcnn"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         oracle = Path(sys.prefix) / "oracles" / "scrfd.onnx"
         if not oracle.is_file():
             pytest.skip(f"no face detector available ({type(exc).__name__}: {exc})")

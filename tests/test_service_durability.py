@@ -10,10 +10,9 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
+from fresnet.gallery.gallery import Gallery
 from service_fakes import photo
 from service_process import fake_server, free_port
-
-from fresnet.gallery.gallery import Gallery
 
 
 def test_sigkill_during_enrolments_keeps_every_acknowledged_one(tmp_path):

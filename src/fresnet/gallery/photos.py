@@ -82,7 +82,7 @@ def decode_photo(data: bytes, where: str) -> np.ndarray:
             return load_photo(opened, where=where)  # upright by EXIF, every mode to RGB
     except FresnetError as exc:
         raise ImageRefused(str(exc), "not_image") from None
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for truncated or corrupt data
+    except Exception as exc:
         raise ImageRefused(f"{where}: cannot decode the image ({type(exc).__name__}); the upload is damaged or not "
                            "an image", "not_image") from None
 

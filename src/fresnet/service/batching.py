@@ -82,7 +82,7 @@ class EmbedBatcher:
             batch = np.concatenate([c for c, _ in live])
             try:
                 rows = await loop.run_in_executor(self._worker, self._embed, batch)
-            except Exception as exc:  # noqa: BLE001 - every waiting request learns of any failure
+            except Exception as exc:
                 for _, future in live:
                     if not future.done():
                         future.set_exception(exc)
