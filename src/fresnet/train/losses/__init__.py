@@ -19,7 +19,12 @@ from fresnet.train.losses.classic import (
     triplet_loss,
 )
 from fresnet.train.losses.columns import LOCAL, LocalColumns, ShardedColumns
-from fresnet.train.losses.registry import MARGIN_LOSSES, MarginEntry, build_margin, describe_margins
+from fresnet.train.losses.registry import (
+    MARGIN_LOSSES,
+    MarginEntry,
+    build_margin,
+    describe_margins,
+)
 
 __all__ = [
     "ACOS_EPS", "LOCAL", "LOSS_PRESETS", "MARGIN_LOSSES", "FullFCLoss", "LocalColumns", "MarginEntry", "MarginLoss",

@@ -3,7 +3,7 @@ EMA of the batch's norm mean and standard deviation."""
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -27,7 +27,7 @@ class AdaFace(MarginLoss):
     needs_norms = True
 
     def __init__(self, m: float = 0.4, h: float = 0.333, s: float = 64.0, t_alpha: float = 0.01,
-                 process_group: Any = None, num_classes: Optional[int] = None):
+                 process_group: Any = None, num_classes: int | None = None):
         super().__init__(num_classes)
         self.m, self.h, self.s, self.t_alpha = float(m), float(h), float(s), float(t_alpha)
         self.process_group = process_group
@@ -37,7 +37,7 @@ class AdaFace(MarginLoss):
     def options(self) -> dict[str, Any]:
         return {"m": self.m, "h": self.h, "s": self.s, "t_alpha": self.t_alpha}
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         self._check(cos, labels, norms)
         cos = cos.clamp(-1 + EPS, 1 - EPS)
         safe_norms = norms.detach().reshape(-1, 1).to(cos.dtype).clip(0.001, 100)

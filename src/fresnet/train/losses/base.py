@@ -2,7 +2,7 @@
 may be split over ranks, the batch's target cosines, and batch statistics over a process group."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,7 @@ class MarginLoss(nn.Module):
     name = ""
     needs_norms = False
 
-    def __init__(self, num_classes: Optional[int] = None):
+    def __init__(self, num_classes: int | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.columns: LocalColumns = LOCAL
@@ -38,7 +38,7 @@ class MarginLoss(nn.Module):
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options().items())
 
-    def _check(self, cos: torch.Tensor, labels: torch.Tensor, norms: Optional[torch.Tensor]) -> None:
+    def _check(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None) -> None:
         if cos.dim() != 2 or labels.shape != cos.shape[:1]:
             raise FresnetError(f"{self.name}: wants cos (B, C) and labels (B,), got {tuple(cos.shape)} and "
                                f"{tuple(labels.shape)}")
@@ -80,7 +80,7 @@ def _group_sum(x: torch.Tensor, group: Any) -> torch.Tensor:
     return x
 
 
-def batch_mean(values: torch.Tensor, valid: Optional[torch.Tensor] = None, group: Any = None) -> torch.Tensor:
+def batch_mean(values: torch.Tensor, valid: torch.Tensor | None = None, group: Any = None) -> torch.Tensor:
     """Mean of ``values`` over the rows (where ``valid``), over every rank of ``group`` when given:
     one all-reduce, no host synchronisation."""
     weights = torch.ones_like(values) if valid is None else valid.to(values.dtype)

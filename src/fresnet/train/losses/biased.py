@@ -72,7 +72,7 @@ class UniFace(MarginLoss):
 
     name = "uniface"
 
-    def __init__(self, m: float = 0.4, s: float = 64.0, l: float = 1.0, r: float = 1.0,  # noqa: E741 - the paper's name
+    def __init__(self, m: float = 0.4, s: float = 64.0, l: float = 1.0, r: float = 1.0,
                  num_classes: Any = None):
         num_classes = _need_classes(self.name, num_classes)
         super().__init__(num_classes)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -157,7 +157,7 @@ class FullFCLoss(nn.Module):
     """
 
     def __init__(self, emb_size: int, num_classes: int, spec: MarginSpec, no_bias: bool = False,
-                 weight: Optional[torch.Tensor] = None):
+                 weight: torch.Tensor | None = None):
         super().__init__()
         self.spec = spec
         self.weight = nn.Parameter(weight.clone() if weight is not None else torch.randn(num_classes, emb_size) * 0.01)

@@ -9,8 +9,6 @@ loss, as the convention of :mod:`fresnet.train.distributed` requires.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from fresnet.train import distributed as D
@@ -47,7 +45,7 @@ class ShardedColumns(LocalColumns):
 
     sharded = True
 
-    def __init__(self, total: Optional[int] = None):
+    def __init__(self, total: int | None = None):
         self.total = total
 
     def row_max(self, x: torch.Tensor) -> torch.Tensor:

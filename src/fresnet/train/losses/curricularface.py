@@ -3,12 +3,17 @@ hard negatives are re-weighted by an EMA ``t`` of the batch's target cosine."""
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from fresnet.train.losses.base import MarginLoss, batch_mean
-from fresnet.train.losses.functional import ema, gather_target, replace_target, sqrt_one_minus_square
+from fresnet.train.losses.functional import (
+    ema,
+    gather_target,
+    replace_target,
+    sqrt_one_minus_square,
+)
 
 
 class CurricularFace(MarginLoss):
@@ -23,7 +28,7 @@ class CurricularFace(MarginLoss):
     name = "curricularface"
 
     def __init__(self, m: float = 0.5, s: float = 64.0, alpha: float = 0.01, process_group: Any = None,
-                 num_classes: Optional[int] = None):
+                 num_classes: int | None = None):
         super().__init__(num_classes)
         self.m, self.s, self.alpha = float(m), float(s), float(alpha)
         self.process_group = process_group
@@ -35,7 +40,7 @@ class CurricularFace(MarginLoss):
     def _cos_m(self, cos_y: torch.Tensor) -> torch.Tensor:
         return cos_y * math.cos(self.m) - sqrt_one_minus_square(cos_y) * math.sin(self.m)
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         self._check(cos, labels, norms)
         cos = cos.clamp(-1, 1)
         cos_y = gather_target(cos, labels)

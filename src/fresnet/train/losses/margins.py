@@ -4,7 +4,7 @@ names (docs/training.md lists them); the stateful ones live in their own modules
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -38,7 +38,7 @@ class CombinedMargin(MarginLoss):
 
     def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2, grad: str = "exact",
                  interclass_filtering_threshold: float = 0.0, continuation: bool = False,
-                 num_classes: Optional[int] = None):
+                 num_classes: int | None = None):
         super().__init__(num_classes)
         if grad not in GRAD_MODES:
             raise FresnetError(f"{self.name}: unknown grad {grad!r}; choose one of {', '.join(GRAD_MODES)}")
@@ -62,7 +62,7 @@ class CombinedMargin(MarginLoss):
             target = straight_through(target, picked)
         return replace_target(cos, labels, target) * self.s
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         self._check(cos, labels, norms)
         return self.cross_entropy(self.logits(cos, labels), labels)
 
@@ -74,7 +74,7 @@ class SubcenterArcFace(CombinedMargin):
 
     name = "subcenter_arcface"
 
-    def __init__(self, s: float = 64.0, m: float = 0.5, K: int = 3, num_classes: Optional[int] = None):
+    def __init__(self, s: float = 64.0, m: float = 0.5, K: int = 3, num_classes: int | None = None):
         super().__init__(s=s, m1=1.0, m2=m, m3=0.0, num_classes=num_classes)
         if int(K) != K or K < 1:
             raise FresnetError(f"subcenter_arcface: K must be a positive integer, got {K!r}")
@@ -88,7 +88,7 @@ class SubcenterArcFace(CombinedMargin):
             raise FresnetError(f"subcenter_arcface: cos must be (B, C*K) with K={self.K}, got {tuple(cos.shape)}")
         return cos.reshape(cos.shape[0], cos.shape[1] // self.K, self.K).max(dim=2).values
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(self.class_cosines(cos), labels, norms)
 
 
@@ -103,7 +103,7 @@ class MagFace(MarginLoss):
 
     def __init__(self, s: float = 64.0, l_a: float = 10.0, u_a: float = 110.0, l_m: float = 0.45,
                  u_m: float = 0.8, lambda_g: float = 35.0, easy_margin: bool = True,
-                 num_classes: Optional[int] = None):
+                 num_classes: int | None = None):
         super().__init__(num_classes)
         if not 0 < l_a < u_a:
             raise FresnetError(f"magface: need 0 < l_a < u_a, got l_a={l_a}, u_a={u_a}")
@@ -120,7 +120,7 @@ class MagFace(MarginLoss):
     def regulariser(self, a: torch.Tensor) -> torch.Tensor:
         return (1 / (self.u_a ** 2) * a + 1 / a).mean()
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         self._check(cos, labels, norms)
         a = norms.reshape(-1).to(cos.dtype).clamp(self.l_a, self.u_a)
         margin = self.margin(a)
@@ -148,7 +148,7 @@ class ElasticFace(MarginLoss):
     in row order); without it the module draws them with ``torch.normal``."""
 
     def __init__(self, kind: str, s: float = 64.0, m: float = 0.5, std: float = 0.05, plus: bool = False,
-                 num_classes: Optional[int] = None):
+                 num_classes: int | None = None):
         super().__init__(num_classes)
         if kind not in ("arc", "cos"):
             raise FresnetError(f"elasticface: kind must be arc or cos, got {kind!r}")
@@ -161,8 +161,8 @@ class ElasticFace(MarginLoss):
     def options(self) -> dict[str, Any]:
         return {"s": self.s, "m": self.m, "std": self.std}
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: Optional[torch.Tensor] = None,
-                margins: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None,
+                margins: torch.Tensor | None = None) -> torch.Tensor:
         self._check(cos, labels, norms)
         cos = cos.clamp(-1, 1)
         rows = cos.shape[0]
@@ -188,14 +188,14 @@ class SphereFace(MarginLoss):
 
     name = "sphereface"
 
-    def __init__(self, s: float = 30.0, m: float = 1.7, num_classes: Optional[int] = None):
+    def __init__(self, s: float = 30.0, m: float = 1.7, num_classes: int | None = None):
         super().__init__(num_classes)
         self.s, self.m = float(s), float(m)
 
     def options(self) -> dict[str, Any]:
         return {"s": self.s, "m": self.m}
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         self._check(cos, labels, norms)
         with torch.no_grad():
             theta = torch.acos(cos.clamp(-1.0 + 1e-5, 1.0 - 1e-5))
@@ -215,14 +215,14 @@ class SFace(MarginLoss):
     name = "sface"
 
     def __init__(self, s: float = 64.0, k: float = 80.0, a: float = 0.8, b: float = 1.23,
-                 num_classes: Optional[int] = None):
+                 num_classes: int | None = None):
         super().__init__(num_classes)
         self.s, self.k, self.a, self.b = float(s), float(k), float(a), float(b)
 
     def options(self) -> dict[str, Any]:
         return {"s": self.s, "k": self.k, "a": self.a, "b": self.b}
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         self._check(cos, labels, norms)
         output = cos * self.s
         one_hot = target_mask(cos, labels).to(cos.dtype)

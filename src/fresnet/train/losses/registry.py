@@ -5,8 +5,10 @@ exactly these), the fixed arguments the name implies, and the reference it follo
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from torch import nn
 
@@ -110,7 +112,7 @@ def _checked(name: str, key: str, value: Any, default: Any) -> Any:
     if key == "process_group":
         return value
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise FresnetError(f"margin loss {name}: {key} must be a finite number, got {value!r}")
         return float(value)
     return value
