@@ -14,7 +14,6 @@ import argparse
 import os
 import shutil
 import sys
-import time
 
 
 def main(argv=None) -> int:
@@ -30,20 +29,20 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from fresnet.train.config import load_config
+    from fresnet.timing import timed
     from fresnet.train.loop import Trainer
 
     cfg = load_config(args.config, [f"output={args.out}", "overwrite=true", *args.overrides])
     if not cfg.val_targets:
         cfg.val_targets = ["synthetic"]
-    t0 = time.perf_counter()
-    trainer = Trainer(cfg)
-    trainer.setup()
-    setup_s = time.perf_counter() - t0
+    with timed() as setup:
+        trainer = Trainer(cfg)
+    setup_s = setup.wall
     untrained = trainer.verify()
     trainer.metrics.clear()
-    t1 = time.perf_counter()
-    result = trainer.fit()
-    train_s = time.perf_counter() - t1
+    with timed() as training:
+        result = trainer.fit()
+    train_s = training.wall
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"config {args.config}: {cfg.max_steps} steps x batch {cfg.batch_size}, {args.threads} threads, "
           f"load average {load:.1f} on {os.cpu_count()} cores")

@@ -14,7 +14,7 @@ Layers, top to bottom (docs/architecture.md says what each holds):
     network     the network definition: config, presets, layers, units, heads, model, initialization
     memory      activation memory of a training step: measured, and the checkpointing plan
     data        RecordIO, verification .bin packs, image folders, synthetic identities
-    base        errors, ioutil, lazy_exports, limits, progress, validate
+    base        errors, ioutil, lazy_exports, limits, progress, timing, validate
 
 Every ``fresnet...`` import counts, function-local ones included, and so does a string naming a
 fresnet module (the lazy ``_EXPORTS`` tables and the CLI's command table import it at run time).
@@ -49,7 +49,7 @@ LAYERS = (
     ("memory", ("fresnet.memory",)),
     ("data", ("fresnet.data",)),
     ("base", ("fresnet.errors", "fresnet.ioutil", "fresnet.lazy_exports", "fresnet.limits", "fresnet.progress",
-              "fresnet.validate")),
+              "fresnet.timing", "fresnet.validate")),
 )
 ROOT_OWN_NAMES = {"__version__"}  # defined in fresnet/__init__.py itself, not re-exported from above
 

@@ -69,16 +69,17 @@ def test_unknown_total_and_a_caller_given_speed():
 
 
 def test_training_progress_lines_carry_samples_per_second_loss_and_lr():
-    from fresnet.train.logging import Progress as TrainProgress
+    from fresnet.train.callbacks import RunLog
 
     clock, out = FakeClock(), io.StringIO()
-    progress = TrainProgress(total=50, start=0, enabled=True, stream=out, clock=clock)
+    progress = Progress("train", 50, unit="steps", rate_unit="samples", stream=out, clock=clock)
+    run_log = RunLog(None, [], None, every=10, progress=progress)
     for step in range(1, 51):
         clock.now += 0.25
-        progress.update(step, speed=256.0, loss=5.0 / step, lr=0.1)
+        run_log.show(step, speed=256.0, loss=5.0 / step, lr=0.1)
         if step == 25:
             progress.print("step 25: synthetic 0.9000")
-    progress.close()
+    run_log.close()
     printed = lines(out)
     assert len(printed) == 11
     assert printed[0] == "train: 5/50 steps (10%), 256.0 samples/s, loss 1.0000  lr 1.00e-01, elapsed 0:01, ETA 0:11"

@@ -21,9 +21,8 @@ def test_short_training_beats_the_untrained_network(tmp_path):
         "warmup_steps": 5, "checkpoint_every": 0, "output": str(tmp_path), "progress": False,
     })
     trainer = Trainer(cfg)
-    trainer.setup()
     # pairs of the training identities, from images the run never sees (numbers >= 1,000,000)
-    trainer.val_sets = {"unseen": synthetic_pairs(200, 40, identity_offset=0, seed=1, size=32)}
+    trainer.verification.sets = {"unseen": synthetic_pairs(200, 40, identity_offset=0, seed=1, size=32)}
     before = trainer.verify()["unseen"]
     result = trainer.fit()
     after = trainer.verify()["unseen"]

@@ -148,7 +148,7 @@ def test_uint8_and_float_batches_train_identically():
     assert losses[0] == losses[1]
 
 
-def test_a_failing_compile_falls_back_and_restores_bn_statistics(monkeypatch):
+def test_a_failing_compile_falls_back_and_restores_bn_statistics(monkeypatch, caplog):
     images, labels = batch()
     model, reference = tiny_model(), tiny_model()
     fc = FullFCLoss(32, 20, margin_spec("arcface"), weight=torch.ones(20, 32))
@@ -161,9 +161,10 @@ def test_a_failing_compile_falls_back_and_restores_bn_statistics(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    warnings = []
-    step = make_step(model, fc, StepSettings(compile="default"), warn=warnings.append)
-    loss = float(step(images, labels, 0.1))
+    step = make_step(model, fc, StepSettings(compile="default"))
+    with caplog.at_level("WARNING", logger="fresnet.train.step"):
+        loss = float(step(images, labels, 0.1))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fresnet.train.step"]
     assert len(warnings) == 1 and "torch.compile(default) failed" in warnings[0] and "no C++ compiler" in warnings[0]
     assert step.settings.compile is None
     expected = float(make_step(reference, fc_ref, StepSettings())(images, labels, 0.1))
@@ -172,13 +173,12 @@ def test_a_failing_compile_falls_back_and_restores_bn_statistics(monkeypatch):
         assert torch.allclose(a, b, atol=1e-6), name  # updated once, not twice
 
 
-def test_bad_step_settings_are_refused():
-    model = tiny_model()
-    fc = FullFCLoss(32, 20, margin_spec("arcface"))
-    with pytest.raises(FresnetError, match="compile mode"):
-        make_step(model, fc, StepSettings(compile="fastest"))
-    with pytest.raises(FresnetError, match="amp"):
-        make_step(model, fc, StepSettings(amp="fp8"))
+def test_bad_step_settings_are_refused_at_the_config():
+    """amp and compile are checked once, where the config is read (not again in TrainStep)."""
+    with pytest.raises(FresnetError, match="unknown compile 'fastest'"):
+        load_config(tiny_run("/tmp/x", compile="fastest"))
+    with pytest.raises(FresnetError, match="unknown amp 'fp8'"):
+        load_config(tiny_run("/tmp/x", amp="fp8"))
 
 
 def test_fixed_gamma_bn_trains_with_an_explicit_unit_scale():

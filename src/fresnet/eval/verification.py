@@ -249,3 +249,37 @@ def verify_distances(
         tar_at_far=tar,
         notes=notes,
     )
+
+
+def unique_pack_names(paths: Sequence[str]) -> list[str]:
+    """One result name per verification pack, in order: the file's stem (``lfw.bin`` -> ``lfw``).
+    Packs whose stems collide are named by the shortest path suffix that tells them apart, joined
+    with ``_`` (``mine.bin``, ``sub/mine.bin`` -> ``mine``, ``sub_mine``); a path given twice gets
+    ``_2``, ``_3``, ... Used for ``val_*`` columns in training and for ``fresnet eval``'s results."""
+    from collections import Counter
+    from pathlib import PurePath
+
+    parts = []
+    for raw in paths:
+        path = PurePath(str(raw))
+        named = [p for p in path.with_suffix("").parts if p != path.anchor] if path.name else []
+        parts.append(named or [str(raw)])
+    depth = [1] * len(parts)
+
+    def names() -> list[str]:
+        return ["_".join(p[-d:]) for p, d in zip(parts, depth)]
+
+    while True:
+        current = names()
+        counts = Counter(current)
+        deeper = [i for i, name in enumerate(current) if counts[name] > 1 and depth[i] < len(parts[i])]
+        if not deeper:
+            break
+        for i in deeper:
+            depth[i] += 1
+    seen: Counter = Counter()
+    out = []
+    for name in names():
+        seen[name] += 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out

@@ -118,3 +118,126 @@ def restore_momentum(optimizer: torch.optim.Optimizer, named: dict[str, torch.nn
 def rng_state(device: torch.device) -> dict[str, Optional[torch.Tensor]]:
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+# ---- a training process's state <-> a checkpoint --------------------------------------------------
+
+
+def training_state(parts: Any, step: int, elapsed: float, config: dict[str, Any],
+                   info: Any) -> Optional[dict[str, Any]]:
+    """The checkpoint of ``parts`` (:class:`~fresnet.train.components.Components`) at ``step``.
+    Every rank must call this (the classifier, its momentum and the RNG states are gathered); rank 0
+    gets the state, the others None."""
+    from fresnet.train import distributed as D
+
+    fc, optimizer, device = parts.classifier, parts.optimizer, info.device
+    full_w, full_b = fc.full_weight(), fc.full_bias()
+    momentum = momentum_by_name(optimizer, parts.named_params())
+    for name, param in fc.named_parameters():
+        buf = optimizer.state.get(param, {}).get("momentum_buffer")
+        if buf is not None:
+            momentum[f"fc.{name}"] = D.gather_rows(buf.detach(), fc.counts).cpu()
+    rng = rng_state(device)
+    cpu_states = [s.cpu() for s in D.gather_equal(rng["cpu"].to(device))]  # nccl needs CUDA tensors
+    cuda_states = None if rng["cuda"] is None else [s.cpu() for s in D.gather_equal(rng["cuda"].to(device))]
+    if not info.is_main:
+        return None
+    scaler = parts.scaler
+    return {
+        "step": step,
+        "elapsed_s": elapsed,
+        "world_size": info.world_size,
+        "global_batch": config["batch_size"] * info.world_size,
+        "config": _plain(config),
+        "model": {k: v.detach().cpu().clone() for k, v in parts.model.state_dict().items()},
+        "fc": {"weight": full_w.cpu(), "bias": None if full_b is None else full_b.cpu()},
+        "momentum": momentum,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "rng": {"cpu": cpu_states, "cuda": cuda_states},
+    }
+
+
+def restore_training_state(parts: Any, state: dict[str, Any], *, seed: int, global_batch: int, info: Any,
+                           source: str) -> list[str]:
+    """Load a checked ``state`` (:func:`load_checkpoint`) into ``parts``; returns notes for the user
+    (a reseeded random stream, a changed global batch)."""
+    from fresnet.interop.native import load_checked
+
+    fc, weight = parts.classifier, state["fc"]["weight"]
+    _same_network(state, parts.net_config, source)
+    if weight.shape[0] != parts.num_classes:
+        raise FresnetError(f"{source}: the checkpoint has {weight.shape[0]} classes, the dataset {parts.num_classes}; "
+                           "resume with the same dataset")
+    load_checked(parts.model, state["model"], source)
+    if tuple(weight.shape[1:]) != (parts.net_config.emb_size,):
+        raise FresnetError(f"{source}: the checkpoint's classifier takes {weight.shape[1]}-d embeddings, the network "
+                           f"{parts.net_config.emb_size}; the config changed: resume with the checkpoint's config")
+    with torch.no_grad():
+        fc.weight.copy_(fc.local_slice(weight))
+        if fc.bias is not None and state["fc"].get("bias") is not None:
+            fc.bias.copy_(fc.local_slice(state["fc"]["bias"]))
+    buffers = dict(state["momentum"])
+    for key in ("fc.weight", "fc.bias"):
+        if key in buffers:
+            buffers[key] = fc.local_slice(buffers[key])
+    restore_momentum(parts.optimizer, parts.named_params(), buffers)
+    if parts.scaler is not None and state.get("scaler"):
+        parts.scaler.load_state_dict(state["scaler"])
+    notes = _restore_rng(state, seed, info, source)
+    if int(state["global_batch"]) != global_batch:
+        notes.append(f"the global batch changes from {state['global_batch']} to {global_batch}; "
+                     "the data position is kept as a step count")
+    return notes
+
+
+def _same_network(state: dict[str, Any], net_config: Any, source: str) -> None:
+    """A resume with another network is a changed config (not a damaged file): say which keys differ."""
+    from fresnet.train.config import TrainConfig
+
+    saved = state.get("config")
+    try:
+        before = TrainConfig(network=str(saved["network"]), net=dict(saved.get("net") or {})).net_config()
+    except Exception:  # noqa: BLE001 - an old or odd stored config: the tensors' own check follows
+        return
+    if before == net_config:
+        return
+    old, new = before.to_dict(), net_config.to_dict()
+    changed = [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+               if old.get(key) != new.get(key)]
+    raise FresnetError(f"{source}: the config changed: the checkpoint was trained with network {saved['network']} "
+                       f"and this run asks for another ({'; '.join(changed[:6])}); resume with the checkpoint's "
+                       "network keys, or start a new run (overwrite=true, or another output=)")
+
+
+def _restore_rng(state: dict[str, Any], seed: int, info: Any, source: str) -> list[str]:
+    """Take over this rank's random streams (dropout, class sampling); reseed from (seed, step, rank)
+    when the checkpoint's world size differs or its saved state is not a valid generator state."""
+    step, rng = int(state["step"]), state["rng"]
+    reason = None
+    if int(state["world_size"]) != info.world_size:
+        reason = (f"resuming a {state['world_size']}-process run on {info.world_size} processes: dropout/sampling "
+                  "random streams are reseeded")
+    else:
+        try:
+            torch.set_rng_state(rng["cpu"][info.rank])
+            if info.device.type == "cuda" and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state(rng["cuda"][info.rank], info.device)
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            reason = (f"{source}: the saved random-generator state is not valid ({first}); dropout/sampling random "
+                      "streams start fresh from (seed, step, rank)")
+    if reason is None:
+        return []
+    torch.manual_seed(seed * 1000 + step * 7 + info.rank + 1)
+    return [reason + " (weights, optimiser and data position are exact)"]
+
+
+def _plain(value: Any) -> Any:
+    """Config values as plain types (weights_only=True loads only those)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -210,8 +210,7 @@ def build_dataset(cfg: TrainConfig, input_size: tuple[int, int]) -> Any:
     source = str(cfg.dataset)
     if source == "synthetic":
         # rendered straight at the network's size (square inputs), then kept in memory
-        size = input_size[0] if input_size[0] == input_size[1] else 112
-        return render_synthetic(cfg, max(16, size))
+        return render_synthetic(cfg, cfg.synthetic_render_size(input_size))
     path = Path(source)
     if not path.exists():
         raise FresnetError(f"dataset {source}: no such file or folder; give a RecordIO folder/.rec, an image folder, or 'synthetic'")
@@ -222,28 +221,34 @@ def build_dataset(cfg: TrainConfig, input_size: tuple[int, int]) -> Any:
     return ImageFolderDataset(path)
 
 
-def verification_sets(cfg: TrainConfig, input_size: tuple[int, int]) -> dict[str, tuple[np.ndarray, list]]:
-    """``name -> (images uint8 (2P, H, W, 3), issame)`` for every ``val_targets`` entry."""
+def verification_sets(cfg: TrainConfig, input_size: tuple[int, int],
+                      names: Optional[list[str]] = None) -> dict[str, tuple[np.ndarray, list]]:
+    """``name -> (images uint8 (2P, H, W, 3), issame)`` for every ``val_targets`` entry; ``names``
+    (default :func:`fresnet.eval.verification.unique_pack_names`) names them, one name per target."""
+    if names is None:
+        from fresnet.eval.verification import unique_pack_names
+
+        names = unique_pack_names([str(t) for t in cfg.val_targets])
     out = {}
-    for target in cfg.val_targets:
+    for target, name in zip(cfg.val_targets, names):
         target = str(target)
         if target == "synthetic":
             from fresnet.data.synthetic import synthetic_pairs
 
             opts = cfg.synthetic_options()
-            size = input_size[0] if input_size[0] == input_size[1] else 112
             images, issame = synthetic_pairs(cfg.val_pairs, opts["holdout_identities"], opts["num_identities"],
-                                             seed=opts["seed"], size=max(16, size), nuisance=opts["nuisance"])
+                                             seed=opts["seed"], size=cfg.synthetic_render_size(input_size),
+                                             nuisance=opts["nuisance"])
             if tuple(images.shape[1:3]) != tuple(input_size):
                 from fresnet.data.decode import resize_rgb
 
                 images = np.stack([resize_rgb(im, *input_size) for im in images])
-            out["synthetic"] = (images, issame)
+            out[name] = (images, issame)
         else:
             from fresnet.data import load_bin
 
             path = Path(target)
             if not path.is_file():
                 raise FresnetError(f"val_targets: {target} is not a file; give .bin verification packs or 'synthetic'")
-            out[path.stem] = load_bin(path, image_size=tuple(input_size))
+            out[name] = load_bin(path, image_size=tuple(input_size))
     return out

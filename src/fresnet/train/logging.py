@@ -1,28 +1,46 @@
-"""Run logging: progress (a bar on a terminal, plain lines in a log), ``log.csv``, optional TensorBoard."""
+"""The run's records: ``log.csv`` (every row, every column ever logged) and optional TensorBoard."""
 from __future__ import annotations
 
 import csv
 import io
-import warnings
+import logging
+import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-from fresnet.ioutil import atomic_write_text
+from fresnet.ioutil import atomic_write_text, read_bytes
 
 BASE_COLUMNS = ["step", "epoch", "samples", "loss", "lr", "samples_per_s", "elapsed_s"]
 
+log = logging.getLogger(__name__)
+
+
+class DamagedLog(ValueError):
+    """``log.csv`` cannot be read back as this run's log."""
+
 
 class CsvLog:
-    """``log.csv``, rewritten atomically at each flush (a crash never leaves a torn row). On resume
-    the rows after the checkpoint's step are dropped, so the log matches the weights."""
+    """``log.csv``, rewritten atomically at each flush (a crash never leaves a torn row).
 
-    def __init__(self, path: Path, val_names: list[str], resume_step: Optional[int] = None):
+    On resume the rows after the checkpoint's step are dropped, so the log matches the weights, and
+    the columns of the earlier log are kept (a resume with other ``val_targets`` adds columns, it
+    never drops the results already logged). A log that cannot be read (binary bytes, a step that is
+    not a number) is moved aside to ``log.csv.damaged`` and a new log starts, with a warning: the
+    log is a record of the run, the checkpoint alone decides where training continues."""
+
+    def __init__(self, path: Path, val_columns: Sequence[str], resume_step: Optional[int] = None):
         self.path = Path(path)
-        self.columns = BASE_COLUMNS + [f"val_{name}" for name in val_names]
         self.rows: list[dict[str, Any]] = []
+        earlier: list[str] = []
         if resume_step is not None and self.path.is_file():
-            with open(self.path, newline="") as handle:
-                self.rows = [r for r in csv.DictReader(handle) if _step(r, self.path) <= resume_step]
+            try:
+                earlier, self.rows = _read_log(self.path, resume_step)
+            except DamagedLog as exc:
+                aside = _set_aside(self.path)
+                log.warning("%s: %s; moved aside to %s, and a new log starts at step %d (the checkpoint is "
+                            "unaffected)", self.path, exc, aside.name, resume_step)
+        wanted = BASE_COLUMNS + list(earlier) + list(val_columns)
+        self.columns = list(dict.fromkeys(wanted))  # in order, each once
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -35,14 +53,39 @@ class CsvLog:
         atomic_write_text(self.path, out.getvalue())
 
 
-def _step(row: dict[str, Any], path: Path) -> int:
+def _read_log(path: Path, resume_step: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, rows up to ``resume_step``) of an earlier log."""
+    data = read_bytes(path, "training log")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DamagedLog(f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+        columns = list(reader.fieldnames or [])
+    except csv.Error as exc:
+        raise DamagedLog(f"not CSV ({exc})") from None
+    if columns and columns[0] != "step":
+        raise DamagedLog(f"its header starts with {columns[0][:40]!r}, not 'step'")
+    return columns, [row for row in rows if _step(row) <= resume_step]
+
+
+def _step(row: dict[str, Any]) -> int:
     try:
         return int(float(row.get("step") or 0))
     except (TypeError, ValueError, OverflowError):
-        from fresnet.errors import FresnetError
+        raise DamagedLog(f"a row has step {str(row.get('step'))[:40]!r}, not a number") from None
 
-        raise FresnetError(f"{path}: a row has step {str(row.get('step'))[:40]!r}, not a number; the log is damaged: "
-                           "fix or delete it (the checkpoint is unaffected)") from None
+
+def _set_aside(path: Path) -> Path:
+    aside = path.with_name(path.name + ".damaged")
+    number = 1
+    while os.path.lexists(aside):
+        aside = path.with_name(f"{path.name}.damaged.{number}")
+        number += 1
+    os.replace(path, aside)
+    return aside
 
 
 class TensorBoard:
@@ -54,7 +97,7 @@ class TensorBoard:
 
                 self.writer = SummaryWriter(str(folder / "tensorboard"))
             except ImportError:
-                warnings.warn("tensorboard=true but the tensorboard package is not installed; logging to CSV only")
+                log.warning("tensorboard=true but the tensorboard package is not installed; logging to CSV only")
 
     def add(self, row: dict[str, Any]) -> None:
         if self.writer is None:
@@ -66,25 +109,3 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-class Progress:
-    """The run's progress (steps, samples/s, loss, lr, ETA): a rich bar on a terminal, a plain line
-    every tenth of the run or 30 s in a log (:class:`fresnet.progress.Progress`); nothing when
-    disabled (other ranks, tests, ``progress=false``), though messages still print."""
-
-    def __init__(self, total: int, start: int, enabled: bool, stream=None, clock=None):
-        from fresnet.progress import Progress as _Progress
-
-        options = {"clock": clock} if clock is not None else {}
-        self.inner = _Progress("train", total, unit="steps", start=start, rate_unit="samples", enabled=enabled,
-                               stream=stream, **options)
-
-    def update(self, step: int, speed: float, loss: float, lr: float) -> None:
-        self.inner.update(step, note=f"loss {loss:.4f}  lr {lr:.2e}", rate=speed)
-
-    def print(self, message: str) -> None:
-        self.inner.print(message)
-
-    def close(self) -> None:
-        self.inner.close()

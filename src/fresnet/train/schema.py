@@ -110,8 +110,7 @@ def check_net(cfg: Any, origins: Optional[Mapping[str, str]] = None, default: st
         raise FresnetError(f"{where}: network: {exc}") from None
     if str(cfg.dataset) == "synthetic":  # rendered once and kept in memory: bound it before rendering
         options = cfg.synthetic_options()
-        height, width = net.input_size
-        side = max(16, height if height == width else 112)  # the size train.data renders at
+        side = cfg.synthetic_render_size(net.input_size)
         images = int(options["num_identities"]) * int(options["images_per_identity"])
         check("max_tensor_bytes", images * 3 * side * side,
               f"the synthetic set in memory ({images:,} images at {side}x{side})", origins.get("synthetic", default))

@@ -18,7 +18,7 @@ the step warns, restores the BatchNorm statistics that first try touched, and ru
 """
 from __future__ import annotations
 
-import warnings
+import logging
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from fresnet.errors import FresnetError
-from fresnet.train.config import COMPILE_MODES
 from fresnet.train.optim import clip_grad_norm, set_lr
+
+log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,9 +37,9 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class StepSettings:
     """How a step runs (the numbers it computes do not depend on these, up to rounding)."""
 
-    amp: str = "none"  # none | bf16 | fp16
+    amp: str = "none"  # none | bf16 | fp16 (checked by TrainConfig.validate)
     channels_last: bool = False
-    compile: Optional[str] = None  # None, or a torch.compile mode (COMPILE_MODES)
+    compile: Optional[str] = None  # None, or a torch.compile mode (TrainConfig.compile_mode)
     clip_grad_norm: float = 0.0
 
     def describe(self) -> str:
@@ -66,15 +67,10 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, forward: nn.Module, fc: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: Optional[torch.amp.GradScaler], settings: StepSettings, device: torch.device,
-                 distributed: bool = False, warn: Callable[[str], None] = None):
-        if settings.amp not in AMP_DTYPES:
-            raise FresnetError(f"unknown amp {settings.amp!r}; choose one of {', '.join(AMP_DTYPES)}")
-        if settings.compile is not None and settings.compile not in COMPILE_MODES:
-            raise FresnetError(f"unknown compile mode {settings.compile!r}; choose one of {', '.join(COMPILE_MODES)}")
+                 distributed: bool = False):
         self.model, self.forward, self.fc = model, forward, fc
         self.optimizer, self.scaler, self.settings, self.device = optimizer, scaler, settings, device
         self.distributed = distributed
-        self._warn = warn or (lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3))
         self._cudagraphs = settings.compile == "reduce-overhead" and device.type == "cuda"
         self._forward_loss = self._eager_forward_loss
         self._first_compiled_call = False
@@ -152,9 +148,9 @@ class TrainStep:
                 for name, buffer in self.model.named_buffers():
                     buffer.copy_(saved[name])
             self.optimizer.zero_grad(set_to_none=True)
-            self._warn(f"torch.compile({self.settings.compile}) failed at the first step "
-                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-                       "training continues without compile (set compile=none to skip the attempt)")
+            log.warning("torch.compile(%s) failed at the first step (%s: %s); training continues without compile "
+                        "(set compile=none to skip the attempt)", self.settings.compile, type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "")
             self._forward_loss = self._eager_forward_loss
             self._cudagraphs = False
             self.settings = StepSettings(self.settings.amp, self.settings.channels_last, None, self.settings.clip_grad_norm)
