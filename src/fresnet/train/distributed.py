@@ -170,6 +170,13 @@ def shared_parameter(x: torch.Tensor) -> torch.Tensor:
     return _SharedParameter.apply(x) if active() else x
 
 
+def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """``x`` as rank ``src`` has it, on every rank (in place; a device collective, no host wait)."""
+    if active():
+        dist.broadcast(x, src)
+    return x
+
+
 def all_reduce_max_(x: torch.Tensor) -> torch.Tensor:
     if active():
         dist.all_reduce(x, op=dist.ReduceOp.MAX)

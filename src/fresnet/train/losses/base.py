@@ -24,7 +24,9 @@ class MarginLoss(nn.Module):
     """
 
     name = ""
-    needs_norms = False
+    needs_norms = False  # the trainer passes the embeddings' raw norms
+    centres_in_place = False  # opensphere: the trainer renormalises the centres in place, none in the graph
+    normalize_eps = 1e-12  # the eps of F.normalize for embeddings and centres (UniFace: 1e-5)
 
     def __init__(self, num_classes: int | None = None):
         super().__init__()

@@ -36,6 +36,7 @@ class SphereFace2(MarginLoss):
     B x C entries. (Trainer: centres renormalised in place, not in the graph.)"""
 
     name = "sphereface2"
+    centres_in_place = True
 
     def __init__(self, alpha: float = 0.7, r: float = 40.0, m: float = 0.4, t: float = 3.0, lw: float = 50.0,
                  num_classes: Any = None):
@@ -61,7 +62,7 @@ class SphereFace2(MarginLoss):
         weight = self.alpha * one_hot + (1.0 - self.alpha) * (1.0 - one_hot)
         weight = self.lw * self.num_classes / self.r * weight
         per_entry = F.binary_cross_entropy_with_logits(logits, one_hot, weight=weight, reduction="none")
-        entries = cos.shape[0] * self.columns.total_columns(cos.shape[1])
+        entries = cos.shape[0] * self.columns.total_columns(cos)
         return self.columns.sum(per_entry.sum()) / entries
 
 
@@ -71,6 +72,7 @@ class UniFace(MarginLoss):
     l log(1 + exp(clamp(s cos - bias, -s, s))), both literal; sum over classes, mean over rows."""
 
     name = "uniface"
+    normalize_eps = 1e-5
 
     def __init__(self, m: float = 0.4, s: float = 64.0, l: float = 1.0, r: float = 1.0,
                  num_classes: Any = None):

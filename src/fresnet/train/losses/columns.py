@@ -26,8 +26,9 @@ class LocalColumns:
         """A per-row (or scalar) partial sum over this rank's columns -> the sum over all columns."""
         return x
 
-    def total_columns(self, local: int) -> int:
-        return local
+    def total_columns(self, cos: torch.Tensor) -> int | torch.Tensor:
+        """The number of class columns over all ranks (a device tensor when sharded: no host wait)."""
+        return cos.shape[1]
 
     def once(self, x: torch.Tensor) -> torch.Tensor:
         """A term that every rank computes identically from the global batch (MagFace's regulariser):
@@ -40,13 +41,9 @@ class LocalColumns:
 
 
 class ShardedColumns(LocalColumns):
-    """The classes are split over the ranks of the active process group; ``total`` is the number of
-    columns over all ranks (the sampled ones with Partial FC sampling), set by the caller."""
+    """The classes are split over the ranks of the active process group."""
 
     sharded = True
-
-    def __init__(self, total: int | None = None):
-        self.total = total
 
     def row_max(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -55,8 +52,8 @@ class ShardedColumns(LocalColumns):
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         return D.sum_replicated(x)
 
-    def total_columns(self, local: int) -> int:
-        return local if self.total is None else self.total
+    def total_columns(self, cos: torch.Tensor) -> int | torch.Tensor:
+        return D.sum_replicated(torch.tensor(float(cos.shape[1]), dtype=cos.dtype, device=cos.device))
 
     def once(self, x: torch.Tensor) -> torch.Tensor:
         _, world = D.world()

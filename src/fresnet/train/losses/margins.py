@@ -161,13 +161,17 @@ class ElasticFace(MarginLoss):
     def options(self) -> dict[str, Any]:
         return {"s": self.s, "m": self.m, "std": self.std}
 
+    def draw_margins(self, rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(rows,) draws from N(m, std) (the trainer draws them on one rank and shares them)."""
+        return torch.normal(self.m, self.std, (rows,), dtype=dtype, device=device)
+
     def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None,
                 margins: torch.Tensor | None = None) -> torch.Tensor:
         self._check(cos, labels, norms)
         cos = cos.clamp(-1, 1)
         rows = cos.shape[0]
         if margins is None:
-            margins = torch.normal(self.m, self.std, (rows,), dtype=cos.dtype, device=cos.device)
+            margins = self.draw_margins(rows, cos.dtype, cos.device)
         elif margins.numel() != rows:
             raise FresnetError(f"{self.name}: margins must hold one draw per row ({rows}), got {tuple(margins.shape)}")
         margins = margins.reshape(-1).to(cos.dtype)
@@ -187,6 +191,7 @@ class SphereFace(MarginLoss):
     before each step and does not normalise them in the graph.)"""
 
     name = "sphereface"
+    centres_in_place = True
 
     def __init__(self, s: float = 30.0, m: float = 1.7, num_classes: int | None = None):
         super().__init__(num_classes)
