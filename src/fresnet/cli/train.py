@@ -20,7 +20,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over even if OUTPUT holds a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--list", action="store_true", help="list the built-in configs and exit")
+    p.add_argument("--list-losses", action="store_true",
+                   help="list the losses (loss=NAME), their options with defaults (loss_options) and references")
     p.set_defaults(func=run_train, intermixed_overrides=True)  # key=value pairs may follow the flags
+
+
+def losses_table() -> str:
+    """One block per loss: its name, its options with their defaults, the reference it follows."""
+    from fresnet.train.losses import describe_margins
+
+    lines = ["loss=NAME and loss_options={key: value, ...} (the defaults below are the authors'):", ""]
+    for name, options, reference in describe_margins():
+        lines += [f"{name}", f"    options: {options}", f"    follows: {reference}"]
+    lines += ["softmax", "    the original's plain FC with bias (no normalisation, no margin)",
+              "nsoftmax", "    combined with no margin (m1=1, m2=0, m3=0): s * cos"]
+    return "\n".join(lines)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -29,6 +43,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.list:
         print("\n".join(builtin_names()))
+        return 0
+    if args.list_losses:
+        print(losses_table())
         return 0
     if args.config is None:
         from fresnet.errors import FresnetError

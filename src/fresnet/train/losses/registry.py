@@ -143,9 +143,12 @@ def describe_margins() -> list[tuple[str, str, str]]:
     """(name, 'key=default, ...', reference) per loss, for ``fresnet train --list-losses``."""
     rows = []
     for name, entry in MARGIN_LOSSES.items():
-        options = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:g}" if isinstance(v, float)
-                            and not isinstance(v, bool) else f"{k}={v}" for k, v in entry.defaults.items())
+        options = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.defaults.items())
+        if "continuation" in entry.extra:
+            options += ", continuation=False (explicit option: a smooth target past pi, not the reference)"
+        if "process_group" in entry.extra:
+            options += ", process_group (API only: batch statistics over a group)"
         if entry.requires_num_classes:
-            options += ", num_classes (required)"
+            options += ", num_classes (required; the trainer passes it)"
         rows.append((name, options, entry.reference))
     return rows
