@@ -95,7 +95,7 @@ def batch_mean(values: torch.Tensor, valid: torch.Tensor | None = None, group: A
 def batch_mean_std(values: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased standard deviation (divide by N - 1: NaN for one value, as ``torch.std``)
     of ``values`` over the rows, over every rank of ``group`` when given (two all-reduces)."""
-    count = torch.tensor(float(values.numel()), dtype=values.dtype, device=values.device)
+    count = torch.full((), float(values.numel()), dtype=values.dtype, device=values.device)  # a fill, not a copy
     sums = _group_sum(torch.stack([values.sum(), count]), group)
     mean = sums[0] / sums[1]
     squares = _group_sum((values - mean).pow(2).sum(), group)

@@ -53,7 +53,7 @@ class ShardedColumns(LocalColumns):
         return D.sum_replicated(x)
 
     def total_columns(self, cos: torch.Tensor) -> int | torch.Tensor:
-        return D.sum_replicated(torch.tensor(float(cos.shape[1]), dtype=cos.dtype, device=cos.device))
+        return D.sum_replicated(torch.full((), float(cos.shape[1]), dtype=cos.dtype, device=cos.device))
 
     def once(self, x: torch.Tensor) -> torch.Tensor:
         _, world = D.world()
