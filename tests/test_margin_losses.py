@@ -532,3 +532,17 @@ def test_the_angle_guard_at_plus_minus_one():
         cos[2, labels[2]] = -1.0
         loss, grad = loss_and_grad(build_margin(name, num_classes=9), cos, labels, norms)
         assert torch.isfinite(loss) and torch.isfinite(grad).all(), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ALL)
+def test_half_precision_is_finite_at_the_edges(name, dtype):
+    """fp16 / bf16 cosines, with targets and a non-target exactly at +-1: a finite loss in the input
+    dtype and finite gradients (computed in float32 inside, see MarginLoss.forward)."""
+    cos, labels, norms = sample_inputs(name)
+    cos = cos.detach().to(dtype)
+    cos[0, labels[0]], cos[1, labels[1]], cos[2, 0] = 1.0, -1.0, 1.0
+    cos.requires_grad_()
+    loss = build_margin(name, num_classes=9)(cos, labels, norms.to(dtype))
+    loss.backward()
+    assert loss.dtype == dtype and torch.isfinite(loss) and torch.isfinite(cos.grad).all()

@@ -37,8 +37,7 @@ class AdaFace(MarginLoss):
     def options(self) -> dict[str, Any]:
         return {"m": self.m, "h": self.h, "s": self.s, "t_alpha": self.t_alpha}
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
-        self._check(cos, labels, norms)
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         cos = cos.clamp(-1 + EPS, 1 - EPS)
         safe_norms = norms.detach().reshape(-1, 1).to(cos.dtype).clip(0.001, 100)
         if self.training:

@@ -33,6 +33,24 @@ class MarginLoss(nn.Module):
         self.num_classes = num_classes
         self.columns: LocalColumns = LOCAL
 
+    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None,
+                **extra: Any) -> torch.Tensor:
+        """The loss (0-d, in ``cos.dtype``). float16 / bfloat16 cosines are computed in float32: the
+        references' formulas overflow there (UniFace's exp(s), SphereFace2's weighted sum) or round
+        away their own clamps (AdaFace's 1 - 1e-3 is 1 in bfloat16)."""
+        self._check(cos, labels, norms)
+        if cos.dtype in (torch.float16, torch.bfloat16):
+            extra = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                     for k, v in extra.items()}
+            norms = None if norms is None else norms.float()
+            return self.compute(cos.float(), labels, norms, **extra).to(cos.dtype)
+        return self.compute(cos, labels, norms, **extra)
+
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None,
+                **extra: Any) -> torch.Tensor:
+        """The loss in ``cos.dtype`` (each loss defines it; :meth:`forward` checks the inputs first)."""
+        raise NotImplementedError
+
     def options(self) -> dict[str, Any]:
         """The options this module was built with (for ``extra_repr`` and the run's log)."""
         return {}

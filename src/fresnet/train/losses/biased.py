@@ -51,8 +51,7 @@ class SphereFace2(MarginLoss):
         return {"alpha": self.alpha, "r": self.r, "m": self.m, "t": self.t, "lw": self.lw,
                 "num_classes": self.num_classes}
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: Any = None) -> torch.Tensor:
-        self._check(cos, labels, norms)
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor, norms: Any = None) -> torch.Tensor:
         one_hot = target_mask(cos, labels).to(cos.dtype)
         with torch.no_grad():
             g = 2.0 * ((cos + 1.0) / 2.0).pow(self.t) - 1.0
@@ -84,8 +83,7 @@ class UniFace(MarginLoss):
     def options(self) -> dict[str, Any]:
         return {"m": self.m, "s": self.s, "l": self.l, "r": self.r, "num_classes": self.num_classes}
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: Any = None) -> torch.Tensor:
-        self._check(cos, labels, norms)
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor, norms: Any = None) -> torch.Tensor:
         bias = self.columns.shared(self.bias).to(cos.dtype)
         positive = self.s * (cos - self.m) - bias
         negative = self.s * cos - bias

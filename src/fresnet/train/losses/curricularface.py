@@ -40,8 +40,7 @@ class CurricularFace(MarginLoss):
     def _cos_m(self, cos_y: torch.Tensor) -> torch.Tensor:
         return cos_y * math.cos(self.m) - sqrt_one_minus_square(cos_y) * math.sin(self.m)
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
-        self._check(cos, labels, norms)
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         cos = cos.clamp(-1, 1)
         cos_y = gather_target(cos, labels)
         cos_m = self._cos_m(cos_y)

@@ -62,8 +62,7 @@ class CombinedMargin(MarginLoss):
             target = straight_through(target, picked)
         return replace_target(cos, labels, target) * self.s
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
-        self._check(cos, labels, norms)
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         return self.cross_entropy(self.logits(cos, labels), labels)
 
 
@@ -88,8 +87,8 @@ class SubcenterArcFace(CombinedMargin):
             raise FresnetError(f"subcenter_arcface: cos must be (B, C*K) with K={self.K}, got {tuple(cos.shape)}")
         return cos.reshape(cos.shape[0], cos.shape[1] // self.K, self.K).max(dim=2).values
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
-        return super().forward(self.class_cosines(cos), labels, norms)
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+        return super().compute(self.class_cosines(cos), labels, norms)
 
 
 class MagFace(MarginLoss):
@@ -120,8 +119,7 @@ class MagFace(MarginLoss):
     def regulariser(self, a: torch.Tensor) -> torch.Tensor:
         return (1 / (self.u_a ** 2) * a + 1 / a).mean()
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
-        self._check(cos, labels, norms)
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         a = norms.reshape(-1).to(cos.dtype).clamp(self.l_a, self.u_a)
         margin = self.margin(a)
         cos = cos.clamp(-1, 1)
@@ -165,9 +163,8 @@ class ElasticFace(MarginLoss):
         """(rows,) draws from N(m, std) (the trainer draws them on one rank and shares them)."""
         return torch.normal(self.m, self.std, (rows,), dtype=dtype, device=device)
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None,
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None,
                 margins: torch.Tensor | None = None) -> torch.Tensor:
-        self._check(cos, labels, norms)
         cos = cos.clamp(-1, 1)
         rows = cos.shape[0]
         if margins is None:
@@ -200,8 +197,7 @@ class SphereFace(MarginLoss):
     def options(self) -> dict[str, Any]:
         return {"s": self.s, "m": self.m}
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
-        self._check(cos, labels, norms)
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
             theta = torch.acos(cos.clamp(-1.0 + 1e-5, 1.0 - 1e-5))
             theta = torch.where(target_mask(cos, labels), theta * self.m, theta)
@@ -227,8 +223,7 @@ class SFace(MarginLoss):
     def options(self) -> dict[str, Any]:
         return {"s": self.s, "k": self.k, "a": self.a, "b": self.b}
 
-    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
-        self._check(cos, labels, norms)
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         output = cos * self.s
         one_hot = target_mask(cos, labels).to(cos.dtype)
         wyi = self.columns.sum(torch.sum(one_hot * output, 1))
