@@ -100,7 +100,7 @@ def test_two_ranks_equal_one_rank_for_every_loss():
 
 def test_sub_center_sampling_keeps_whole_classes():
     fc = _classifier("subcenter_arcface", 0, 1, sample_rate=0.5)
-    index, remapped = fc._sample(torch.tensor([0, 4, 4, 8]))
+    index, _remapped = fc._sample(torch.tensor([0, 4, 4, 8]))
     rows = fc._rows(index)
     assert rows.tolist() == [r for c in index.tolist() for r in range(3 * c, 3 * c + 3)]
     loss = fc(torch.randn(4, EMB), torch.tensor([0, 4, 4, 8]))
@@ -153,7 +153,7 @@ def test_list_losses_prints_every_name_and_default(capsys):
 
     assert main(["train", "--list-losses"]) == 0
     text = capsys.readouterr().out
-    for name, entry in MARGIN_LOSSES.items():
+    for name in MARGIN_LOSSES:
         assert name in text
     assert "t_alpha=0.01" in text and "num_classes (required" in text and "grad=exact" in text
 
@@ -210,3 +210,25 @@ def test_resume_refuses_another_losss_state(tmp_path):
     fresnet.train.run(tiny_config(tmp_path, "adaface", max_steps=2))
     with pytest.raises(FresnetError, match="loss state"):
         fresnet.train.run(tiny_config(tmp_path, "curricularface", max_steps=3), resume=True)
+
+
+def test_subcenter_drop_keeps_the_dominant_centre_and_close_samples():
+    from fresnet.train.subcenter_drop import subcenter_drop
+
+    torch.manual_seed(0)
+    classes, K, dim = 4, 3, 16
+    weight = torch.randn(classes * K, dim)
+    dominant = torch.tensor([2, 0, 1, 2])
+    embeddings, labels = [], []
+    for c in range(classes):
+        centre = weight[c * K + int(dominant[c])]
+        embeddings += [centre + 0.1 * torch.randn(dim) for _ in range(6)]  # clean samples
+        embeddings.append(-centre)  # a mislabelled one, 180 degrees away
+        labels += [c] * 7
+    drop = subcenter_drop(weight, torch.stack(embeddings), torch.tensor(labels), K)
+    assert torch.equal(drop.dominant, dominant)
+    assert torch.equal(drop.centres, weight.reshape(classes, K, dim)[torch.arange(classes), dominant])
+    assert drop.keep.tolist() == ([True] * 6 + [False]) * classes
+    assert float(drop.angle_deg.max()) == pytest.approx(180.0, abs=1e-3)
+    with pytest.raises(FresnetError, match="C\\*K"):
+        subcenter_drop(weight[:-1], torch.stack(embeddings), torch.tensor(labels), K)
