@@ -70,6 +70,15 @@ def _worker(rank, port, out):
             value = sampled(x[rank * half:(rank + 1) * half].clone().requires_grad_(), labels[rank * half:(rank + 1) * half])
             value.backward()
             out[(rank, name, "sampled")] = value.detach()
+        # data-parallel without Partial FC: each rank has its own rows, the statistics span the group
+        cos = torch.rand(ROWS, CLASSES, generator=torch.Generator().manual_seed(4)) * 2 - 1
+        norms = x.norm(dim=1)
+        mine = slice(rank * half, (rank + 1) * half)
+        for name in ("adaface", "curricularface"):
+            module = build_margin(name, t_alpha=1.0) if name == "adaface" else build_margin(name, alpha=1.0)
+            module.process_group = dist.group.WORLD
+            module(cos[mine], labels[mine], norms[mine])
+            out[(rank, name, "group")] = {k: v.clone() for k, v in module.state_dict().items()}
     finally:
         dist.destroy_process_group()
 
@@ -96,6 +105,13 @@ def test_two_ranks_equal_one_rank_for_every_loss():
                 assert torch.allclose(bias_grad, fc.margin.bias.grad, rtol=1e-5), name
         a, b = out[(0, name, "sampled")], out[(1, name, "sampled")]
         assert torch.isfinite(a) and torch.equal(a, b), name  # every rank computes the same loss
+    cos = torch.rand(ROWS, CLASSES, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    for name in ("adaface", "curricularface"):
+        whole = build_margin(name, t_alpha=1.0) if name == "adaface" else build_margin(name, alpha=1.0)
+        whole(cos, labels, x.norm(dim=1))
+        for rank in (0, 1):
+            for key, value in whole.state_dict().items():
+                assert torch.allclose(out[(rank, name, "group")][key], value, rtol=1e-6), (name, key)
 
 
 def test_sub_center_sampling_keeps_whole_classes():
