@@ -156,6 +156,82 @@ def test_steady_step_never_waits_for_the_host(amp):
     assert all(torch.isfinite(loss).item() for loss in losses)
 
 
+# ---- every margin loss on the device --------------------------------------------------------------
+
+MARGIN_NAMES = ["combined", "arcface", "cosface", "subcenter_arcface", "adaface", "magface", "curricularface",
+                "elasticface_arc", "elasticface_arc_plus", "elasticface_cos", "elasticface_cos_plus", "sphereface",
+                "sphereface2", "uniface", "sface"]
+
+
+@pytest.mark.parametrize("name", MARGIN_NAMES)
+def test_margin_loss_backward_matches_the_cpu(name):
+    """Each build_margin loss, forward and backward on the device in float64, equals the CPU (the
+    loss, d loss / d cos, d loss / d norms, the learned bias's gradient, the updated buffers); in
+    float32 within 1e-5."""
+    from fresnet.train.losses import MARGIN_LOSSES, build_margin
+
+    assert MARGIN_NAMES == list(MARGIN_LOSSES)
+    gen = torch.Generator().manual_seed(0)
+    columns = 40 * (3 if name == "subcenter_arcface" else 1)
+    cos = torch.rand(16, columns, generator=gen, dtype=torch.float64) * 1.8 - 0.9
+    labels = torch.randint(0, 40, (16,), generator=gen)
+    labels[3] = -1  # a row whose class lives on another rank
+    norms = torch.rand(16, generator=gen, dtype=torch.float64) * 120 + 2
+    margins = torch.rand(16, generator=gen, dtype=torch.float64) * 0.1 + 0.4
+    results = {}
+    for device in ("cpu", DEVICE):
+        for dtype in (torch.float64, torch.float32):
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(dtype)
+            try:
+                module = build_margin(name, num_classes=40).to(device)
+            finally:
+                torch.set_default_dtype(previous)
+            c = cos.to(device, dtype).detach().clone().requires_grad_()
+            n = norms.to(device, dtype).detach().clone().requires_grad_()
+            extra = {"margins": margins.to(device, dtype)} if name.startswith("elasticface") else {}
+            loss = module(c, labels.to(device), n, **extra)
+            loss.backward()
+            bias = getattr(module, "bias", None)
+            results[device, dtype] = [loss.detach(), c.grad, n.grad, None if bias is None else bias.grad,
+                                      *[b for _, b in sorted(module.named_buffers())]]
+    for dtype, rel in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        for ours, ref in zip(results[DEVICE, dtype], results["cpu", torch.float64]):
+            if ref is None:
+                assert ours is None
+                continue
+            assert torch.isfinite(ours).all(), name
+            assert _close(ours, ref, rel, floor=1e-12), (name, dtype)
+
+
+@cuda_only
+@pytest.mark.parametrize("name", MARGIN_NAMES)
+def test_each_loss_steps_without_waiting_for_the_host(name):
+    """The steady fp16 step with each loss (class sampling on) has no device-to-host sync."""
+    from fresnet.network import create_model
+    from fresnet.train.losses import build_margin
+    from fresnet.train.partial_fc import PartialFC
+    from fresnet.train.step import StepSettings, TrainStep
+
+    torch.manual_seed(0)
+    model = create_model("r18", input_size=(32, 32), **NARROW).cuda().train().to(memory_format=torch.channels_last)
+    fc = PartialFC(32, 100, build_margin(name, num_classes=100), sample_rate=0.5, rank=0, world_size=1).cuda()
+    opt = torch.optim.SGD(list(model.parameters()) + list(fc.parameters()), lr=0.1, momentum=0.9, weight_decay=5e-4,
+                          fused=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=True)
+    step = TrainStep(model, model, fc, opt, scaler, StepSettings("fp16", True, None, 5.0), torch.device("cuda"))
+    images = (torch.rand(16, 3, 32, 32) * 255).to(torch.uint8).pin_memory()
+    labels = torch.randint(0, 100, (16,)).pin_memory()
+    step(images, labels, 0.1)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [step(images, labels, 0.1) for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(loss).item() for loss in losses), name
+
+
 # ---- fresnet train on CUDA --------------------------------------------------------------------
 
 TINY_NET = {"units": [1, 1, 1, 1], "filter_list": [16, 16, 32, 32, 64], "input_size": [32, 32], "emb_size": 32}

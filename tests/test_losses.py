@@ -58,18 +58,25 @@ def test_label_minus_one_gets_no_margin():
 
 
 def test_continuation_past_pi_is_continuous_and_decreasing():
+    """The explicit continuation option (the default follows MXNet literally)."""
     m2 = 0.5
     theta = torch.linspace(0.01, math.pi - 0.01, 2001, dtype=torch.float64)
-    values = target_logit(torch.cos(theta), 1.0, m2, 0.0)
+    values = target_logit(torch.cos(theta), 1.0, m2, 0.0, continuation=True)
     assert torch.all(values[1:] < values[:-1])  # strictly decreasing in theta
     t = math.pi - m2
     eps = 1e-7
-    left = target_logit(torch.tensor([math.cos(t - eps)], dtype=torch.float64), 1.0, m2).item()
-    right = target_logit(torch.tensor([math.cos(t + eps)], dtype=torch.float64), 1.0, m2).item()
+    left = target_logit(torch.tensor([math.cos(t - eps)], dtype=torch.float64), 1.0, m2, continuation=True).item()
+    right = target_logit(torch.tensor([math.cos(t + eps)], dtype=torch.float64), 1.0, m2, continuation=True).item()
     assert left == pytest.approx(-1.0, abs=1e-6) and right == pytest.approx(-1.0, abs=1e-6)
     # combined with m1 > 1 passes pi earlier; still monotone
-    values = target_logit(torch.cos(theta), 1.5, 0.3, 0.2)
+    values = target_logit(torch.cos(theta), 1.5, 0.3, 0.2, continuation=True)
     assert torch.all(values[1:] < values[:-1])
+
+
+def test_default_target_logit_is_the_mxnet_formula_past_pi():
+    theta = torch.tensor([2.9, 3.0, 3.1], dtype=torch.float64)
+    got = target_logit(torch.cos(theta), 1.0, 0.5, 0.0)
+    assert torch.allclose(got, torch.cos(theta + 0.5), atol=1e-12)  # no switch: it rises again past pi
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from fresnet.errors import FresnetError
 from fresnet.network import create_model
 from fresnet.network.layers import MXBatchNorm
 from fresnet.train.config import load_config
-from fresnet.train.losses import FullFCLoss, margin_logits, margin_spec
+from fresnet.train.losses import MARGIN_LOSSES, FullFCLoss, build_margin, margin_logits, margin_spec
 from fresnet.train.optim import clip_grad_norm
 from fresnet.train.partial_fc import PartialFC
 from fresnet.train.step import StepSettings, TrainStep
@@ -43,19 +43,27 @@ def make_step(model, fc, settings: StepSettings, **kwargs) -> TrainStep:
 # ---- no host synchronisation in the step -----------------------------------------------------
 
 
+def margin_for(loss: str, num_classes: int = 40):
+    return margin_spec(loss) if loss == "softmax" else build_margin(loss, num_classes=num_classes)
+
+
 @pytest.mark.parametrize("sample_rate", [1.0, 0.5])
-@pytest.mark.parametrize("loss", ["arcface", "cosface", "combined", "softmax"])
+@pytest.mark.parametrize("loss", [*MARGIN_LOSSES, "softmax"])
 def test_loss_captures_as_one_graph(loss, sample_rate):
     """``fullgraph=True`` fails on anything that needs a value on the host (``nonzero``, ``item``,
-    ``unique`` sizes): the margin loss has none, with or without class sampling."""
-    fc = PartialFC(32, 40, margin_spec(loss), sample_rate=sample_rate, rank=0, world_size=1)
+    ``unique`` sizes): no margin loss has one, with or without class sampling."""
+    torch._dynamo.reset()  # one compile per loss: no recompile limit across the parametrisation
+    fc = PartialFC(32, 40, margin_for(loss), sample_rate=sample_rate, rank=0, world_size=1)
+    eager = copy.deepcopy(fc)  # the same state (EMA buffers) for the eager reference
     compiled = torch.compile(fc, backend="aot_eager", fullgraph=True)
     embeddings = torch.randn(8, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
     labels = batch(classes=40)[1]
     torch.manual_seed(1)
     loss_value = compiled(embeddings, labels)
     torch.manual_seed(1)
-    expected = fc(embeddings, labels)
+    expected = eager(embeddings, labels)
+    for name, value in eager.state_dict().items():  # the state moved the same way
+        assert torch.allclose(fc.state_dict()[name], value, rtol=1e-5, atol=1e-6), name
     loss_value.backward()
     assert torch.allclose(loss_value, expected, rtol=1e-5, atol=1e-5) and embeddings.grad is not None
 

@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="no progress display (neither the bar nor the periodic progress lines); messages, "
                         "verification results and the closing summary still print")
     p.add_argument("--list", action="store_true", help="list the built-in configs and exit")
+    p.add_argument("--list-losses", action="store_true",
+                   help="list the losses (loss=NAME), their options with defaults (loss_options) and references")
     p.set_defaults(func=run_train, intermixed_overrides=True)  # key=value pairs may follow the flags
 
 
@@ -45,12 +47,27 @@ def resume_command(args: argparse.Namespace) -> str:
     return shlex.join(words + ["--resume"])
 
 
+def losses_table() -> str:
+    """One block per loss: its name, its options with their defaults, the reference it follows."""
+    from fresnet.train.losses import describe_margins
+
+    lines = ["loss=NAME and loss_options={key: value, ...} (the defaults below are the authors'):", ""]
+    for name, options, reference in describe_margins():
+        lines += [f"{name}", f"    options: {options}", f"    follows: {reference}"]
+    lines += ["softmax", "    the original's plain FC with bias (no normalisation, no margin)",
+              "nsoftmax", "    combined with no margin (m1=1, m2=0, m3=0): s * cos"]
+    return "\n".join(lines)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from fresnet.train.config import builtin_names, load_config
     from fresnet.train.loop import TrainingInterrupted, train
 
     if args.list:
         print("\n".join(builtin_names()))
+        return 0
+    if args.list_losses:
+        print(losses_table())
         return 0
     if args.config is None:
         from fresnet.errors import FresnetError

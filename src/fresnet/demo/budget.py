@@ -65,7 +65,7 @@ def measure_steps_per_s(cfg, net_config, num_classes: int, steps: int = CALIBRAT
         model = FResNet(net_config).to(device).train()
         if settings.channels_last:
             model.to(memory_format=torch.channels_last)
-        fc = PartialFC(net_config.emb_size, num_classes, cfg.margin(), 1.0).to(device)
+        fc = PartialFC(net_config.emb_size, num_classes, cfg.margin(num_classes), 1.0).to(device)
         optimizer = build_optimizer(cfg, model, fc, device)
         step = TrainStep(model, model, fc, optimizer, None, settings, device)
         images = torch.randint(0, 256, (cfg.batch_size, 3, *net_config.input_size), dtype=torch.uint8)

@@ -5,6 +5,8 @@
 * ``model``: the backbone state dict;
 * ``fc``: the classifier gathered from all ranks (``weight``, ``bias``), so a resume may use another
   world size;
+* ``margin``: the margin loss's own state by name (a learned ``bias``, EMA buffers ``batch_mean``,
+  ``batch_std``, ``t``), the same on every rank; empty for the losses without state;
 * ``momentum``: SGD momentum buffers by parameter name (the classifier's gathered too);
 * ``scaler``: the GradScaler state (fp16), or None;
 * ``rng``: every rank's torch CPU (and CUDA) generator state, in rank order;
@@ -83,6 +85,7 @@ def check_state(state: dict[str, Any], source: str) -> None:
         raise FresnetError(f"{source}: 'fc.bias' is {describe(bias)}, not one value per class; {fix}")
     _tensors({k: v for k, v in fc.items() if v is not None}, "fc", source)
     _tensors(state["momentum"], "momentum", source)
+    _tensors(state.get("margin"), "margin", source, allow_none=True)
     rng = state["rng"]
     cpu = rng.get("cpu") if isinstance(rng, dict) else None
     if not isinstance(cpu, list) or len(cpu) != state["world_size"] or not all(
@@ -137,7 +140,7 @@ def training_state(parts: Any, step: int, elapsed: float, config: dict[str, Any]
     momentum = momentum_by_name(optimizer, parts.named_params())
     for name, param in fc.named_parameters():
         buf = optimizer.state.get(param, {}).get("momentum_buffer")
-        if buf is not None:
+        if buf is not None and name in ("weight", "bias"):  # sharded; the margin's are replicated
             momentum[f"fc.{name}"] = D.gather_rows(buf.detach(), fc.counts).cpu()
     rng = rng_state(device)
     cpu_states = [s.cpu() for s in D.gather_equal(rng["cpu"].to(device))]  # nccl needs CUDA tensors
@@ -153,6 +156,7 @@ def training_state(parts: Any, step: int, elapsed: float, config: dict[str, Any]
         "config": _plain(config),
         "model": {k: v.detach().cpu().clone() for k, v in parts.model.state_dict().items()},
         "fc": {"weight": full_w.cpu(), "bias": None if full_b is None else full_b.cpu()},
+        "margin": fc.margin_state() if hasattr(fc, "margin_state") else {},
         "momentum": momentum,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": {"cpu": cpu_states, "cuda": cuda_states},
@@ -167,9 +171,12 @@ def restore_training_state(parts: Any, state: dict[str, Any], *, seed: int, glob
 
     fc, weight = parts.classifier, state["fc"]["weight"]
     _same_network(state, parts.net_config, source)
-    if weight.shape[0] != parts.num_classes:
-        raise FresnetError(f"{source}: the checkpoint has {weight.shape[0]} classes, the dataset {parts.num_classes}; "
-                           "resume with the same dataset")
+    rows = int(getattr(fc, "num_rows", parts.num_classes))
+    if weight.shape[0] != rows:
+        per = rows // parts.num_classes
+        raise FresnetError(f"{source}: the checkpoint has {weight.shape[0]} class centres, this run {rows} "
+                           f"({parts.num_classes} classes" + (f" x {per} sub-centres" if per > 1 else "") +
+                           "); resume with the same dataset and loss")
     load_checked(parts.model, state["model"], source)
     if tuple(weight.shape[1:]) != (parts.net_config.emb_size,):
         raise FresnetError(f"{source}: the checkpoint's classifier takes {weight.shape[1]}-d embeddings, the network "
@@ -178,6 +185,7 @@ def restore_training_state(parts: Any, state: dict[str, Any], *, seed: int, glob
         fc.weight.copy_(fc.local_slice(weight))
         if fc.bias is not None and state["fc"].get("bias") is not None:
             fc.bias.copy_(fc.local_slice(state["fc"]["bias"]))
+    _restore_margin(fc, state.get("margin") or {}, source)
     buffers = dict(state["momentum"])
     for key in ("fc.weight", "fc.bias"):
         if key in buffers:
@@ -190,6 +198,22 @@ def restore_training_state(parts: Any, state: dict[str, Any], *, seed: int, glob
         notes.append(f"the global batch changes from {state['global_batch']} to {global_batch}; "
                      "the data position is kept as a step count")
     return notes
+
+
+def _restore_margin(fc: Any, saved: dict[str, torch.Tensor], source: str) -> None:
+    """The margin loss's bias and EMA buffers, by name (a checkpoint of another loss is refused)."""
+    margin = getattr(fc, "margin", None)
+    expected = {} if margin is None else margin.state_dict()
+    if set(saved) != set(expected):
+        raise FresnetError(f"{source}: the checkpoint's loss state holds {sorted(saved) or 'nothing'}, this run's loss "
+                           f"{sorted(expected) or 'nothing'}; resume with the checkpoint's loss and config")
+    if margin is None:
+        return
+    for name, value in saved.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise FresnetError(f"{source}: the loss state {name} has shape {list(value.shape)}, expected "
+                               f"{list(expected[name].shape)}; the checkpoint is damaged; delete it to start over")
+    margin.load_state_dict({k: v.to(expected[k].device, expected[k].dtype) for k, v in saved.items()})
 
 
 def _same_network(state: dict[str, Any], net_config: Any, source: str) -> None:

@@ -18,7 +18,7 @@ from fresnet.errors import FresnetError
 from fresnet.inference.compiling import COMPILE_MODES
 from fresnet.network.config import FIELDS as NET_FIELDS
 from fresnet.network.config import NetConfig, normalize_options, parse_value
-from fresnet.train.losses import margin_spec
+from fresnet.train.losses import MARGIN_LOSSES, build_margin, margin_spec
 from fresnet.validate import as_mapping
 
 LR_SCHEDULES = ("step", "poly")
@@ -49,8 +49,13 @@ class TrainConfig:
 
     Keys (defaults in brackets):
         network [r100]: a preset (``fresnet list``); ``net`` / top-level NetConfig keys override it.
-        loss [arcface]: softmax, nsoftmax, arcface, cosface, combined; ``loss_s``, ``loss_m1``,
-            ``loss_m2``, ``loss_m3`` override the preset's s and margins.
+        loss [arcface]: a margin loss of :func:`fresnet.train.losses.build_margin` (combined, arcface,
+            cosface, subcenter_arcface, adaface, magface, curricularface, elasticface_arc[_plus],
+            elasticface_cos[_plus], sphereface, sphereface2, uniface, sface; ``fresnet train
+            --list-losses`` prints their options and defaults), or the original's softmax / nsoftmax.
+        loss_options [{}]: the loss's options, e.g. ``{m: 0.4, grad: straight_through}``.
+            The original's ``loss_s``, ``loss_m1``, ``loss_m2``, ``loss_m3`` still set s and the
+            margins of arcface (m = loss_m2), cosface (m = loss_m3) and combined.
         dataset [synthetic]: a RecordIO folder or ``.rec`` path, an image folder (one sub-folder per
             identity), or ``synthetic`` (settings under ``synthetic:``).
         val_targets []: verification packs (``.bin`` paths) and/or ``synthetic`` (held-out identities).
@@ -90,6 +95,7 @@ class TrainConfig:
     loss_m1: Optional[float] = None
     loss_m2: Optional[float] = None
     loss_m3: Optional[float] = None
+    loss_options: dict = field(default_factory=dict)
     dataset: str = "synthetic"
     synthetic: dict = field(default_factory=dict)
     val_targets: list = field(default_factory=list)
@@ -137,8 +143,49 @@ class TrainConfig:
         options.update(normalize_options(dict(self.net)))
         return NetConfig(**options)
 
-    def margin(self):
-        return margin_spec(self.loss, s=self.loss_s, m1=self.loss_m1, m2=self.loss_m2, m3=self.loss_m3)
+    def margin_options(self) -> tuple[str, dict[str, Any]]:
+        """The ``build_margin`` name and options of this run's loss (``softmax``: the plain FC).
+
+        ``nsoftmax`` is ``combined`` without margins; the original's ``loss_s`` / ``loss_m*`` keys become
+        the options of the loss they belong to."""
+        legacy = {k: v for k, v in (("s", self.loss_s), ("m1", self.loss_m1), ("m2", self.loss_m2),
+                                    ("m3", self.loss_m3)) if v is not None}
+        if self.loss == "softmax":
+            margin_spec(self.loss, **legacy)  # refuses margins on the plain FC
+            if self.loss_options:
+                raise FresnetError("loss softmax is the plain FC and takes no loss_options")
+            return "softmax", {}
+        name = "combined" if self.loss == "nsoftmax" else self.loss
+        if name not in MARGIN_LOSSES:
+            choices = ", ".join([*MARGIN_LOSSES, "softmax", "nsoftmax"])
+            raise FresnetError(f"unknown loss {self.loss!r}; choose one of {choices}")
+        options: dict[str, Any] = {"m1": 1.0, "m2": 0.0, "m3": 0.0} if self.loss == "nsoftmax" else {}
+        renamed = {"arcface": {"m2": "m"}, "cosface": {"m3": "m"}}.get(name, {})
+        identity = {"m1": 1.0, "m2": 0.0, "m3": 0.0}
+        accepted = MARGIN_LOSSES[name].defaults
+        for key, value in legacy.items():
+            target = renamed.get(key, key)
+            if target in accepted and (self.loss != "nsoftmax" or key == "s"):
+                options[target] = value
+            elif value != identity.get(key):
+                raise FresnetError(f"loss_{key} does not apply to loss {self.loss}; set its options with "
+                                   f"loss_options (it takes {', '.join(accepted)})")
+        from_legacy = set(options) - ({"m1", "m2", "m3"} if self.loss == "nsoftmax" else set())
+        for key, value in dict(self.loss_options).items():
+            if key in from_legacy:
+                raise FresnetError(f"loss option {key} is set twice (loss_options and a loss_* key); keep one")
+            if key in ("process_group", "num_classes"):
+                raise FresnetError(f"loss option {key} is set by the trainer, not in the config")
+            options[key] = value
+        return name, options
+
+    def margin(self, num_classes: Optional[int] = None):
+        """This run's loss: a ``build_margin`` module (with ``num_classes``), or the classic
+        :class:`~fresnet.train.losses.MarginSpec` of ``softmax``."""
+        name, options = self.margin_options()
+        if name == "softmax":
+            return margin_spec("softmax")
+        return build_margin(name, **options, num_classes=num_classes)
 
     def synthetic_options(self) -> dict[str, Any]:
         opts = {"num_identities": 200, "images_per_identity": 20, "seed": 0, "nuisance": 1.0, "holdout_identities": 100}
@@ -192,9 +239,9 @@ class TrainConfig:
         check_fields(self, origins)
         check_net(self, origins)  # raises FresnetError on bad network keys
         try:
-            self.margin()
+            self.margin(num_classes=2)  # every option checked now, not at the first step
         except FresnetError as exc:
-            keys = ("loss", "loss_s", "loss_m1", "loss_m2", "loss_m3")
+            keys = ("loss", "loss_options", "loss_s", "loss_m1", "loss_m2", "loss_m3")
             where = next((origins[k] for k in keys if (origins or {}).get(k) == "override"), None)
             raise FresnetError(f"{where or (origins or {}).get('loss', 'training config')}: {exc}") from None
         # the step counts, sample_rate, lr_steps and val_targets are typed, ranged and split by check_fields

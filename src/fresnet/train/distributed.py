@@ -151,6 +151,32 @@ def sum_partials(x: torch.Tensor) -> torch.Tensor:
     return _SumOfPartials.apply(x) if active() else x
 
 
+class _SharedParameter(torch.autograd.Function):
+    """A parameter every rank holds a copy of (a loss's learned bias) used by each rank for its own
+    slice of the work: the forward is the identity, the backward sums the gradient over ranks."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def shared_parameter(x: torch.Tensor) -> torch.Tensor:
+    return _SharedParameter.apply(x) if active() else x
+
+
+def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """``x`` as rank ``src`` has it, on every rank (in place; a device collective, no host wait)."""
+    if active():
+        dist.broadcast(x, src)
+    return x
+
+
 def all_reduce_max_(x: torch.Tensor) -> torch.Tensor:
     if active():
         dist.all_reduce(x, op=dist.ReduceOp.MAX)

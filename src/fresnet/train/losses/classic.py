@@ -14,32 +14,32 @@ combined      ``m1=1, m2=0.3, m3=0.2``: both margins at once, ``cos(theta + 0.3)
 ============  ======================================================================
 
 **When the angle passes pi.** ``cos(m1 * theta + m2)`` stops decreasing once ``m1 * theta + m2 > pi``:
-a target that is pushed further away would then get a *larger* logit, and its gradient points the
-wrong way. The original MXNet ``train.py`` applies the formula as is in its combined branch (and an
-``easy_margin``-style threshold only in the older ArcFace branch); arcface_torch falls back to
-``cos(theta) - sin(pi - m2) * m2`` (a jump at the threshold). Here, past the threshold
-``theta_t = (pi - m2) / m1`` the target logit continues as ``cos(theta) - (1 + cos(theta_t)) - m3``:
-a CosFace-style penalty chosen so that the curve is **continuous** at ``theta_t`` and **strictly
-decreasing** in theta everywhere, with a non-zero gradient. For ArcFace (``m2=0.5``) this only
-concerns targets more than 151 degrees away from their centre, which happens early in training.
+a target that is pushed further away then gets a *larger* logit. The original MXNet ``train.py``
+applies the formula as is, and so does this module by default (the fixtures of
+``../shared/reference/losses`` check it). ``continuation=True`` is the explicit alternative: past
+``theta_t = (pi - m2) / m1`` the target logit continues as ``cos(theta) - (1 + cos(theta_t)) - m3``,
+continuous at ``theta_t`` and strictly decreasing in theta.
 
-``arccos`` has an infinite derivative at +-1, so the cosine is clamped to ``[-1 + eps, 1 - eps]``
-before the angle is taken (the gradient is zero outside that band, which only a target exactly on
-its own centre reaches). Pure CosFace (``m1=1, m2=0``) needs no angle and is computed exactly.
+``arccos`` has an infinite derivative at +-1: :func:`fresnet.train.losses.functional.acos` takes
+the angle with a zero derivative exactly at (and beyond) +-1 and the exact one everywhere else.
+Pure CosFace (``m1=1, m2=0``) needs no angle. The margin modules of ``build_margin``
+(:mod:`fresnet.train.losses.registry`) are the trainer's interface; this module keeps the original's
+presets and ``softmax`` / ``nsoftmax``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fresnet.errors import FresnetError
+from fresnet.train.losses.functional import acos
 
-ACOS_EPS = 1e-7
+ACOS_EPS = 1e-7  # kept for callers of the old module; the angle is now taken by functional.acos
 
 
 @dataclass(frozen=True)
@@ -90,23 +90,24 @@ def _spec_values(spec: MarginSpec) -> dict[str, float]:
     return {"s": spec.s, "m1": spec.m1, "m2": spec.m2, "m3": spec.m3}
 
 
-def target_logit(cos: torch.Tensor, m1: float = 1.0, m2: float = 0.0, m3: float = 0.0) -> torch.Tensor:
-    """``cos(m1 * theta + m2) - m3`` for target cosines, with the continuous, monotone continuation
-    past ``m1 * theta + m2 = pi`` described in the module docstring (unscaled)."""
+def target_logit(cos: torch.Tensor, m1: float = 1.0, m2: float = 0.0, m3: float = 0.0,
+                 continuation: bool = False) -> torch.Tensor:
+    """``cos(m1 * theta + m2) - m3`` for target cosines (unscaled): the MXNet formula as is, or with
+    the continuous, monotone continuation past ``m1 * theta + m2 = pi`` (``continuation=True``)."""
     if m1 == 1.0 and m2 == 0.0:
         return cos - m3
-    cos = cos.clamp(-1.0 + ACOS_EPS, 1.0 - ACOS_EPS)
-    theta = torch.acos(cos)
+    theta = acos(cos)
     value = torch.cos(m1 * theta + m2) - m3
     theta_t = (math.pi - m2) / m1
-    if theta_t >= math.pi:  # the margin never passes pi in [0, pi]
+    if not continuation or theta_t >= math.pi:  # literal, or the margin never passes pi in [0, pi]
         return value
     fallback = cos - (1.0 + math.cos(theta_t)) - m3
     return torch.where(theta > theta_t, fallback, value)
 
 
 def margin_logits(
-    cos: torch.Tensor, labels: torch.Tensor, s: float, m1: float = 1.0, m2: float = 0.0, m3: float = 0.0
+    cos: torch.Tensor, labels: torch.Tensor, s: float, m1: float = 1.0, m2: float = 0.0, m3: float = 0.0,
+    continuation: bool = False,
 ) -> torch.Tensor:
     """The logits to feed to cross-entropy: ``s * (cos(m1*theta + m2) - m3)`` at each row's target
     class, ``s * cos`` elsewhere. Rows whose label is ``-1`` (their class lives on another Partial-FC
@@ -126,7 +127,7 @@ def margin_logits(
     # make the GPU wait for the CPU every step), and the step stays one graph for torch.compile
     cols = labels.clamp_min(0)[:, None]
     picked = cos.gather(1, cols)
-    target = torch.where((labels >= 0)[:, None], target_logit(picked, m1, m2, m3), picked)
+    target = torch.where((labels >= 0)[:, None], target_logit(picked, m1, m2, m3, continuation), picked)
     return cos.scatter(1, cols, target) * s
 
 
@@ -158,7 +159,7 @@ class FullFCLoss(nn.Module):
     """
 
     def __init__(self, emb_size: int, num_classes: int, spec: MarginSpec, no_bias: bool = False,
-                 weight: Optional[torch.Tensor] = None):
+                 weight: torch.Tensor | None = None):
         super().__init__()
         self.spec = spec
         self.weight = nn.Parameter(weight.clone() if weight is not None else torch.randn(num_classes, emb_size) * 0.01)
