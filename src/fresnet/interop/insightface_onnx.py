@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fresnet.errors import FresnetError
+from fresnet.interop.onnx_export import set_metadata
 
 WINDOW = 8  # ArcFaceONNX looks at graph.node[:8]
 SUB_PREFIXES = ("Sub", "_minus")
@@ -154,15 +155,6 @@ def _unique(graph, name: str) -> str:
     return candidate
 
 
-def _set_metadata(proto, key: str, value: str) -> None:
-    for entry in proto.metadata_props:
-        if entry.key == key:
-            entry.value = value
-            return
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = key, value
-
-
 def check_insightface_shape(input_size, where: str) -> None:
     """InsightFace's model router hands a graph to ``ArcFaceONNX`` only for a square input of at least
     112 px, a multiple of 16 (``norm_crop`` makes square crops); anything else it drops."""
@@ -198,8 +190,8 @@ def export_insightface(model, path: str | os.PathLike, *, opset: int = 17, dynam
                            f"{[len(o.type.tensor_type.shape.dim) for o in proto.graph.output]}-D outputs "
                            "(export a model with an embedding head, e.g. E, FC or GDC)")
     action = mark_raw_input(proto)
-    _set_metadata(proto, "fresnet_input", RAW_INPUT)
-    _set_metadata(proto, "fresnet_insightface", f"input normalisation nodes {SUB_NAME}/{MUL_NAME} ({action})")
+    set_metadata(proto, "fresnet_input", RAW_INPUT)
+    set_metadata(proto, "fresnet_insightface", f"input normalisation nodes {SUB_NAME}/{MUL_NAME} ({action})")
     onnx.checker.check_model(proto)
     atomic_write_bytes(path, proto.SerializeToString())
     return os.fspath(path)

@@ -88,9 +88,9 @@ def export_onnx(
                            "nothing was written. Ask for that opset, or try the other exporter")
     reshape_prelu_slopes(proto)
     if config is not None:
-        _set_metadata(proto, "fresnet_config", config.to_json())
-    _set_metadata(proto, "fresnet_input", "float RGB NCHW in 0..255; the graph normalises it")
-    _set_metadata(proto, "fresnet_bn_folded", str(bool(fold_bn)).lower())
+        set_metadata(proto, "fresnet_config", config.to_json())
+    set_metadata(proto, "fresnet_input", "float RGB NCHW in 0..255; the graph normalises it")
+    set_metadata(proto, "fresnet_bn_folded", str(bool(fold_bn)).lower())
     onnx.checker.check_model(proto)
 
     from fresnet.ioutil import atomic_write_bytes
@@ -214,7 +214,8 @@ def _value_ranks(proto) -> dict[str, int]:
     return ranks
 
 
-def _set_metadata(proto, key: str, value: str) -> None:
+def set_metadata(proto, key: str, value: str) -> None:
+    """Set (or replace) one ``metadata_props`` entry of an ONNX model proto."""
     for entry in proto.metadata_props:
         if entry.key == key:
             entry.value = value
