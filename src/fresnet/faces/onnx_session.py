@@ -30,6 +30,10 @@ def open_session(path: str | os.PathLike, providers: Sequence | None = None, wha
         raise FresnetError(f"no such {what}: {file}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    # onnxruntime's worker threads spin-wait after each run by default, holding the cores while the
+    # pipeline's next stage (alignment, a PyTorch recogniser) wants them: measured on 2 cores, a
+    # PyTorch r50 right after an SCRFD run took twice its time. Idle workers sleep instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         source = os.fspath(file) if graph is None else graph.SerializeToString()
         return ort.InferenceSession(source, options, providers=list(providers or DEFAULT_PROVIDERS))
