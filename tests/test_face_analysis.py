@@ -182,6 +182,55 @@ def test_a_fresnet_network_is_a_recogniser(tmp_path):
     np.testing.assert_allclose(again.embedding, want, rtol=1e-5, atol=1e-5)
 
 
+def _tiny_network():
+    import torch
+
+    import fresnet
+
+    torch.manual_seed(0)
+    return fresnet.create_model("r18", units=[1, 1, 1, 1], filter_list=[8, 8, 8, 16, 16], emb_size=16).eval()
+
+
+def test_dtype_chooses_the_fast_paths_precision():
+    model = _tiny_network()
+    detector = FakeDetector([[20, 30, 132, 142]])
+    eager = FaceAnalysis(detector=detector, recognizer=model, fast=False).get(_photo())[0].embedding
+    app = FaceAnalysis(detector=detector, recognizer=model, dtype="float32")
+    assert "float32" in app.recognizer.fast_choice() and "timed against eager" not in app.recognizer.fast_choice()
+    np.testing.assert_allclose(app.get(_photo())[0].embedding, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_calibration_crops_reach_the_fast_path_as_float_nchw(monkeypatch):
+    import torch
+
+    import fresnet.inference.fast as fast
+
+    seen = {}
+    real = fast.optimize_for_inference
+
+    def spy(model, **options):
+        seen.update(options)
+        return real(model, device=options["device"], dtype="float32")
+
+    monkeypatch.setattr(fast, "optimize_for_inference", spy)
+    crops = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    FaceAnalysis(detector=FakeDetector([]), recognizer=_tiny_network(), dtype="int8", calibration=crops)
+    assert seen["dtype"] == "int8"
+    batch = seen["calibration"]
+    assert isinstance(batch, torch.Tensor) and batch.dtype == torch.float32 and tuple(batch.shape) == (3, 3, 112, 112)
+    np.testing.assert_array_equal(batch[1, 2].numpy(), crops[1, :, :, 2])
+
+
+def test_dtype_is_refused_where_it_cannot_apply(tmp_path):
+    detector = FakeDetector([])
+    with pytest.raises(FresnetError, match="fast=True"):
+        FaceAnalysis(detector=detector, recognizer=_tiny_network(), fast=False, dtype="bfloat16")
+    with pytest.raises(FresnetError, match="PyTorch recogniser"):
+        FaceAnalysis(detector=detector, recognizer=FakeRecognizer(), dtype="int8")
+    with pytest.raises(FresnetError, match="unknown dtype 'int4'"):
+        FaceAnalysis(detector=detector, recognizer=_tiny_network(), dtype="int4")
+
+
 def fresnet_loader(model):
     from fresnet.interop.model_loader import load_any
 

@@ -46,13 +46,20 @@ class FaceAnalysis:
         device: 'cpu', 'cuda' or 'auto'.
         fast: run a PyTorch recogniser through ``optimize_for_inference`` (bf16/int8 where its
             calibration on the first batch keeps the embeddings; docs/performance.md).
+        dtype: the fast path's precision for a PyTorch recogniser: 'auto' (the default: timed against
+            eager on the first batch), 'float32', 'bfloat16' ('bf16') or 'int8' (CPU); see
+            :func:`fresnet.optimize_for_inference`.
+        calibration: int8's activation ranges: aligned crops ``(N, S, S, 3)`` uint8 RGB (e.g. from
+            :meth:`align` on real photos) or anything ``optimize_for_inference`` takes; with
+            ``dtype='auto'`` it makes int8 a candidate.
         batch_size: faces per recogniser call; faces of several photos share a batch.
         keep_crops: keep each face's aligned crop on ``Face.crop``.
     """
 
     def __init__(self, detector: Any = "mtcnn", recognizer: Any = None, flip: bool = False,
                  det_size: Sequence[int] | None = None, det_thresh: float | None = None,
-                 device: str = "cpu", fast: bool = True, batch_size: int = 64, keep_crops: bool = False):
+                 device: str = "cpu", fast: bool = True, batch_size: int = 64, keep_crops: bool = False,
+                 dtype: str = "auto", calibration: Any = None):
         from fresnet.faces.detectors import create_detector
         from fresnet.faces.recognition import check_input_size, create_recognizer
 
@@ -60,7 +67,8 @@ class FaceAnalysis:
             raise FresnetError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.device = _device(device)
         self.detector = create_detector(detector, det_size=det_size, det_thresh=det_thresh, device=self.device)
-        self.recognizer = None if recognizer is None else create_recognizer(recognizer, device=self.device, fast=fast)
+        self.recognizer = None if recognizer is None else create_recognizer(
+            recognizer, device=self.device, fast=fast, dtype=dtype, calibration=calibration)
         self.crop_size = 112 if self.recognizer is None else check_input_size(self.recognizer)
         self.flip = bool(flip)
         self.batch_size = batch_size

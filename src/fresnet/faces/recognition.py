@@ -59,8 +59,20 @@ def _onnx_recognizer(path: str, device: str) -> Any:
         return ONNXRecognizer(path)
 
 
-def create_recognizer(spec: Any, device: str = "cpu", fast: bool = True) -> Recognizer:
-    """The recogniser ``spec`` names (see the module docs)."""
+def create_recognizer(spec: Any, device: str = "cpu", fast: bool = True, dtype: str = "auto",
+                      calibration: Any = None) -> Recognizer:
+    """The recogniser ``spec`` names (see the module docs). ``dtype`` and ``calibration`` go to
+    :func:`fresnet.optimize_for_inference` for a PyTorch network on the fast path: 'auto' (time the
+    paths on the first batch), 'float32', 'bfloat16', 'int8'...; ``calibration`` (int8's activation
+    ranges) may also be aligned crops ``(N, S, S, 3)`` uint8 RGB, such as :meth:`FaceAnalysis.align` makes."""
+    fast_options = _fast_options(dtype, calibration)
+    if fast_options and not fast:
+        raise FresnetError(f"dtype={dtype!r} and calibration= choose the fast path's precision; they need fast=True")
+    torch_network = not (hasattr(spec, "embed") or (isinstance(spec, (str, os.PathLike))
+                                                    and os.fspath(spec).lower().endswith(".onnx")))
+    if fast_options and not torch_network:
+        raise FresnetError(f"dtype={dtype!r} and calibration= apply to a PyTorch recogniser on the fast path; "
+                           f"{getattr(spec, 'name', spec)!r} is not one (an ONNX graph runs as it was exported)")
     if hasattr(spec, "embed") and hasattr(spec, "input_size") and not hasattr(spec, "kind"):
         recognizer = spec
     elif hasattr(spec, "embed") and hasattr(spec, "kind"):  # an Embedder from load_any
@@ -73,9 +85,25 @@ def create_recognizer(spec: Any, device: str = "cpu", fast: bool = True) -> Reco
     else:
         from fresnet.interop.model_loader import load_any
 
-        recognizer = EmbedderRecognizer(load_any(spec, device=device, fast=fast))
+        recognizer = EmbedderRecognizer(load_any(spec, device=device, fast=fast, fast_options=fast_options))
     check_input_size(recognizer)
     return recognizer
+
+
+def _fast_options(dtype: str, calibration: Any) -> dict[str, Any]:
+    """``optimize_for_inference`` keywords beyond its defaults; aligned uint8 crops (NHWC) become the
+    float NCHW 0..255 batch its calibration takes."""
+    options: dict[str, Any] = {}
+    if dtype != "auto":
+        options["dtype"] = dtype
+    if calibration is not None:
+        if isinstance(calibration, np.ndarray) and calibration.dtype == np.uint8 and calibration.ndim == 4 \
+                and calibration.shape[-1] == 3:
+            import torch
+
+            calibration = torch.from_numpy(np.ascontiguousarray(calibration.transpose(0, 3, 1, 2))).float()
+        options["calibration"] = calibration
+    return options
 
 
 def check_input_size(recognizer: Any) -> int:

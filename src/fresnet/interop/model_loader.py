@@ -235,6 +235,7 @@ def load_any(
     onnx_input: str = "auto",
     seed: int = 0,
     fast: bool = False,
+    fast_options: Optional[Mapping[str, Any]] = None,
     **loader_options: Any,
 ) -> Embedder:
     """Resolve ``spec`` to an :class:`Embedder`.
@@ -245,10 +246,13 @@ def load_any(
     the graph carries fresnet's metadata). An ``nn.Module`` is wrapped
     as it is. ``loader_options`` go to the format's loader (e.g. ``num_layers`` for arcface_torch).
     ``fast`` runs a fresnet network through :func:`fresnet.optimize_for_inference` with its defaults
-    (calibrated on the first batch; the embedder's ``fast_choice()`` says what was picked).
+    (calibrated on the first batch; the embedder's ``fast_choice()`` says what was picked);
+    ``fast_options`` are further keyword arguments for it (``dtype``, ``calibration``, ...).
     """
+    if fast_options and not fast:
+        raise FresnetError(f"fast-path options ({', '.join(fast_options)}) need fast=True")
     if hasattr(spec, "forward") and hasattr(spec, "eval"):
-        return _torch_embedder(spec, type(spec).__name__, "module", device, fast)
+        return _torch_embedder(spec, type(spec).__name__, "module", device, fast, fast_options)
     spec = os.fspath(spec)
     kind = detect_kind(spec)
     if overrides and kind != "preset":
@@ -264,7 +268,7 @@ def load_any(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = create_model(spec, **dict(overrides or {}))
-        return _torch_embedder(model, f"{spec} (random weights)", "preset", device, fast)
+        return _torch_embedder(model, f"{spec} (random weights)", "preset", device, fast, fast_options)
     if kind == "onnx":
         if not Path(spec).is_file():
             raise FresnetError(f"{spec}: no such ONNX file")
@@ -272,14 +276,15 @@ def load_any(
     from fresnet.interop.formats import read_model
 
     model = read_model(_weights_file(spec), **loader_options)
-    return _torch_embedder(model, os.path.basename(spec.rstrip("/")) or spec, kind, device, fast)
+    return _torch_embedder(model, os.path.basename(spec.rstrip("/")) or spec, kind, device, fast, fast_options)
 
 
-def _torch_embedder(model: Any, name: str, kind: str, device: str, fast: bool) -> TorchEmbedder:
+def _torch_embedder(model: Any, name: str, kind: str, device: str, fast: bool,
+                    fast_options: Optional[Mapping[str, Any]] = None) -> TorchEmbedder:
     digest = None
     if fast:
         from fresnet.inference.fast import optimize_for_inference
 
         digest = weights_sha256(model)  # of the weights as loaded, before folding and casting
-        model = optimize_for_inference(model.eval(), device=device)
+        model = optimize_for_inference(model.eval(), device=device, **dict(fast_options or {}))
     return TorchEmbedder(model, name=name, kind=kind, device=device, digest=digest)
