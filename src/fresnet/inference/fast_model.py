@@ -107,8 +107,12 @@ class FastModel(nn.Module):
             return self._run(x)
 
     def train(self, mode: bool = True) -> FastModel:
-        # inference only: BN must keep its (folded) moving statistics and dropout stays off
-        return super().train(False)
+        # inference only: BN must keep its (folded) moving statistics and dropout stays off. The flag
+        # is set directly: an exported (PT2E int8) graph refuses .train()/.eval(), and its ops are
+        # fixed anyway -- so ``.eval()`` (as every embedder calls it) works on every path
+        for module in self.modules():
+            module.training = False
+        return self
 
     # -- choosing on the first batch ----------------------------------------------------------
     def _choose_on(self, x: torch.Tensor) -> torch.Tensor:
