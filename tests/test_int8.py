@@ -83,6 +83,9 @@ def test_int8_builds_runs_and_meets_the_bound_on_a_random_network(uncompiled):
     assert isinstance(fast.net, Int8Net) and fast.choice.name == "int8"
     assert min_cosine(out, model(x).detach()) >= INT8_CALIBRATION_COSINE
     assert "int8" in fast.choice.describe() and "calibrated on 64 images" in fast.choice.describe()
+    # .eval()/.train() work though the PT2E graph itself refuses them (every embedder calls .eval())
+    assert fast.eval() is fast and fast.train() is fast and not any(m.training for m in fast.modules())
+    assert torch.equal(fast(x), out)
 
 
 @pytest.mark.parametrize("int8_dot_product", [False, True], ids=["avx2", "vnni"])
