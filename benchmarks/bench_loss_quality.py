@@ -2,14 +2,15 @@
 each ``build_margin`` loss at its authors' defaults, then held-out verification accuracy and TAR@FAR=1e-3.
 
     python benchmarks/bench_loss_quality.py                                   # all 15 losses
-    python benchmarks/bench_loss_quality.py --losses arcface,adaface --steps 400 --csv loss_quality.csv
+    python benchmarks/bench_loss_quality.py 'net={filter_list: [8, 8, 16, 32, 64], emb_size: 64}'  # the docs' table
+    python benchmarks/bench_loss_quality.py --losses arcface,adaface --steps 300 --csv loss_quality.csv
     python benchmarks/bench_loss_quality.py --losses cosface loss_options='{s: 32}'   # any config key=value
 
 Each loss trains ``--steps`` steps of the ``--config`` run (default ``synthetic-r18``: the narrow r18 on
 400 synthetic identities, batch 64, poly schedule over the run, lr 0.1, seed 0) with ``loss=NAME`` and no
 loss options, so every loss gets its authors' s and margins (the config's ``loss_s: 32``, tuned for
 CosFace on this small problem, is dropped). The verification pairs are rendered once from the 100
-held-out identities (``--pairs``, default 6,000: 3,000 negative pairs, so FAR 1e-3 allows 3 false
+held-out identities (``--pairs``, default 4,000: 2,000 negative pairs, so FAR 1e-3 allows 2 false
 accepts) and scored the way training's ``val_targets`` are (image + mirror embeddings summed,
 InsightFace's 10-fold accuracy, TAR read from the pooled ROC). A loss that turns NaN/Inf is reported
 as diverged (step and message), not left out. Writes one CSV row per loss as soon as it finishes
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--losses", default=",".join(MARGIN_LOSSES),
                         help="comma-separated build_margin names (default: all %(default)s)")
     parser.add_argument("--steps", type=int, default=400, help="training steps per loss (default %(default)s)")
-    parser.add_argument("--pairs", type=int, default=6000, help="held-out verification pairs (default %(default)s)")
+    parser.add_argument("--pairs", type=int, default=4000, help="held-out verification pairs (default %(default)s)")
     parser.add_argument("--config", default="synthetic-r18")
     parser.add_argument("--out", default="runs/bench-loss-quality", help="one run folder per loss under here")
     parser.add_argument("--csv", default=None, help="write the table here (default OUT/loss_quality.csv)")
