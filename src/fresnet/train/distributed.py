@@ -151,19 +151,14 @@ def sum_partials(x: torch.Tensor) -> torch.Tensor:
     return _SumOfPartials.apply(x) if active() else x
 
 
-class _SharedParameter(torch.autograd.Function):
+class _SharedParameter(_SumOfPartials):
     """A parameter every rank holds a copy of (a loss's learned bias) used by each rank for its own
-    slice of the work: the forward is the identity, the backward sums the gradient over ranks."""
+    slice of the work: the forward is the identity, the backward (inherited) sums the gradient over
+    ranks."""
 
     @staticmethod
     def forward(ctx, x):
         return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
 
 
 def shared_parameter(x: torch.Tensor) -> torch.Tensor:
