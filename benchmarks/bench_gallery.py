@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from common import machine_info, set_threads
+from fresnet.gallery import screening
 from fresnet.gallery.approximate import ApproximateSettings, recall_at_k
 from fresnet.gallery.gallery import Gallery
 
@@ -123,6 +124,18 @@ def main() -> None:
         print(f"open + HNSW build (M={args.hnsw_m}, efConstruction={args.ef_construction}, "
               f"efSearch={args.ef_search}): {build:.1f} s")
 
+    if "fp32" in galleries:  # the same gallery with fp16 screening of single queries switched off
+        galleries["fp32-full"] = galleries["fp32"]
+
+    def search(name, q):
+        if name != "fp32-full":
+            return galleries[name].search(q, k=args.k)
+        kept, screening.MAX_SCREENED_QUERIES = screening.MAX_SCREENED_QUERIES, 0
+        try:
+            return galleries[name].search(q, k=args.k)
+        finally:
+            screening.MAX_SCREENED_QUERIES = kept
+
     single: dict[str, list[float]] = {name: [] for name in galleries}
     batch: dict[str, list[float]] = {name: [] for name in galleries}
     batches = [queries[i:i + args.batch] for i in range(0, len(queries) - args.batch + 1, args.batch)]
@@ -130,11 +143,10 @@ def main() -> None:
         names = list(galleries)
         names = names[round_ % len(names):] + names[:round_ % len(names)]
         for name in names:
-            g = galleries[name]
             picks = queries[(round_ * 8) % len(queries):][:8]
-            single[name] += [timed(lambda g=g, q=q: g.search(q, k=args.k), 1)[0] for q in picks]
+            single[name] += [timed(lambda name=name, q=q: search(name, q), 1)[0] for q in picks]
             chosen = batches[round_ % len(batches)]
-            batch[name] += timed(lambda g=g, b=chosen: g.search(b, k=args.k), 1)
+            batch[name] += timed(lambda name=name, b=chosen: search(name, b), 1)
 
     import torch
 
@@ -145,8 +157,16 @@ def main() -> None:
     print(f"reading {reference.numel() * 4 / 2**20:.0f} MB once (the fp32 samples' size) takes {read_ms:.1f} ms "
           f"here ({reference.numel() * 4 / read_ms / 1e6:.1f} GB/s): the floor of one exact fp32 query")
     reference = None  # free it before the searches
-    answers = {name: g.search(queries, k=args.k) for name, g in galleries.items()}
+    answers = {name: search(name, queries) for name in galleries}  # batches: the full product
     exact = answers.get("fp32", None)
+    if exact is not None:  # single queries go through the screening: they must give the same answers
+        singles = [search("fp32", q)[0] for q in queries[:64]]
+        same = [[(m.name, m.sample) for m in a] == [(m.name, m.sample) for m in b] for a, b in zip(singles, exact)]
+        drift = max(abs(x.score - y.score) for a, b in zip(singles, exact) for x, y in zip(a, b))
+        results["screened_singles_equal_full_fp32"] = {"queries": len(singles), "equal": int(sum(same)),
+                                                       "largest_score_difference": drift}
+        print(f"screened single queries equal to the full fp32 product: {sum(same)} of {len(singles)} "
+              f"(largest score difference {drift:.2g})")
     table = {}
     for name in galleries:
         one = statistics.median(single[name])

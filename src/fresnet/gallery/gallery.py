@@ -33,6 +33,7 @@ from fresnet.gallery.scoring import (
     best_identities,
     query_blocks,
 )
+from fresnet.gallery.screening import ScreenedSearch
 from fresnet.gallery.store import SQLiteStore, metadata_json
 from fresnet.validate import load_json
 
@@ -260,19 +261,38 @@ class Gallery:
             names = dict(self._names)
         if state.count == 0:
             return [[] for _ in queries]
-        answers: list[list[tuple[int, float, int]]] = []
+        answers: list[list[tuple[int, float, int]]] = [[] for _ in queries]
         if state.approximate is None:
-            step = query_blocks(len(queries), state.count)
-            for start in range(0, len(queries), step):
-                scores = state.scorer.scores(queries[start:start + step])
-                answers.extend(best_identities(scores, state.owners, state.most_samples, int(k), threshold))
+            unproven = self._screened(state, queries, int(k), threshold, answers)
+            step = query_blocks(len(unproven), state.count)
+            for start in range(0, len(unproven), step):
+                scores = state.scorer.scores(queries[unproven[start:start + step]])
+                found = best_identities(scores, state.owners, state.most_samples, int(k), threshold)
+                for position, row in zip(unproven[start:start + step], found):
+                    answers[position] = row
         else:
             wanted = min(MAX_APPROXIMATE_CANDIDATES, int(k) * state.most_samples)
             values, positions = state.approximate.search(queries, wanted)
-            for row_values, row_positions in zip(values, positions):
-                answers.append(_group(row_values, row_positions, state.owners, int(k), threshold))
+            answers = [_group(row_values, row_positions, state.owners, int(k), threshold)
+                       for row_values, row_positions in zip(values, positions)]
         return [[Match(names[owner], score, int(state.ids[position])) for owner, score, position in row]
                 for row in answers]
+
+    def _screened(self, state: _IndexState, queries: np.ndarray, k: int, threshold: float | None,
+                  answers: list) -> np.ndarray:
+        """Answers the queries that fp16 screening proves exact (fp32 precision, a few queries, a
+        large gallery: :mod:`fresnet.gallery.screening`); returns the positions of the others."""
+        everything = np.arange(len(queries))
+        if self.precision != "fp32" or not ScreenedSearch.usable(len(queries), state.count, queries.shape[1]):
+            return everything
+        unproven = []
+        for position, query in enumerate(queries):
+            found = state.screened.search(query, state.owners, state.most_samples, k, threshold)
+            if found is None:
+                unproven.append(position)
+            else:
+                answers[position] = found
+        return np.asarray(unproven, dtype=np.int64)
 
     def tune(self, ef_search: int | None = None, ivf_probe: int | None = None) -> None:
         """The approximate index's search breadth (HNSW efSearch, IVF probes), kept across rebuilds."""
@@ -365,6 +385,7 @@ class _IndexState:
     approximate_settings: ApproximateSettings | None
     approximate: FaissIndex | None
     _scorer: SampleScorer | None = None
+    _screened: ScreenedSearch | None = None
 
     @property
     def count(self) -> int:
@@ -376,6 +397,13 @@ class _IndexState:
         if self._scorer is None:
             self._scorer = SampleScorer(self.embeddings, self.precision)
         return self._scorer
+
+    @property
+    def screened(self) -> ScreenedSearch:
+        """The fp16 copy for single exact queries, built on the first one that uses it."""
+        if self._screened is None:
+            self._screened = ScreenedSearch(self.embeddings)
+        return self._screened
 
     @staticmethod
     def _most(owners: np.ndarray) -> int:

@@ -83,24 +83,29 @@ def best_identities(scores: np.ndarray, owners: np.ndarray, most_samples: int, k
     wanted = min(count, k * max(1, most_samples))
     values, positions = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), wanted, dim=1, sorted=True)
     values, positions = values.numpy(), positions.numpy()
-    answers = []
-    for row_values, row_positions in zip(values, positions):
-        order = np.lexsort((row_positions, -row_values))  # score descending, then position
-        found: list[tuple[int, float, int]] = []
-        seen: set[int] = set()
-        for index in order:
-            score = float(row_values[index])
-            if threshold is not None and score < threshold:
-                break
-            owner = int(owners[row_positions[index]])
-            if owner in seen:
-                continue
-            seen.add(owner)
-            found.append((owner, score, int(row_positions[index])))
-            if len(found) == k:
-                break
-        answers.append(found)
-    return answers
+    return [first_owners(row_values, row_positions, owners, k, threshold)
+            for row_values, row_positions in zip(values, positions)]
+
+
+def first_owners(scores: np.ndarray, positions: np.ndarray, owners: np.ndarray, k: int,
+                 threshold: float | None) -> list[tuple[int, float, int]]:
+    """The first ``k`` distinct owners of the samples at ``positions`` (scored ``scores``), best
+    score first and ties by position; with ``threshold``, only scores ``>= threshold``."""
+    order = np.lexsort((positions, -scores))  # score descending, then position
+    found: list[tuple[int, float, int]] = []
+    seen: set[int] = set()
+    for index in order:
+        score = float(scores[index])
+        if threshold is not None and score < threshold:
+            break
+        owner = int(owners[positions[index]])
+        if owner in seen:
+            continue
+        seen.add(owner)
+        found.append((owner, score, int(positions[index])))
+        if len(found) == k:
+            break
+    return found
 
 
 def query_blocks(count: int, samples: int) -> int:
