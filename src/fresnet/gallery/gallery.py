@@ -258,7 +258,6 @@ class Gallery:
         queries = unit_rows(embeddings, self.embedding_size, "search")
         with self._lock:
             state = self._index()
-            names = dict(self._names)
         if state.count == 0:
             return [[] for _ in queries]
         answers: list[list[tuple[int, float, int]]] = [[] for _ in queries]
@@ -275,8 +274,11 @@ class Gallery:
             values, positions = state.approximate.search(queries, wanted)
             answers = [_group(row_values, row_positions, state.owners, int(k), threshold)
                        for row_values, row_positions in zip(values, positions)]
-        return [[Match(names[owner], score, int(state.ids[position])) for owner, score, position in row]
-                for row in answers]
+        with self._lock:  # the names of the owners found only (copying all of them costs ms per query)
+            names = {owner: self._names.get(owner) for row in answers for owner, _, _ in row}
+        # an identity removed by another thread since the index was taken is left out
+        return [[Match(names[owner], score, int(state.ids[position])) for owner, score, position in row
+                 if names[owner] is not None] for row in answers]
 
     def _screened(self, state: _IndexState, queries: np.ndarray, k: int, threshold: float | None,
                   answers: list) -> np.ndarray:
