@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from fresnet.gallery import screening
-from fresnet.gallery.gallery import Gallery
-from fresnet.gallery.scoring import best_identities
-from fresnet.gallery.screening import (
+from fresnet.gallery.codes import (
     Fp16Codes,
     Int8Codes,
-    ScreenedSearch,
     accumulates_in_fp32,
     fp16_kernel_accumulates_in_fp32,
     int8_product_available,
 )
+from fresnet.gallery.gallery import Gallery
+from fresnet.gallery.scoring import best_identities
+from fresnet.gallery.screening import ScreenedSearch
 
 DIM = 128
 
@@ -158,3 +158,16 @@ def test_without_an_int8_product_screening_uses_fp16_and_without_either_it_is_of
     monkeypatch.setattr(screening, "fp16_kernel_accumulates_in_fp32", lambda dim: False)
     assert screening.screening_codes(DIM) is None
     assert not ScreenedSearch.usable(1, 10**6, DIM)
+
+
+def test_int8_batches_score_each_query_as_a_single_query_does():
+    if not int8_product_available():
+        pytest.skip("this PyTorch has no int8 x int8 -> int32 product on the CPU")
+    rng = np.random.default_rng(4)
+    rows, queries = units(rng.standard_normal((500, DIM))), units(rng.standard_normal((7, DIM)))
+    encoded = Int8Codes(torch.from_numpy(rows))
+    many = encoded.scores_many(torch.from_numpy(queries))
+    for query, row in zip(queries, many):
+        single, bound = encoded.scores(torch.from_numpy(query))
+        assert torch.equal(single, row)
+        assert np.abs(row.double().numpy() - rows.astype(np.float64) @ query).max() <= bound
