@@ -138,3 +138,50 @@ def test_an_image_folder_run_gets_a_list_file_for_pack(tmp_path, capsys):
         assert path.endswith(f"id{rows[index]['label']}/{index % 3}.png") and label == rows[index]["label"]
     assert main(["pack", str(out / "kept.lst"), str(tmp_path / "kept" / "train")]) == 0  # the K=1 run's data
     assert (tmp_path / "kept" / "train.rec").stat().st_size > 0
+
+
+def test_a_recordio_run_gets_its_kept_records_and_the_k1_run_starts_from_the_centres(tmp_path, capsys):
+    import cv2
+
+    import fresnet.train
+    from fresnet.data import RecordIODataset
+    from fresnet.data.recordio.writer import RecordIOWriter
+    from fresnet.errors import FresnetError
+
+    rng = np.random.default_rng(1)
+    with RecordIOWriter(tmp_path / "data" / "train", image_size=(16, 16)) as writer:
+        for person in range(6):
+            base = rng.integers(0, 255, (16, 16, 3))
+            for _ in range(3):
+                image = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+                writer.add_image(cv2.imencode(".jpg", image)[1].tobytes(), person)
+    run = tmp_path / "run"
+    fresnet.train.run(tiny_config(run, "subcenter_arcface", dataset=str(tmp_path / "data"), max_steps=2,
+                                  checkpoint_every=0, rand_mirror=False))
+    out = tmp_path / "drop"
+    assert main(["drop-subcenters", str(run), "--out", str(out), "--device", "cpu", "--no-progress",
+                 "--threshold-degrees", "60"]) == 0
+    assert f"dataset={out / 'kept'}" in capsys.readouterr().out
+    rows = _rows(out / "samples.csv")
+    kept = [int(r["index"]) for r in rows if r["kept"] == "1"]
+    original, copy = RecordIODataset(tmp_path / "data"), RecordIODataset(out / "kept")
+    assert 0 < len(copy) == len(kept) < len(original)
+    assert [copy.read_raw(i) for i in range(len(copy))] == [original.read_raw(i) for i in kept]
+    assert not (out / "kept.lst").exists()
+    # the K = 1 run starts from the dominant sub-centres (lr 0: they stay; the full set keeps all 6 classes)
+    centres = torch.load(run / "checkpoint.pt", weights_only=True)["fc"]["weight"].reshape(6, 3, -1)
+    k1 = tmp_path / "k1"
+    config = tiny_config(k1, "arcface", dataset=str(tmp_path / "data"), max_steps=1, checkpoint_every=0, lr=0.0,
+                         init_centres=str(out / "centres.safetensors"))
+    fresnet.train.run(config)
+    from safetensors.torch import load_file
+
+    written = load_file(str(out / "centres.safetensors"))["weight"]
+    assert torch.equal(torch.load(k1 / "checkpoint.pt", weights_only=True)["fc"]["weight"], written)
+    dominant = [[torch.equal(written[c], centres[c, k]) for k in range(3)].index(True) for c in range(6)]
+    assert len(dominant) == 6
+    with pytest.raises(FresnetError, match=r"'weight' has shape \[6, 32\], this run needs \[18, 32\]"):
+        fresnet.train.run({**config, "loss": "subcenter_arcface", "output": str(tmp_path / "k3")})
+    with pytest.raises(FresnetError, match="init_centres .*: no such file"):
+        fresnet.train.run({**config, "init_centres": str(tmp_path / "nothing.safetensors"),
+                           "output": str(tmp_path / "k4")})

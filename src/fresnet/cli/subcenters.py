@@ -18,9 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "sample with the trained backbone, find each class's dominant sub-centre (the one most of its "
             "samples are closest to), and keep the samples within --threshold-degrees of it (75, the paper's "
             "and InsightFace's). Writes DIR/samples.csv (every sample's angle and verdict), DIR/kept.txt (the "
-            "kept dataset indices; for an image-folder training set also DIR/kept.lst, a list file for "
-            "fresnet pack), DIR/centres.safetensors (the (C, D) dominant sub-centres: the K=1 run's "
-            "initial class centres) and DIR/drop.json (the summary), each file complete or absent."
+            "kept dataset indices), the K=1 run's training set (an image folder: DIR/kept.lst, a list file for "
+            "fresnet pack; RecordIO: DIR/kept/train.rec with the kept records), DIR/centres.safetensors (the "
+            "(C, D) dominant sub-centres: the K=1 run's initial class centres, init_centres=) and "
+            "DIR/drop.json (the summary), each file complete or absent."
         ),
     )
     p.add_argument("run", metavar="RUN", help="the run's output folder (with checkpoint.pt) or the checkpoint file")
@@ -59,6 +60,8 @@ def run_drop(args: argparse.Namespace) -> int:
             bar.close()
     print(summary.describe())
     listed = f", {out / 'kept.lst'} for fresnet pack" if (out / "kept.lst").exists() else ""
+    if (out / "kept" / "train.rec").exists():
+        listed += f", the kept records in {out / 'kept'} (dataset={out / 'kept'})"
     print(f"kept samples: {out / 'kept.txt'}{listed} (per sample: {out / 'samples.csv'})")
     print(f"K=1 class centres: {out / 'centres.safetensors'}; summary: {out / 'drop.json'}")
     return 0

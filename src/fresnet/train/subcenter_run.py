@@ -10,6 +10,8 @@ the trained backbone (eval mode, the image as stored, no mirror), runs
 * ``kept.txt``: the dataset indices of the kept samples, one per line;
 * ``kept.lst`` (image-folder training sets): ``path<TAB>label`` of the kept images, the list file
   ``fresnet pack`` turns into the K = 1 run's training set;
+* ``kept/train.rec``, ``.idx``, ``property`` (RecordIO training sets): the kept records, copied as
+  stored, with their labels: the K = 1 run's ``dataset=OUT/kept``;
 * ``centres.safetensors``: ``weight``, the (C, D) dominant sub-centres: the K = 1 run's initial
   class centres, in the checkpoint's row order;
 * ``drop.json``: the summary (classes, K, threshold, samples kept and dropped, classes left empty,
@@ -29,7 +31,7 @@ import torch
 from fresnet.errors import FresnetError
 from fresnet.train.subcenter_drop import SubcenterDrop, subcenter_drop
 
-OUTPUT_FILES = ("samples.csv", "kept.txt", "kept.lst", "centres.safetensors", "drop.json")
+OUTPUT_FILES = ("samples.csv", "kept.txt", "kept.lst", "kept/train.rec", "centres.safetensors", "drop.json")
 LOSS = "subcenter_arcface"
 
 
@@ -144,6 +146,21 @@ def write_outputs(out: Path, drop: SubcenterDrop, labels: torch.Tensor, summary:
     atomic_write_text(out / "drop.json", json.dumps(asdict(summary), indent=1) + "\n")  # last: the run is complete
 
 
+def write_kept_recordio(out: Path, data: Any, kept: list[int], overwrite: bool = True) -> Path:
+    """The kept records of a RecordIO training set as ``out/train.rec`` (+ ``.idx``, ``property``),
+    each record's bytes and label as stored (the writer needs them grouped by ascending label, as
+    InsightFace's sets and ``fresnet pack`` store them)."""
+    from fresnet.data.recordio.writer import RecordIOWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    size = tuple(data.image_size) if getattr(data, "image_size", None) else (112, 112)
+    with RecordIOWriter(out / "train", image_size=size, overwrite=overwrite) as writer:
+        for index in kept:
+            payload, label = data.read_raw(index)
+            writer.add_image(payload, label)
+    return out / "train.rec"
+
+
 def drop_subcenters(source: Union[str, Path], out: Union[str, Path], threshold_degrees: float = 75.0,
                     device: Union[str, torch.device] = "cpu", batch_size: int = 128, dataset: Optional[str] = None,
                     advance: Optional[Callable[[int], None]] = None, on_total: Optional[Callable[[int], None]] = None
@@ -171,5 +188,8 @@ def drop_subcenters(source: Union[str, Path], out: Union[str, Path], threshold_d
     kept = int(drop.keep.sum())
     summary = DropSummary(str(checkpoint), classes, K, float(threshold_degrees), len(labels), kept, len(labels) - kept,
                           int((counts == 0).sum()), str(out))
-    write_outputs(Path(out), drop, labels, summary, getattr(data, "paths", None))
+    if hasattr(data, "read_raw") and summary.kept:  # RecordIO: the K = 1 run's training set, written first
+        write_kept_recordio(Path(out) / "kept", data, drop.keep.nonzero().flatten().tolist())
+    image_paths = getattr(data, "paths", None)  # an image folder's files (a RecordIO set's .paths are its 3 files)
+    write_outputs(Path(out), drop, labels, summary, image_paths if isinstance(image_paths, list) else None)
     return summary
