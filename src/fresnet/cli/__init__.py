@@ -26,6 +26,7 @@ COMMANDS = {
     "make-bin": "fresnet.cli.data",
     "synth": "fresnet.cli.data",
     "train": "fresnet.cli.train",
+    "drop-subcenters": "fresnet.cli.subcenters",
     "eval": "fresnet.cli.evaluate",
     "detect": "fresnet.cli.faces",
     "embed": "fresnet.cli.faces",

@@ -67,6 +67,9 @@ class TrainConfig:
             fraction of max_steps when below 1, e.g. 0.05).
         fc7_lr_mult, fc7_wd_mult [1], fc7_no_bias [false]: the classifier's own multipliers.
         sample_rate [1]: Partial FC class sampling rate.
+        init_centres [none]: a safetensors file whose ``weight`` (classes x sub-centres, emb_size)
+            starts the class centres, e.g. ``fresnet drop-subcenters``' ``centres.safetensors`` for
+            the K = 1 run; default: drawn from the seed.
         clip_grad_norm [0 = off]: global L2 norm clip over backbone and classifier.
         amp [none]: none, bf16 (CPU or CUDA autocast), fp16 (CUDA, with GradScaler).
         compile [auto]: ``torch.compile`` the step: none, default, reduce-overhead (+ CUDA graphs),
@@ -115,6 +118,7 @@ class TrainConfig:
     fc7_wd_mult: float = 1.0
     fc7_no_bias: bool = False
     sample_rate: float = 1.0
+    init_centres: Optional[str] = None
     clip_grad_norm: float = 0.0
     amp: str = "none"
     compile: Any = "auto"

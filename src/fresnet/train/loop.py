@@ -35,6 +35,12 @@ LOG_NAME = "log.csv"
 
 log = logging.getLogger(__name__)
 
+# measured in docs/training.md ("UniFace and gradient clipping")
+UNIFACE_WITHOUT_CLIP = (
+    "loss uniface without clip_grad_norm: UniFace's authors always clip the gradient norm at 10; without it the "
+    "learned bias can overshoot past s*(1 + cos - m), where both of UniFace's clamps saturate, the loss sits at s "
+    "and no gradient flows (the run stops learning). Set clip_grad_norm=10 as the authors do")
+
 
 class TrainingDiverged(FresnetError):
     """The loss became NaN or Inf; the last good checkpoint is left in place."""
@@ -234,6 +240,8 @@ class Trainer:
             decode = "JPEG decode on the GPU" if self.cfg.decode == "gpu" else f"{workers} data workers"
             log.info("training on %s: %s; %s; global batch %d", self.device, self.parts.settings.describe(), decode,
                      self.global_batch)
+            if self.cfg.loss == "uniface" and not self.cfg.clip_grad_norm:
+                log.warning(UNIFACE_WITHOUT_CLIP)
 
     def _row(self, epoch: int, loss: float, lr: float, speed: float, metrics: dict[str, float]) -> dict[str, Any]:
         row = {"step": self.step, "epoch": epoch, "samples": self.step * self.global_batch, "loss": loss, "lr": lr,
