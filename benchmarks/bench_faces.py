@@ -6,8 +6,9 @@ Both sides run the same SCRFD graph (the ``scrfd==0.3.0`` sdist's ``models/scrfd
 * **insightface**: InsightFace 2.1's own ``model_zoo.scrfd.SCRFD`` and ``ArcFaceONNX`` on fresnet's
   ``export --insightface`` of the r50, as ``FaceAnalysis.get`` calls them: detect, then for each face
   ``face_align.norm_crop`` and one ``get_feat`` (one face per onnxruntime call);
-* **fresnet**: ``fresnet.FaceAnalysis(detector=scrfd, recognizer=r50, dtype=...)``: every face of the
-  photo in one batch, the recogniser on ``optimize_for_inference``'s fast path at each precision of
+* **fresnet**: ``fresnet.FaceAnalysis(detector=scrfd, recognizer=r50, dtype=...)``: the faces of the
+  photos in batches (FaceAnalysis's default size, or ``--batch-size``), the recogniser on
+  ``optimize_for_inference``'s fast path at each precision of
   ``--dtypes`` (float32, bfloat16, int8 calibrated on 64 aligned faces of other photos of the same
   portraits), timed side by side -- or ``--recognizer onnx``: the same export in onnxruntime,
   batched; ``--no-fast``: eager.
@@ -141,6 +142,8 @@ def main() -> int:
                         "without native bf16, int8 off the CPU; int8 calibrates on 64 aligned faces of other "
                         "photos made the same way")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="fresnet's faces per recogniser call (default: FaceAnalysis's, 8 on the CPU, 64 on a GPU)")
     p.add_argument("--input-size", type=int, default=112, help="(dry runs: a smaller network is faster)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -210,7 +213,7 @@ def main() -> int:
     ours: dict[str, FaceAnalysis] = {}
     for name, options in variants.items():
         t0 = time.perf_counter()
-        ours[name] = FaceAnalysis(detector=detector, device=args.device, batch_size=64, **options)
+        ours[name] = FaceAnalysis(detector=detector, device=args.device, batch_size=args.batch_size, **options)
         print(f"fresnet {name}: built in {time.perf_counter() - t0:.1f} s (untimed)")
 
     def fresnet_path(analysis, photos_rgb):

@@ -92,6 +92,21 @@ def test_every_face_of_every_photo_shares_batches():
             np.testing.assert_allclose(a.embedding, b.embedding, rtol=1e-6)
 
 
+def test_the_default_batch_is_small_on_the_cpu_and_large_on_a_gpu(monkeypatch):
+    from fresnet.faces import analysis
+
+    grid = [[x, 10, x + 20, 30] for x in range(0, 600, 24)]  # 25 faces
+    recognizer = FakeRecognizer()
+    app = FaceAnalysis(detector=FakeDetector(grid), recognizer=recognizer)
+    assert app.batch_size == analysis.CPU_BATCH == 8
+    app.get(_photo(5, (320, 640, 3)))
+    assert recognizer.batches == [8, 8, 8, 1]  # the CPU's fastest faces per call for an r50
+    monkeypatch.setattr(analysis, "_device", lambda device: "cuda")
+    assert FaceAnalysis(detector=FakeDetector(grid), recognizer=FakeRecognizer(), device="cuda").batch_size == 64
+    with pytest.raises(FresnetError, match="batch_size"):
+        FaceAnalysis(detector=FakeDetector(grid), recognizer=FakeRecognizer(), batch_size=0)
+
+
 def test_flip_sums_the_mirror_and_normalises():
     detector = FakeDetector([[20, 30, 132, 142]])
     plain = FaceAnalysis(detector=detector, recognizer=FakeRecognizer(), keep_crops=True).get(_photo())[0]
