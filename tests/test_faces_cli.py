@@ -128,3 +128,15 @@ def test_bad_inputs_end_in_one_line_not_a_traceback(photos, scrfd, tmp_path, cap
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
+
+
+@pytest.mark.parametrize("given, device, expected",
+                         [([], "cpu", 8), ([], "cuda", 64), (["--batch-size", "3"], "cpu", 3)])
+def test_embed_batches_faces_by_the_devices_default_unless_told(given, device, expected):
+    from fresnet.cli import build_parser
+    from fresnet.cli.faces import _LazyPipeline
+
+    args = build_parser().parse_args(["embed", "r18", "photo.jpg", *given])
+    assert _LazyPipeline(args, None, device).batch_size == expected
+    eval_args = build_parser().parse_args(["eval", "r18"])
+    assert eval_args.batch_size == 64  # evaluation keeps its own default

@@ -20,7 +20,7 @@ MODEL_HELP = (
 )
 
 
-def _add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+def _add_model_args(p: argparse.ArgumentParser, optional: bool = False, faces: bool = False) -> None:
     if optional:
         p.add_argument("model", metavar="MODEL", nargs="?", help=MODEL_HELP + " (not needed with --ijb ... --features)")
     else:
@@ -30,7 +30,11 @@ def _add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
         help="override a preset's config key, e.g. --set units=[1,1,1,1] (presets only; repeatable)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: cuda when available, else cpu)")
-    p.add_argument("--batch-size", type=A.positive_int, default=64, help="images per forward pass (default 64)")
+    if faces:  # photos: the recogniser's fastest call size depends on the device (faces.analysis)
+        p.add_argument("--batch-size", type=A.positive_int, default=None,
+                       help="faces per recogniser call (default 8 on the CPU, 64 on a GPU)")
+    else:
+        p.add_argument("--batch-size", type=A.positive_int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--fast", action="store_true",
                    help="run a PyTorch model through fresnet.optimize_for_inference: BN folded, channels_last, "
                    "bf16/fp16 where it keeps cosine >= 0.9995 (checked on the first batch; docs/performance.md)")

@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "embeddings and the row names, one per line, next to it (<stem>.names.txt: FILE for a crop, FILE#k for "
         "face k of a photo); .npz and .parquet hold embeddings, files, face indices, boxes, scores and landmarks.",
     )
-    _add_model_args(p)
+    _add_model_args(p, faces=True)
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="photo, aligned crop, folder, train.rec / its folder, or .bin (the old form `embed MODEL "
                    "INPUT...` still works)")
@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_embed, intermixed_inputs="inputs")
 
     p = sub.add_parser("compare", help="cosine similarity of the faces of two photos and a same/different verdict")
-    _add_model_args(p)
+    _add_model_args(p, faces=True)
     p.add_argument("images", nargs="*", metavar="IMAGE", help="A B (photos or aligned crops); `compare MODEL A B` "
                    "still works")
     p.add_argument("--model", dest="model_option", metavar="MODEL", help="the model (instead of the first argument)")
@@ -147,6 +147,13 @@ class _LazyPipeline:
         self.input_size = None if recognizer is None else tuple(int(v) for v in recognizer.input_size)
 
     @property
+    def batch_size(self) -> int:
+        """Faces per recogniser call: ``--batch-size``, else the device's default."""
+        from fresnet.faces.analysis import default_batch_size
+
+        return getattr(self.args, "batch_size", None) or default_batch_size(self.device)
+
+    @property
     def crop_size(self) -> int:
         """The aligned crop's size; a recogniser that alignment cannot feed is refused here, when an
         image needs aligning (crops of its own input size do not)."""
@@ -162,13 +169,13 @@ class _LazyPipeline:
             self._app = FaceAnalysis(detector=self.args.detector, recognizer=self.recognizer,
                                      flip=getattr(self.args, "flip", False), det_size=self.args.det_size,
                                      det_thresh=self.args.det_thresh, device=self.device,
-                                     batch_size=getattr(self.args, "batch_size", 64))
+                                     batch_size=self.batch_size)
         return self._app
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         from fresnet.faces.analysis import embed_crops
 
-        return embed_crops(self.recognizer, np.stack(crops), flip=self.args.flip, batch_size=self.args.batch_size)
+        return embed_crops(self.recognizer, np.stack(crops), flip=self.args.flip, batch_size=self.batch_size)
 
 
 @dataclass
@@ -318,7 +325,7 @@ def run_embed(args: argparse.Namespace) -> int:
             found = _rows_of(item, pipeline, landmarks, index, args.max_num)
             rows.extend(found)
             pending.extend(found)
-            if len(pending) >= args.batch_size:
+            if len(pending) >= pipeline.batch_size:
                 flush()
             progress.advance()
     flush()

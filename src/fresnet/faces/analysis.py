@@ -26,6 +26,12 @@ CPU_BATCH = 8
 GPU_BATCH = 64
 
 
+def default_batch_size(device: Any) -> int:
+    """Faces per recogniser call when none is given: :data:`CPU_BATCH` on the CPU, :data:`GPU_BATCH`
+    elsewhere."""
+    return CPU_BATCH if str(device).startswith("cpu") else GPU_BATCH
+
+
 def _device(device: str) -> str:
     if device != "auto":
         return device
@@ -74,7 +80,7 @@ class FaceAnalysis:
             raise FresnetError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.device = _device(device)
         if batch_size is None:
-            batch_size = CPU_BATCH if str(self.device).startswith("cpu") else GPU_BATCH
+            batch_size = default_batch_size(self.device)
         self.detector = create_detector(detector, det_size=det_size, det_thresh=det_thresh, device=self.device)
         self.recognizer = None if recognizer is None else create_recognizer(
             recognizer, device=self.device, fast=fast, dtype=dtype, calibration=calibration)
