@@ -31,6 +31,7 @@ from fresnet.gallery.scoring import (
     Match,
     SampleScorer,
     best_identities,
+    first_owners,
     query_blocks,
 )
 from fresnet.gallery.screening import ScreenedSearch
@@ -272,8 +273,9 @@ class Gallery:
         else:
             wanted = min(MAX_APPROXIMATE_CANDIDATES, int(k) * state.most_samples)
             values, positions = state.approximate.search(queries, wanted)
-            answers = [_group(row_values, row_positions, state.owners, int(k), threshold)
-                       for row_values, row_positions in zip(values, positions)]
+            found = positions >= 0  # FAISS pads a short answer with -1
+            answers = [first_owners(row_values[keep], row_positions[keep], state.owners, int(k), threshold)
+                       for row_values, row_positions, keep in zip(values, positions, found)]
         with self._lock:  # the names of the owners found only (copying all of them costs ms per query)
             names = {owner: self._names.get(owner) for row in answers for owner, _, _ in row}
         # an identity removed by another thread since the index was taken is left out
@@ -360,21 +362,6 @@ class Gallery:
             self._pending, self._removed_owners, self._removed_samples = [], set(), set()
             self._stale = False
         return self._state
-
-
-def _group(values: np.ndarray, positions: np.ndarray, owners: np.ndarray, k: int,
-           threshold: float | None) -> list[tuple[int, float, int]]:
-    found, seen = [], set()
-    for score, position in zip(values, positions):
-        if position < 0 or (threshold is not None and score < threshold):
-            break
-        owner = int(owners[position])
-        if owner not in seen:
-            seen.add(owner)
-            found.append((owner, float(score), int(position)))
-            if len(found) == k:
-                break
-    return found
 
 
 @dataclass
