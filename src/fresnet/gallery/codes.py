@@ -36,12 +36,13 @@ class Int8Codes:
     def __init__(self, samples):
         import torch
 
-        rows = samples.double()
-        scales = rows.abs().amax(dim=1).clamp_min(1e-30) / 127.0
-        self.codes = torch.round(rows / scales[:, None]).clamp_(-127, 127).to(torch.int8)
-        self.scales = scales.float()
-        self.largest_scale = float(scales.max())
-        self.largest_l1 = float((self.codes.double().abs().sum(dim=1) * scales).max())  # max ||x~_i||_1
+        # float32 throughout (the samples' own precision; float64 copies would double the build's
+        # memory): x / s is then off by <= 127 * 2^-24 before rounding, far inside the bound's slack
+        self.scales = samples.abs().amax(dim=1).clamp_min(1e-30) / 127.0
+        self.codes = torch.round(samples / self.scales[:, None]).clamp_(-127, 127).to(torch.int8)
+        self.largest_scale = float(self.scales.max())
+        l1 = self.codes.abs().sum(dim=1, dtype=torch.int32).double() * self.scales.double()
+        self.largest_l1 = float(l1.max())  # max ||x~_i||_1
         self.dim = samples.shape[1]
 
     def scores(self, query):
