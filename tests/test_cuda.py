@@ -127,19 +127,16 @@ def test_low_precision_forward_backward_stays_close(amp):
         assert c.item() > 0.95, (name, c.item())
 
 
-@cuda_only
-@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
-def test_steady_step_never_waits_for_the_host(amp):
-    """``torch.cuda.set_sync_debug_mode('error')`` raises on any device-to-host sync: after the
-    first (warm-up) step, the step -- autocast, margin loss, GradScaler, clipping, fused SGD -- has none."""
+def _steady_steps_on_cuda(margin, amp: str) -> list:
+    """Three steady steps (after one warm-up) of the narrow r18 with Partial FC at sample rate 0.5
+    and ``margin``, under ``torch.cuda.set_sync_debug_mode('error')``: any device-to-host sync raises."""
     from fresnet.network import create_model
-    from fresnet.train.losses import margin_spec
     from fresnet.train.partial_fc import PartialFC
     from fresnet.train.step import StepSettings, TrainStep
 
     torch.manual_seed(0)
     model = create_model("r18", input_size=(32, 32), **NARROW).cuda().train().to(memory_format=torch.channels_last)
-    fc = PartialFC(32, 100, margin_spec("arcface"), sample_rate=0.5, rank=0, world_size=1).cuda()
+    fc = PartialFC(32, 100, margin, sample_rate=0.5, rank=0, world_size=1).cuda()
     opt = torch.optim.SGD(list(model.parameters()) + list(fc.parameters()), lr=0.1, momentum=0.9, weight_decay=5e-4,
                           fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
@@ -150,9 +147,19 @@ def test_steady_step_never_waits_for_the_host(amp):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        losses = [step(images, labels, 0.1) for _ in range(3)]
+        return [step(images, labels, 0.1) for _ in range(3)]
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda_only
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+def test_steady_step_never_waits_for_the_host(amp):
+    """``torch.cuda.set_sync_debug_mode('error')`` raises on any device-to-host sync: after the
+    first (warm-up) step, the step -- autocast, margin loss, GradScaler, clipping, fused SGD -- has none."""
+    from fresnet.train.losses import margin_spec
+
+    losses = _steady_steps_on_cuda(margin_spec("arcface"), amp)
     assert all(torch.isfinite(loss).item() for loss in losses)
 
 
@@ -208,27 +215,9 @@ def test_margin_loss_backward_matches_the_cpu(name):
 @pytest.mark.parametrize("name", MARGIN_NAMES)
 def test_each_loss_steps_without_waiting_for_the_host(name):
     """The steady fp16 step with each loss (class sampling on) has no device-to-host sync."""
-    from fresnet.network import create_model
     from fresnet.train.losses import build_margin
-    from fresnet.train.partial_fc import PartialFC
-    from fresnet.train.step import StepSettings, TrainStep
 
-    torch.manual_seed(0)
-    model = create_model("r18", input_size=(32, 32), **NARROW).cuda().train().to(memory_format=torch.channels_last)
-    fc = PartialFC(32, 100, build_margin(name, num_classes=100), sample_rate=0.5, rank=0, world_size=1).cuda()
-    opt = torch.optim.SGD(list(model.parameters()) + list(fc.parameters()), lr=0.1, momentum=0.9, weight_decay=5e-4,
-                          fused=True)
-    scaler = torch.amp.GradScaler("cuda", enabled=True)
-    step = TrainStep(model, model, fc, opt, scaler, StepSettings("fp16", True, None, 5.0), torch.device("cuda"))
-    images = (torch.rand(16, 3, 32, 32) * 255).to(torch.uint8).pin_memory()
-    labels = torch.randint(0, 100, (16,)).pin_memory()
-    step(images, labels, 0.1)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        losses = [step(images, labels, 0.1) for _ in range(3)]
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    losses = _steady_steps_on_cuda(build_margin(name, num_classes=100), "fp16")
     assert all(torch.isfinite(loss).item() for loss in losses), name
 
 
